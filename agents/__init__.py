@@ -1,0 +1,3 @@
+"""Searchers (installed as ``autoprune.agents``); importing this package registers them."""
+
+from autoprune.agents import baselines  # noqa: F401

@@ -1,0 +1,112 @@
+"""Evaluator (adaptive BN, cache), data splits, and the baseline searchers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autoprune.agents.baselines import RandomSearcher, UniformSearcher
+from autoprune.config import DataConfig
+from autoprune.data import load_data
+from autoprune.evaluate import recalibrate_bn
+from autoprune.plan import PruningPlan
+from autoprune.runs import TrialRecorder
+from autoprune.train import accuracy
+
+
+def test_splits_are_deterministic_disjoint_and_val_comes_from_training_data():
+    cfg = DataConfig(name="digits", val_samples=300)
+    a, b = load_data(cfg), load_data(cfg)
+    assert torch.equal(a.val.tensors[0], b.val.tensors[0])
+    sizes = [len(a.train), len(a.val), len(a.test)]
+    assert sizes == [1798 - 1 - 360 - 300, 300, 359] or sum(sizes) == 1797
+    assert len(a.val) == 300 and len(a.test) == round(0.2 * 1797)
+    rows = lambda ds: {tuple(r.flatten().tolist()) for r in ds.tensors[0]}  # noqa: E731
+    assert not rows(a.val) & rows(a.test)
+
+
+def test_resize_and_channels_options():
+    data = load_data(DataConfig(name="digits", val_samples=100, resize=32, channels=3))
+    assert data.input_shape == (3, 32, 32)
+    assert data.train.tensors[0].shape[1:] == (3, 32, 32)
+
+
+def test_mnist5k_is_real_mnist():
+    data = load_data(DataConfig(name="mnist5k", val_samples=1000))
+    assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+    assert len(data.train) + len(data.val) + len(data.test) == 5000
+
+
+def test_adaptive_bn_raises_accuracy_of_aggressively_pruned_model(tiny_session):
+    ev = tiny_session.evaluator()
+    plan = PruningPlan.from_ratios(tiny_session.graph, 0.5)
+    pruned = ev.prune(plan)
+    stale = accuracy(pruned, ev.val_x, ev.val_y)
+    recalibrate_bn(pruned, ev.bn_batches)
+    fresh = accuracy(pruned, ev.val_x, ev.val_y)
+    assert fresh > stale + 0.05
+
+
+def test_evaluator_caches_identical_channel_counts(tiny_session):
+    ev = tiny_session.evaluator()
+    a = ev.evaluate(PruningPlan.from_ratios(tiny_session.graph, 0.5))
+    b = ev.evaluate(PruningPlan.from_ratios(tiny_session.graph, 0.501))
+    assert not a.cached and b.cached and a.accuracy == b.accuracy
+    assert ev.evaluations == 1
+    assert ev.base_accuracy() > 0.5
+
+
+def _context(session, seed=0):
+    return session.context(session.evaluator(), TrialRecorder(None), None, False, progress=False)
+
+
+def test_uniform_uses_one_ratio_within_budget(tiny_session):
+    ctx = _context(tiny_session)
+    plan = UniformSearcher(ctx).search()
+    assert ctx.fits(plan)
+    assert len({round(r, 9) for r in plan.ratios.values()}) == 1
+    assert plan.meta["flops_kept"] > 0.4  # uses the budget, not far below it
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.floats(0.05, 0.9), st.integers(0, 10_000))
+def test_fit_to_budget_never_exceeds_the_budget(tiny_session, fraction, seed):
+    from autoprune.cost import Budget
+
+    ctx = _context(tiny_session)
+    ctx.budget = Budget(ctx.costs["flops"], fraction * ctx.costs["flops"].base)
+    ratios = np.random.default_rng(seed).uniform(0.2, 1.0, len(ctx.graph))
+    fitted = ctx.fit_to_budget(ratios)
+    if ctx.budget.fits(ctx.min_counts()):
+        assert ctx.budget.fits(ctx.counts(fitted))
+
+
+def test_random_search_records_every_plan_and_stays_in_budget(tiny_session):
+    ctx = _context(tiny_session)
+    plan = RandomSearcher(ctx, RandomSearcher.Options(evaluations=4)).search()
+    rows = ctx.recorder.rows
+    assert len(rows) == 4
+    assert all(r["flops_kept"] <= 0.5 + 1e-9 for r in rows)
+    assert plan.meta["val_accuracy"] == max(r["val_accuracy"] for r in rows)
+    assert ctx.fits(plan)
+
+
+def test_random_search_resume_skips_recorded_samples(tiny_session):
+    full = _context(tiny_session)
+    RandomSearcher(full, RandomSearcher.Options(evaluations=3)).search()
+    part = _context(tiny_session)
+    RandomSearcher(part, RandomSearcher.Options(evaluations=2)).search()
+    RandomSearcher(part, RandomSearcher.Options(evaluations=3)).search()
+    key = [c for c in full.recorder.rows[0] if c.startswith("channels/")]
+    assert [[r[k] for k in key] for r in part.recorder.rows] == [[r[k] for k in key] for r in full.recorder.rows]
+
+
+@pytest.mark.parametrize("bad", [{"evaluations": 0}, {"evalutions": 3}])
+def test_searcher_options_are_strict(bad):
+    from autoprune.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        RandomSearcher.parse_options({"name": "random", **bad})
