@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,10 +232,8 @@ def _search_and_finish(session: Session, run_dir: Path, recorder: TrialRecorder,
     pruned = evaluator.prune(plan)
     val_before = evaluator.score(pruned)
     test_before = dataset_accuracy(pruned, data.test)
-    ft_lr = cfg.train.lr * cfg.finetune.lr_scale
     seed_everything(cfg.seed)
-    train_model(pruned, data.train, cfg.train, epochs=cfg.finetune.epochs, lr=ft_lr, seed=cfg.seed,
-                desc="fine-tune", progress=progress)
+    pruned = long_term_finetune(session, evaluator, plan, pruned, progress)
     test_after = dataset_accuracy(pruned, data.test)
     spec = model_spec(cfg, data, session.input_shape)
     save_pruned(run_dir / "pruned_model.pt", pruned, spec, plan, cfg.pruning.granularity)
@@ -254,8 +253,23 @@ def _search_and_finish(session: Session, run_dir: Path, recorder: TrialRecorder,
         "wall_seconds": time.time() - start,
         "units": len(session.graph),
     }
+    for extra in SUMMARY_EXTRAS:
+        summary.update(extra(session, pruned, plan))
     atomic_write_json(run_dir / "summary.json", summary)
     return run_dir
+
+
+def long_term_finetune(session: Session, evaluator: Evaluator, plan: PruningPlan, pruned: nn.Module,
+                       progress: bool = True) -> nn.Module:
+    """The final fine-tune of the best plan (NetAdapt's long-term fine-tune)."""
+    cfg = session.cfg
+    return train_model(pruned, session.data.train, cfg.train, epochs=cfg.finetune.epochs,
+                       lr=cfg.train.lr * cfg.finetune.lr_scale, seed=cfg.seed, desc="fine-tune",
+                       progress=progress)
+
+
+# Functions (session, pruned model, plan) -> dict merged into summary.json (latency, storage, ...).
+SUMMARY_EXTRAS: list[Callable[[Session, nn.Module, PruningPlan], dict[str, Any]]] = []
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
