@@ -1,0 +1,76 @@
+"""Shared pieces of the benchmarks: the base experiment, its cached checkpoint, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoprune.config import ExperimentConfig, load_config
+from autoprune.runs import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+CHECKPOINT = ROOT / "checkpoints" / "resnet20_mnist5k_3x32.pt"
+
+# ResNet-20 on 3x32x32 MNIST-5k: a model with headroom where aggressive pruning hurts.
+BASE = {
+    "name": "bench",
+    "seed": 0,
+    "model": {"name": "resnet20"},
+    "data": {"name": "mnist5k", "val_samples": 1000, "resize": 32, "channels": 3},
+    "train": {"epochs": 30, "lr": 0.1, "batch_size": 128},
+    "budget": {"flops": 0.5},
+    "pruning": {"criterion": "l1", "min_ratio": 0.2, "max_ratio": 1.0},
+    "searcher": {"name": "uniform"},
+    "evaluation": {"adaptive_bn_batches": 10, "batch_size": 256},
+    "finetune": {"epochs": 5, "lr_scale": 0.1},
+}
+
+
+def base_config(overrides: list[str] | None = None, **sections: Any) -> ExperimentConfig:
+    raw = json.loads(json.dumps(BASE))
+    raw.update(sections)
+    if CHECKPOINT.exists():
+        raw["model"]["checkpoint"] = str(CHECKPOINT)
+    return load_config(raw, overrides)
+
+
+def ensure_checkpoint() -> Path:
+    """Train the benchmark base model once (deterministic, seed 0) and cache it."""
+    if CHECKPOINT.exists():
+        return CHECKPOINT
+    from autoprune.data import load_data
+    from autoprune.runner import base_model
+    from autoprune.runs import atomic_write_with
+
+    cfg = load_config(json.loads(json.dumps(BASE)))
+    model, _, _ = base_model(cfg, load_data(cfg.data))
+    atomic_write_with(CHECKPOINT, lambda buf: torch.save(model.state_dict(), buf))
+    return CHECKPOINT
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def target(name: str, goal: str, measured: Any, met: bool) -> dict[str, Any]:
+    return {"name": name, "target": goal, "measured": measured, "met": bool(met)}
+
+
+def write_results(name: str, table_md: str, data: dict[str, Any], targets: list[dict[str, Any]],
+                  command: str) -> None:
+    stamp = time.strftime("%Y-%m-%d")
+    payload = {"benchmark": name, "date": stamp, "machine": machine(), "command": command,
+               "targets": targets, **data}
+    atomic_write_json(RESULTS / f"{name}.json", payload)
+    lines = [f"# {name}", "", f"{stamp}, {machine()}, `{command}`", "", table_md, "", "## Targets", "",
+             "| target | goal | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {t['name']} | {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in targets]
+    atomic_write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
