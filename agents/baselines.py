@@ -67,14 +67,17 @@ class RandomSearcher(Searcher):
         done = len(ctx.recorder.rows)
         bar = tqdm(total=self.options.evaluations, initial=done, desc="random search", unit="plan",
                    disable=not ctx.progress or None)
-        for i in range(self.options.evaluations):
-            ratios = ctx.fit_to_budget(rng.uniform(lo, hi, size=len(ctx.graph)))
-            if i < done:
-                continue
-            plan = ctx.plan_from_ratios(ratios, searcher=self.name)
-            row = ctx.record(plan, ctx.evaluate(plan), sample=i)
-            bar.update(1)
-            bar.set_postfix(best=f"{best_of(ctx.recorder.rows)['val_accuracy']:.3f}", acc=f"{row['val_accuracy']:.3f}")
+        samples = [ctx.fit_to_budget(rng.uniform(lo, hi, size=len(ctx.graph)))
+                   for _ in range(self.options.evaluations)]
+        batch = 2 * getattr(ctx.evaluator, "workers", 0) or 1  # a Ray pool evaluates a batch in parallel
+        for start in range(done, self.options.evaluations, batch):
+            idx = range(start, min(start + batch, self.options.evaluations))
+            plans = [ctx.plan_from_ratios(samples[i], searcher=self.name) for i in idx]
+            for i, plan, result in zip(idx, plans, ctx.evaluate_many(plans), strict=True):
+                row = ctx.record(plan, result, sample=i)
+                bar.update(1)
+                bar.set_postfix(best=f"{best_of(ctx.recorder.rows)['val_accuracy']:.3f}",
+                                acc=f"{row['val_accuracy']:.3f}")
         bar.close()
         best = best_of(ctx.recorder.rows)
         plan = plan_from_row(ctx.graph, best)

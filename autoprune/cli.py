@@ -18,6 +18,11 @@ from autoprune.errors import AutopruneError
 
 COMMAND_MODULES = (
     "autoprune.commands.search",
+    "autoprune.commands.run",
+    "autoprune.commands.compare",
+    "autoprune.commands.lut",
+    "autoprune.commands.sensitivity",
+    "autoprune.commands.export",
 )
 
 

@@ -122,6 +122,8 @@ class PruningConfig:
     """M of N:M sparsity (group size)."""
     calibration_batches: int = 4
     """Batches used by data-driven criteria (taylor, apoz, hessian, reconstruction)."""
+    scope: str = "layer"
+    """``fine`` granularity: ``layer`` (each layer keeps its density) or ``global`` (one magnitude threshold)."""
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.config import PruningConfig
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.registry import Registry
 
 CRITERIA: Registry = Registry("criterion")
@@ -34,6 +35,9 @@ class Criterion:
     def scores(self, group: tp.Group) -> torch.Tensor:
         raise NotImplementedError
 
+    def selected(self, group: tp.Group) -> None:
+        """Told, before it is pruned, each group of channels about to be removed."""
+
     def after_prune(self, model: nn.Module, batches: Sequence[Batch] | None) -> None:
         """Called once after all units were pruned (e.g. to re-fit weights)."""
 
@@ -46,7 +50,10 @@ class TorchPruningImportance(Criterion):
 
     def scores(self, group: tp.Group) -> torch.Tensor:
         with torch.no_grad():
-            return self.importance(group).detach().float()
+            imp = self.importance(group)
+        if not isinstance(imp, torch.Tensor) or imp.numel() == 0:
+            return None  # the group has no layer this importance can score
+        return imp.detach().float()
 
 
 @CRITERIA.register("l1")
@@ -61,5 +68,38 @@ def l2(cfg: PruningConfig) -> Criterion:
     return TorchPruningImportance(tp.importance.GroupMagnitudeImportance(p=2, normalizer=None))
 
 
+@CRITERIA.register("lp")
+def lp(cfg: PruningConfig) -> Criterion:
+    """Lp norm (``pruning.p``) of each channel's weights over the coupled group."""
+    if not cfg.p > 0:
+        raise ConfigError(f"pruning.p must be > 0 for the lp criterion (got {cfg.p})")
+    return TorchPruningImportance(tp.importance.GroupMagnitudeImportance(p=cfg.p, normalizer=None))
+
+
+class BNScale(TorchPruningImportance):
+    """Network slimming: |gamma| of the BatchNorm following each channel."""
+
+    def __init__(self) -> None:
+        super().__init__(tp.importance.BNScaleImportance(normalizer=None))
+
+    def scores(self, group: tp.Group) -> torch.Tensor:
+        imp = super().scores(group)
+        if imp is None:
+            raise AutopruneError(
+                f"criterion bn_scale: unit {group[0].dep.target.name!r} has no BatchNorm to read gammas from; "
+                "use pruning.criterion: l1 (or a model with BN after every pruned layer)"
+            )
+        return imp
+
+
+@CRITERIA.register("bn_scale")
+def bn_scale(cfg: PruningConfig) -> Criterion:
+    """BatchNorm scaling factors |gamma| (Liu et al. 2017, network slimming)."""
+    return BNScale()
+
+
 def get_criterion(cfg: PruningConfig) -> Criterion:
     return CRITERIA.get(cfg.criterion)(cfg)
+
+
+from autoprune import criteria_data  # noqa: E402,F401  (registers apoz, taylor, hessian, reconstruction)

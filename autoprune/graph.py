@@ -95,7 +95,8 @@ def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.D
     was_training = model.training
     model.eval()
     try:
-        return tp.DependencyGraph().build_dependency(
+        with torch.enable_grad():  # torch-pruning traces the autograd graph
+            return tp.DependencyGraph().build_dependency(
             model, example_inputs=example_input(input_shape), verbose=False
         )
     finally:

@@ -1,7 +1,13 @@
 """Apply a pruning plan: the one function every searcher's plan goes through.
 
-Channels are removed for real by torch-pruning (``Group.prune``); the caller's model is never
-modified (we prune a deep copy).
+``pruning.granularity`` picks how: ``channel`` removes channels for real with torch-pruning
+(``Group.prune``); ``fine`` and ``nm`` attach weight masks (see :mod:`autoprune.sparsity`). The
+caller's model is never modified (we prune a deep copy).
+
+Channel pruning can record what it removed (``log``): a list of ``(unit name, removed channel
+indices)`` in the pruned model's current numbering. :func:`replay` applies a recorded sequence of
+removals to another model of the same architecture (lottery-ticket rewinding uses it to cut the
+early weights exactly like the trained ones).
 """
 
 from __future__ import annotations
@@ -17,6 +23,18 @@ from autoprune.criteria import Batch, Criterion, get_criterion
 from autoprune.errors import AutopruneError
 from autoprune.graph import UnitGraph, build_dependency_graph
 from autoprune.plan import PruningPlan
+from autoprune.sparsity import SPARSE_GRANULARITIES, check_granularity, sparse_prune
+
+Removal = tuple[str, list[int]]
+
+
+def _select(criterion: Criterion, group, unit_name: str, channels: int, keep: int) -> list[int]:
+    scores = criterion.scores(group)
+    if scores is None or scores.numel() != channels:
+        raise AutopruneError(f"criterion gave no per-channel scores for unit {unit_name!r}")
+    scores = torch.nan_to_num(scores.float(), nan=0.0)
+    order = torch.argsort(scores, stable=True)
+    return sorted(order[: channels - keep].tolist())
 
 
 def channel_prune(
@@ -25,8 +43,12 @@ def channel_prune(
     plan: PruningPlan,
     criterion: Criterion,
     calibration: Sequence[Batch] | None = None,
+    log: list[Removal] | None = None,
 ) -> nn.Module:
-    """Return a copy of ``model`` with each unit cut to the plan's channel count."""
+    """Return a copy of ``model`` with each unit cut to the plan's channel count.
+
+    :param log: if given, ``(unit name, removed indices)`` of every pruned unit are appended.
+    """
     plan.check(graph)
     pruned = copy.deepcopy(model)
     todo = [(u, plan.channels.get(u.name, u.out_channels)) for u in graph.units]
@@ -44,16 +66,27 @@ def channel_prune(
         root = modules[unit.name]
         prune_fn = dg.get_pruner_of_module(root).prune_out_channels
         group = dg.get_pruning_group(root, prune_fn, idxs=list(range(unit.out_channels)))
-        scores = criterion.scores(group)
-        if scores is None or scores.numel() != unit.out_channels:
-            raise AutopruneError(f"criterion gave no per-channel scores for unit {unit.name!r}")
-        scores = torch.nan_to_num(scores.float(), nan=0.0)
-        order = torch.argsort(scores, stable=True)
-        selections.append((root, prune_fn, sorted(order[: unit.out_channels - keep].tolist())))
-    for root, prune_fn, idxs in selections:
-        dg.get_pruning_group(root, prune_fn, idxs=idxs).prune()
+        selections.append((unit.name, root, prune_fn, _select(criterion, group, unit.name, unit.out_channels, keep)))
+    for name, root, prune_fn, idxs in selections:
+        group = dg.get_pruning_group(root, prune_fn, idxs=idxs)
+        criterion.selected(group)
+        group.prune()
+        if log is not None:
+            log.append((name, list(idxs)))
     criterion.after_prune(pruned, calibration)
     pruned.zero_grad(set_to_none=True)
+    return pruned
+
+
+def replay(model: nn.Module, input_shape: Sequence[int], steps: Sequence[Sequence[Removal]]) -> nn.Module:
+    """Apply recorded removals (one list per pruning step) to a copy of ``model``."""
+    pruned = copy.deepcopy(model)
+    for removals in steps:
+        dg = build_dependency_graph(pruned, input_shape)
+        modules = dict(pruned.named_modules())
+        for name, idxs in removals:
+            root = modules[name]
+            dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs=list(idxs)).prune()
     return pruned
 
 
@@ -64,11 +97,15 @@ def apply_plan(
     pruning: PruningConfig | None = None,
     calibration: Sequence[Batch] | None = None,
     criterion: Criterion | None = None,
+    log: list[Removal] | None = None,
 ) -> nn.Module:
-    """Prune a copy of ``model`` to ``plan`` at ``pruning.granularity`` with ``pruning.criterion``."""
+    """Prune a copy of ``model`` to ``plan`` at ``pruning.granularity`` with ``pruning.criterion``.
+
+    ``fine`` / ``nm`` read each unit's kept count as a weight density and use weight magnitude
+    (the criterion scores channels, so it only applies to ``channel``).
+    """
     pruning = pruning or PruningConfig()
-    if pruning.granularity != "channel":
-        raise AutopruneError(
-            f"pruning.granularity {pruning.granularity!r} is not supported; use 'channel'"
-        )
-    return channel_prune(model, graph, plan, criterion or get_criterion(pruning), calibration)
+    check_granularity(pruning)
+    if pruning.granularity in SPARSE_GRANULARITIES:
+        return sparse_prune(model, graph, plan, pruning)
+    return channel_prune(model, graph, plan, criterion or get_criterion(pruning), calibration, log)

@@ -25,6 +25,10 @@ from autoprune.data import DataBundle, load_data
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.evaluate import Evaluator
 from autoprune.graph import UnitGraph, build_unit_graph
+from autoprune.iterative import check_recorded, recording, steps_per_epoch
+from autoprune.iterative import long_term as iterative_long_term
+from autoprune.iterative import validate as validate_toolbox
+from autoprune.latency import latency_summary  # also registers the "latency" cost model
 from autoprune.models import build_model, check_input_shape, load_checkpoint
 from autoprune.plan import PruningPlan
 from autoprune.runs import (
@@ -36,6 +40,7 @@ from autoprune.runs import (
     read_json,
 )
 from autoprune.search import SEARCHERS, SearchContext, Searcher
+from autoprune.sparsity import SPARSE_GRANULARITIES, cost_kind, sparse_layer_formats, storage_report
 from autoprune.train import dataset_accuracy, train_model
 
 log = logging.getLogger(__name__)
@@ -70,7 +75,12 @@ class Session:
     searcher_options: Any
 
     def evaluator(self) -> Evaluator:
+        """In-process evaluator, or a Ray actor pool (same interface) when ``ray.workers > 0``."""
         c = self.cfg
+        if c.ray.workers > 0:
+            from autoprune.distributed import RayEvaluatorPool
+
+            return RayEvaluatorPool.from_config(self.model, self.graph, self.data, c)
         return Evaluator(self.model, self.graph, self.data, c.evaluation, c.pruning, c.train, c.finetune, c.seed)
 
     def context(self, evaluator, recorder: TrialRecorder, run_dir: Path | None, resume: bool,
@@ -103,14 +113,15 @@ def base_model(cfg: ExperimentConfig, data: DataBundle, checkpoint: str | Path |
             "set data.resize / data.channels or drop model.input_shape"
         )
     spec = model_spec(cfg, data, input_shape)
+    seed_everything(cfg.seed)  # the initial weights depend on the seed only
     model = spec_model(spec)
     check_input_shape(model, input_shape, data.num_classes)
     ckpt = checkpoint or cfg.model.checkpoint
     if ckpt:
         load_checkpoint(model, ckpt)
         return model.eval(), input_shape, False
-    seed_everything(cfg.seed)
-    train_model(model, data.train, cfg.train, seed=cfg.seed, desc="train base model", progress=progress)
+    with recording(model, cfg.finetune.rewind, steps_per_epoch(len(data.train), cfg.train.batch_size)):
+        train_model(model, data.train, cfg.train, seed=cfg.seed, desc="train base model", progress=progress)
     return model.eval(), input_shape, True
 
 
@@ -120,17 +131,20 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
     searcher_cls = get_searcher(cfg.searcher_name)
     options = searcher_cls.parse_options(cfg.searcher)
     CRITERIA.get(cfg.pruning.criterion)
+    validate_toolbox(cfg)  # granularity, finetune.schedule, finetune.rewind
     data = load_data(cfg.data)
     labels = data.train.tensors[1] if hasattr(data.train, "tensors") else None
     if labels is not None and len(labels) == 0:
         raise AutopruneError("the training split is empty")
     model, input_shape, _ = base_model(cfg, data, base_checkpoint, progress)
+    check_recorded(cfg, model)
     graph = build_unit_graph(model, input_shape)
     budget_cfg = cfg.budget
-    budget = make_budget(graph, budget_cfg.kind, budget_cfg.value, absolute=budget_cfg.latency_ms is not None,
-                         model=model, lut=budget_cfg.lut)
-    costs: dict[str, CostModel] = {"flops": make_budget(graph, "flops", 1.0).cost,
-                                   "params": make_budget(graph, "params", 1.0).cost}
+    budget = make_budget(graph, cost_kind(budget_cfg.kind, cfg.pruning), budget_cfg.value,
+                         absolute=budget_cfg.latency_ms is not None, model=model, lut=budget_cfg.lut,
+                         pruning=cfg.pruning)
+    costs: dict[str, CostModel] = {k: make_budget(graph, cost_kind(k, cfg.pruning), 1.0, pruning=cfg.pruning).cost
+                                   for k in ("flops", "params")}
     costs[budget.kind] = budget.cost
     session = Session(cfg, data, model, input_shape, graph, costs, budget, searcher_cls, options)
     ctx = session.context(None, TrialRecorder(None), None, False)
@@ -168,7 +182,8 @@ def load_pruned(path: str | Path) -> nn.Module:
     model = spec_model(spec).eval()
     graph = build_unit_graph(model, spec["input_shape"])
     plan = PruningPlan.from_dict(payload["plan"])
-    pruned = apply_plan(model, graph, plan)
+    sparse = payload.get("granularity") in SPARSE_GRANULARITIES  # same architecture, zeros in the weights
+    pruned = model if sparse else apply_plan(model, graph, plan)
     pruned.load_state_dict(payload["state_dict"])
     return pruned.eval()
 
@@ -219,10 +234,13 @@ def _search_and_finish(session: Session, run_dir: Path, recorder: TrialRecorder,
     cfg, data = session.cfg, session.data
     seed_everything(cfg.seed)
     evaluator = session.evaluator()
-    ctx = session.context(evaluator, recorder, run_dir, resume, progress)
-    searcher = session.searcher_cls(ctx, session.searcher_options)
-    log.info("searching with %s over %d units", cfg.searcher_name, len(session.graph))
-    plan = searcher.search()
+    try:
+        ctx = session.context(evaluator, recorder, run_dir, resume, progress)
+        searcher = session.searcher_cls(ctx, session.searcher_options)
+        log.info("searching with %s over %d units", cfg.searcher_name, len(session.graph))
+        plan = searcher.search()
+    finally:  # a Ray pool frees its actors (it keeps a local evaluator for what follows)
+        getattr(evaluator, "close", lambda: None)()
     recorder.flush()
     if not session.budget.fits(plan.counts(session.graph)):
         raise AutopruneError(f"searcher {cfg.searcher_name!r} returned an over-budget plan (a bug)")
@@ -261,15 +279,28 @@ def _search_and_finish(session: Session, run_dir: Path, recorder: TrialRecorder,
 
 def long_term_finetune(session: Session, evaluator: Evaluator, plan: PruningPlan, pruned: nn.Module,
                        progress: bool = True) -> nn.Module:
-    """The final fine-tune of the best plan (NetAdapt's long-term fine-tune)."""
+    """The final fine-tune of the best plan (NetAdapt's long-term fine-tune).
+
+    One-shot, or iterative with ``finetune.schedule``, with optional lottery-ticket
+    ``finetune.rewind`` (see :mod:`autoprune.iterative`); fine/N:M masks are kept throughout and
+    folded into the weights at the end.
+    """
     cfg = session.cfg
-    return train_model(pruned, session.data.train, cfg.train, epochs=cfg.finetune.epochs,
-                       lr=cfg.train.lr * cfg.finetune.lr_scale, seed=cfg.seed, desc="fine-tune",
-                       progress=progress)
+
+    def train(model: nn.Module, lr: float) -> nn.Module:
+        return train_model(model, session.data.train, cfg.train, epochs=cfg.finetune.epochs, lr=lr,
+                           seed=cfg.seed, desc="fine-tune", progress=progress)
+
+    return iterative_long_term(cfg, session.model, session.graph, plan, pruned, train,
+                               evaluator.calibration, evaluator.criterion)
 
 
 # Functions (session, pruned model, plan) -> dict merged into summary.json (latency, storage, ...).
 SUMMARY_EXTRAS: list[Callable[[Session, nn.Module, PruningPlan], dict[str, Any]]] = []
+SUMMARY_EXTRAS.append(latency_summary)
+SUMMARY_EXTRAS.append(lambda session, pruned, plan: {"storage": storage_report(
+    pruned, sparse_layer_formats(session.graph, plan, session.cfg.pruning), session.cfg.pruning.n,
+    session.cfg.pruning.m)})
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:

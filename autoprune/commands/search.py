@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def add_config_args(p: argparse.ArgumentParser, config_required: bool = True) ->
 
 def config_from_args(args: argparse.Namespace, extra: list[str] | None = None,
                      budget: str | None = None) -> ExperimentConfig:
-    overrides = list(args.overrides) + list(extra or [])
+    overrides = list(extra or []) + list(args.overrides)  # --set wins over --searcher's reset
     if getattr(args, "seed", None) is not None:
         overrides.append(f"seed={args.seed}")
     return load_config(args.config, overrides, budget)
@@ -33,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", help="budget short form, e.g. flops=0.5, params=0.3, latency=0.6")
     p.add_argument("--out", help="run directory (default runs/<name>__<searcher>__<seed>__<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search in RUN_DIR")
+    p.add_argument("--workers", metavar="N|auto",
+                   help="evaluate on N Ray actors (auto: one per core; 0: in-process); default: ray.workers "
+                        "of the config (0)")
     p.set_defaults(func=cmd_search)
 
     t = sub.add_parser("train", help="train a base model and save its state_dict")
@@ -53,6 +57,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         raw = read_yaml(args.config).get("searcher") or {}
         if raw.get("name") != args.searcher:  # a different searcher: drop the other one's keys
             extra = [f"searcher={{name: {args.searcher}}}"]
+    if args.workers is not None:
+        workers = (os.cpu_count() or 1) if args.workers == "auto" else args.workers
+        extra.append(f"ray.workers={workers}")
     cfg = config_from_args(args, extra, args.budget)
     run_dir = run_search(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
     print_summary(read_summary(run_dir), run_dir)

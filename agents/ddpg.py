@@ -1,0 +1,347 @@
+"""``ddpg``: AMC's search (He et al. 2018) with stable-baselines3's DDPG on the pruning MDP.
+
+Nothing of DDPG is written here: the agent is SB3's ``DDPG``, extended only through SB3's hooks.
+
+- :class:`TruncatedNormalNoise` (an SB3 ``ActionNoise``): AMC's exploration, a truncated normal
+  around the actor's action inside the action bounds; sigma decays x``sigma_decay`` per episode
+  after the warm-up. Warm-up episodes use SB3's random actions (``learning_starts``).
+- :class:`AMCEpisodes` (an SB3 ``BaseCallback``): at ``_on_rollout_end`` (after the episode's
+  last transition is stored, before training) it scores the finished plans in one
+  ``evaluate_many`` call, writes each episode's final reward minus a moving-average baseline
+  onto every transition of that episode in the replay buffer, records one trials row per episode,
+  and checkpoints at the next ``_on_rollout_start`` (after training).
+- :class:`AMCDDPG`: ``DDPG`` whose ``_update_learning_rate`` hook also sets the actor's own
+  learning rate (SB3 uses one rate for actor and critic; AMC uses 1e-4 / 1e-3).
+
+One rollout is ``parallel_episodes`` episodes played in lock-step by as many env copies (all
+episodes have the same length, one step per unit), so the replay buffer's episode rows are the
+last ``T`` rows for every env column.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import truncnorm
+from stable_baselines3 import DDPG
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import VectorizedActionNoise
+from stable_baselines3.common.utils import update_learning_rate
+from stable_baselines3.common.vec_env import DummyVecEnv
+from tqdm.auto import tqdm
+
+from autoprune.envs.pruning_env import ChannelPruningEnv
+from autoprune.envs.rewards import make_reward
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.plan import PruningPlan
+from autoprune.runs import atomic_write_with
+from autoprune.search import Searcher, best_of, plan_from_row, positive, register_searcher
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "autoprune.ddpg-checkpoint/v1"
+
+
+class TruncatedNormalNoise(VectorizedActionNoise):
+    """AMC's exploration: the action is drawn from N(mu, sigma) truncated to [-1, 1], where mu is
+    the actor's action; returned as the offset SB3 adds to mu (so its clip never triggers).
+
+    One object serves every env (it subclasses ``VectorizedActionNoise`` so SB3 does not wrap it
+    in per-env copies that would share a random stream). ``mean_fn`` returns the actor's actions
+    for the current observations; it is not pickled and is re-bound after loading.
+
+    :param n_envs: number of envs stepped together.
+    :param seed: seeds the noise's own generator.
+    """
+
+    def __init__(self, n_envs: int, seed: int = 0) -> None:
+        self.n_envs = int(n_envs)
+        self.sigma = 0.0  # in action units ([-1, 1] range)
+        self.active = False
+        self.rng = np.random.default_rng(seed)
+        self.mean_fn: Any = None
+
+    def __call__(self) -> np.ndarray:
+        if not self.active or self.sigma <= 0 or self.mean_fn is None:
+            return np.zeros((self.n_envs, 1), dtype=np.float32)
+        mu = np.clip(np.asarray(self.mean_fn(), dtype=np.float64).reshape(self.n_envs, -1), -1.0, 1.0)
+        x = truncnorm.rvs((-1.0 - mu) / self.sigma, (1.0 - mu) / self.sigma, loc=mu, scale=self.sigma,
+                          random_state=self.rng)
+        return (np.asarray(x) - mu).astype(np.float32)
+
+    def reset(self, indices=None) -> None:
+        """Sigma follows the episode counter (set by :class:`AMCEpisodes`), so nothing to reset."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "mean_fn"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, mean_fn=None)
+
+    def __repr__(self) -> str:
+        return f"TruncatedNormalNoise(n_envs={self.n_envs}, sigma={self.sigma:.4g})"
+
+
+class AMCDDPG(DDPG):
+    """SB3's ``DDPG``; the ``_update_learning_rate`` hook gives the actor its own rate."""
+
+    actor_learning_rate: float | None = None
+
+    def _update_learning_rate(self, optimizers) -> None:
+        super()._update_learning_rate(optimizers)
+        if self.actor_learning_rate is not None:
+            update_learning_rate(self.actor.optimizer, self.actor_learning_rate)
+
+
+@register_searcher
+class DdpgSearcher(Searcher):
+    """AMC: an SB3 DDPG agent picks each unit's preserve ratio; the best-reward episode wins."""
+
+    name = "ddpg"
+
+    @dataclass
+    class Options:
+        episodes: int = 400
+        """Episodes in total (one plan evaluation each), warm-up included."""
+        warmup: int = 100
+        """Episodes of uniformly random actions before the agent acts and learns."""
+        sigma: float = 0.5
+        """Exploration noise of the truncated normal, relative to the action range scaled to [0, 1]."""
+        sigma_decay: float = 0.95
+        """Sigma is multiplied by this once per episode after the warm-up."""
+        hidden: list[int] = field(default_factory=lambda: [300, 300])
+        """Hidden layer sizes of both actor and critic MLPs."""
+        actor_lr: float = 1e-4
+        critic_lr: float = 1e-3
+        tau: float = 0.01
+        """Soft target-update rate."""
+        gamma: float = 1.0
+        batch_size: int = 64
+        replay_episodes: int = 100
+        """Replay buffer capacity, in episodes."""
+        baseline_decay: float = 0.95
+        """Moving-average baseline: b <- decay * b + (1 - decay) * episode reward."""
+        reward: str = "acc"
+        """Reward function name (autoprune.envs.rewards.REWARDS)."""
+        reward_kwargs: dict[str, Any] = field(default_factory=dict)
+        """Parameters of the reward function (e.g. {weight: 0.5} for blend)."""
+        parallel_episodes: int = 1
+        """Episodes played in lock-step per rollout; their plans are scored in one evaluate_many."""
+        checkpoint_every: int = 10
+        """Checkpoint agent, replay buffer, counters and RNG states every this many episodes."""
+        tensorboard: bool = False
+        """Write SB3's TensorBoard logs to <run_dir>/ddpg/tensorboard (needs the tensorboard package)."""
+        device: str = "cpu"
+        """Torch device of the agent's networks."""
+
+        def validate(self) -> None:
+            for name in ("episodes", "batch_size", "replay_episodes", "parallel_episodes", "checkpoint_every",
+                         "actor_lr", "critic_lr", "tau"):
+                positive(name, getattr(self, name))
+            for name in ("warmup", "sigma"):
+                positive(name, getattr(self, name), allow_zero=True)
+            if not 0 < self.sigma_decay <= 1 or not 0 <= self.baseline_decay < 1 or not 0 <= self.gamma <= 1:
+                raise ConfigError("searcher.sigma_decay must be in (0, 1], baseline_decay in [0, 1), gamma in [0, 1]")
+            if not self.hidden or any(h < 1 for h in self.hidden):
+                raise ConfigError(f"searcher.hidden must list positive layer sizes (got {self.hidden})")
+            n = self.parallel_episodes
+            if self.episodes % n or self.warmup % n or self.replay_episodes < n:
+                raise ConfigError(f"searcher.episodes and searcher.warmup must be multiples of parallel_episodes "
+                                  f"({n}) and replay_episodes >= it")
+            make_reward(self.reward, self.reward_kwargs)
+            if self.tensorboard:
+                try:
+                    import tensorboard  # noqa: F401
+                except ImportError as exc:
+                    raise ConfigError("searcher.tensorboard needs the tensorboard package; pip install "
+                                      "tensorboard or set searcher.tensorboard=false") from exc
+
+    # ----------------------------------------------------------------------------- search
+    def search(self) -> PruningPlan:
+        ctx, opts = self.ctx, self.options
+        self.steps = len(ctx.graph)
+        self.envs = [self._make_env() for _ in range(opts.parallel_episodes)]
+        vec = DummyVecEnv([lambda e=e: e for e in self.envs])
+        self.ckpt_path = Path(ctx.run_dir) / "ddpg" / "checkpoint.pkl" if ctx.run_dir else None
+        state = self._load(vec) if ctx.resume and self.ckpt_path and self.ckpt_path.exists() else None
+        if state is None:
+            if ctx.resume and ctx.recorder.rows:
+                log.warning("no DDPG checkpoint in %s: restarting the search from episode 0", ctx.run_dir)
+                ctx.recorder.rows.clear()
+            self.model = self._new_model(vec)
+        done = state["episodes"] if state else 0
+        self.model.action_noise.mean_fn = lambda: self.model.predict(self.model._last_obs, deterministic=True)[0]
+        callback = AMCEpisodes(self, done, state["baseline"] if state else None)
+        remaining = opts.episodes - done
+        if remaining > 0:
+            with callback.progress_bar(opts.episodes, done, ctx.progress):
+                self.model.learn(remaining * self.steps, callback=callback, reset_num_timesteps=state is None,
+                                 tb_log_name="ddpg")
+        if callback.due:
+            self.checkpoint(callback)
+        return self._best()
+
+    def _make_env(self) -> ChannelPruningEnv:
+        ctx, p = self.ctx, self.ctx.pruning
+        return ChannelPruningEnv(ctx.graph, ctx.evaluator, ctx.budget, self.options.reward, self.options.reward_kwargs,
+                                 p.min_ratio, p.max_ratio, p.round_to, ctx.costs, defer_evaluation=True)
+
+    def _new_model(self, vec: DummyVecEnv) -> AMCDDPG:
+        ctx, opts = self.ctx, self.options
+        tb = str(Path(ctx.run_dir) / "ddpg" / "tensorboard") if opts.tensorboard and ctx.run_dir else None
+        model = AMCDDPG(
+            "MlpPolicy", vec, learning_rate=opts.critic_lr, buffer_size=opts.replay_episodes * self.steps,
+            learning_starts=opts.warmup * self.steps, batch_size=opts.batch_size, tau=opts.tau, gamma=opts.gamma,
+            train_freq=(self.steps, "step"), gradient_steps=-1,
+            action_noise=TruncatedNormalNoise(opts.parallel_episodes, seed=ctx.seed + 1),
+            policy_kwargs={"net_arch": {"pi": list(opts.hidden), "qf": list(opts.hidden)}},
+            tensorboard_log=tb, seed=ctx.seed, device=opts.device, verbose=0,
+        )
+        model.actor_learning_rate = opts.actor_lr
+        return model
+
+    def _best(self) -> PruningPlan:
+        best = best_of(self.ctx.recorder.rows, key="reward")
+        if best is None:
+            raise AutopruneError("the DDPG search recorded no episode; raise searcher.episodes")
+        plan = plan_from_row(self.ctx.graph, best)
+        plan.meta.update(self.ctx.describe(plan), val_accuracy=float(best["val_accuracy"]), searcher=self.name,
+                         reward=float(best["reward"]), episode=int(best["episode"]))
+        return plan
+
+    # ------------------------------------------------------------------------ checkpoints
+    def checkpoint(self, callback: AMCEpisodes) -> None:
+        """Atomically write agent, replay buffer, counters and RNG states to one file.
+
+        The agent and buffer are SB3's own ``save``/``save_replay_buffer`` archives (zip with
+        cloudpickled data, and a pickle), wrapped in one pickle so a crash leaves either the old
+        checkpoint or the new one.
+        """
+        if self.ckpt_path is None:
+            return
+        agent, replay = io.BytesIO(), io.BytesIO()
+        self.model.save(agent)
+        self.model.save_replay_buffer(replay)
+        state = {"episodes": callback.episodes, "baseline": callback.baseline, "steps": self.steps,
+                 "rng": {"numpy": np.random.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
+                         "action_space": self.model.action_space.np_random.bit_generator.state,
+                         "noise": self.model.action_noise.rng.bit_generator.state}}
+        blob = {"format": CHECKPOINT_FORMAT, "agent": agent.getvalue(), "replay": replay.getvalue(), "state": state}
+        atomic_write_with(self.ckpt_path, lambda buf: pickle.dump(blob, buf, protocol=pickle.HIGHEST_PROTOCOL))
+        callback.due = False
+        log.debug("DDPG checkpoint at episode %d", callback.episodes)
+
+    def _load(self, vec: DummyVecEnv) -> dict[str, Any]:
+        """Restore agent, buffer and RNG states; drop trials rows recorded after the checkpoint."""
+        try:  # our own file in the run dir: SB3's formats need pickle, weights_only is impossible here
+            blob = pickle.loads(self.ckpt_path.read_bytes())
+        except Exception as exc:
+            raise AutopruneError(f"{str(self.ckpt_path)!r} is unreadable ({type(exc).__name__}); "
+                                 "delete it to restart the search") from exc
+        if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+            raise AutopruneError(f"{str(self.ckpt_path)!r} is not a DDPG checkpoint; delete it to restart")
+        state = blob["state"]
+        if state["steps"] != self.steps:
+            raise AutopruneError("the DDPG checkpoint was written for another model; start a new run")
+        self.model = AMCDDPG.load(io.BytesIO(blob["agent"]), env=vec, device=self.options.device)
+        self.model.load_replay_buffer(io.BytesIO(blob["replay"]))
+        rng = state["rng"]
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        self.model.action_space.np_random.bit_generator.state = rng["action_space"]
+        self.model.action_noise.rng.bit_generator.state = rng["noise"]
+        self.model._last_obs = None  # fresh envs: learn() must reset them
+        rows = self.ctx.recorder.rows
+        kept = [r for r in rows if int(r.get("episode", -1)) < state["episodes"]]
+        if len(kept) < state["episodes"]:
+            raise AutopruneError(f"trials.parquet holds {len(kept)} episodes but the DDPG checkpoint is at "
+                                 f"{state['episodes']}; delete {self.ckpt_path.parent} to restart the search")
+        if len(kept) < len(rows):
+            log.info("dropping %d trials rows recorded after the checkpoint", len(rows) - len(kept))
+            rows[:] = kept
+            self.ctx.recorder.flush()
+        log.info("resuming DDPG at episode %d of %d", state["episodes"], self.options.episodes)
+        return state
+
+
+class AMCEpisodes(BaseCallback):
+    """Per-rollout bookkeeping: scores, AMC reward rewrite, records, sigma schedule, checkpoints."""
+
+    def __init__(self, searcher: DdpgSearcher, episodes: int, baseline: float | None) -> None:
+        super().__init__(verbose=0)
+        self.searcher, self.opts, self.ctx = searcher, searcher.options, searcher.ctx
+        self.episodes = episodes
+        self.baseline = baseline
+        self.due = False
+        self.finished: list[tuple[int, PruningPlan]] = []
+        self.bar: Any = None
+
+    def progress_bar(self, total: int, initial: int, enabled: bool):
+        self.bar = tqdm(total=total, initial=initial, desc="ddpg search", unit="episode", disable=not enabled or None)
+        return self.bar
+
+    def sigma(self, episode: int) -> float:
+        """Noise sigma of ``episode`` in the options' units (action range scaled to [0, 1])."""
+        return self.opts.sigma * self.opts.sigma_decay ** max(0, episode - self.opts.warmup)
+
+    def _on_rollout_start(self) -> None:
+        if self.due:  # after the previous rollout's gradient steps: the agent is up to date
+            self.searcher.checkpoint(self)
+        noise = self.model.action_noise
+        noise.active = self.episodes >= self.opts.warmup
+        noise.sigma = 2.0 * self.sigma(self.episodes)  # the action range [-1, 1] is 2 wide
+        self.finished = []
+
+    def _on_step(self) -> bool:
+        # Runs *before* SB3 stores this step's transition: only collect the finished plans here.
+        for i, done in enumerate(self.locals["dones"]):
+            if done:
+                self.finished.append((i, self.locals["infos"][i]["plan"]))
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if not self.finished:
+            return
+        results = self.ctx.evaluate_many([plan for _, plan in self.finished])
+        env = self.searcher.envs[0]
+        rewards = np.array([env.reward_of(plan, res.accuracy) for (_, plan), res in zip(self.finished, results, strict=True)])
+        base = float(rewards.mean()) if self.baseline is None else self.baseline
+        for (i, _), reward in zip(self.finished, rewards, strict=True):
+            self._rewrite(i, float(reward) - base)
+        b = base
+        for reward in rewards:
+            b = self.opts.baseline_decay * b + (1 - self.opts.baseline_decay) * float(reward)
+        self.baseline = b
+        sigma, warm = self.sigma(self.episodes), self.episodes < self.opts.warmup
+        for k, ((_, plan), res, reward) in enumerate(zip(self.finished, results, rewards, strict=True)):
+            self.ctx.record(plan, res, reward=float(reward), flush=k == len(results) - 1,
+                            episode=self.episodes, sigma=sigma, warmup=warm)
+            self.logger.record("search/reward", float(reward))
+            self.logger.record("search/accuracy", float(res.accuracy))
+            self.episodes += 1
+        if self.opts.tensorboard:
+            self.logger.dump(step=self.episodes)
+        n, k = len(results), self.opts.checkpoint_every
+        self.due = self.episodes // k > (self.episodes - n) // k or self.episodes >= self.opts.episodes
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(best=f"{max(r['reward'] for r in self.ctx.recorder.rows):.4f}",
+                                 reward=f"{rewards[-1]:.4f}")
+        self.finished = []
+
+    def _rewrite(self, env_index: int, value: float) -> None:
+        """Write ``value`` onto the episode's T transitions: the last T rows of column env_index."""
+        buf, steps = self.model.replay_buffer, self.searcher.steps
+        rows = (buf.pos - steps + np.arange(steps)) % buf.buffer_size
+        dones = buf.dones[rows, env_index]
+        if dones[-1] != 1 or dones[:-1].any():
+            raise RuntimeError("replay buffer rows do not hold exactly one episode (a bug)")
+        buf.rewards[rows, env_index] = value

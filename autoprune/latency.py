@@ -1,0 +1,402 @@
+"""Measured latency, and the ``latency`` cost model (from a lookup table, or measured).
+
+How latency is measured (:func:`measure_latency`): the model in eval mode under
+``torch.inference_mode``, a fixed random input of ``(batch, *input_shape)``, a fixed thread count
+(``torch.set_num_threads``, restored afterwards), ``warmup`` untimed forwards, then ``repeats``
+timed samples with ``time.perf_counter`` (``clock="wall"``, the default). A very fast model is run several times per sample so
+that one sample lasts at least ``min_sample_ms``. The result is the median in milliseconds and
+the spread (10th to 90th percentile, relative to the median). ``clock="cpu"`` (one thread only)
+times with ``time.thread_time`` instead: the CPU time of the timing thread, which leaves out time
+the OS gave to other processes. Use it on a busy machine; it is not end-to-end latency.
+
+On glibc the allocator is tuned first (:func:`tune_allocator`, the runtime equivalent of
+``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``): without it, forwards at batch 32 page-fault
+thousands of times and run far slower than they need to. One thread is the default because on a
+2-core CPU two threads do not give repeatable numbers; with more threads, start the process with
+``OMP_WAIT_POLICY=ACTIVE`` (it is read when torch is imported, so it cannot be set afterwards).
+
+The ``latency`` cost model prices a channel-count vector in milliseconds: with a LUT (see
+:mod:`autoprune.lut`) it is a prediction from the table, without one each new count vector is
+pruned for real and timed (slow: a fraction of a second per plan; results are cached by counts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import platform
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.cost import COST_MODELS, WidthModel
+from autoprune.errors import AutopruneError
+from autoprune.graph import UnitGraph, build_unit_graph, execution_order
+from autoprune.lut import Lut, LutCost, load_lut, make_header, module_axes, random_counts, tabulate
+from autoprune.plan import PruningPlan
+from autoprune.prune import apply_plan
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Keep freed activations in the heap (glibc ``mallopt``); returns whether it applied.
+
+    Equivalent to starting the process with ``MALLOC_MMAP_THRESHOLD_=33554432`` and a large
+    ``MALLOC_TRIM_THRESHOLD_``; a no-op on other C libraries.
+    """
+    global _tuned
+    if _tuned:
+        return True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
+    except (OSError, AttributeError):
+        return False
+    _tuned = ok
+    return ok
+
+
+def check_threads(threads: int) -> None:
+    """Validate ``threads`` and warn when multi-threaded timing will be noisy."""
+    if threads < 1:
+        raise AutopruneError(f"threads must be >= 1 (got {threads})")
+    if threads > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "ACTIVE":
+        log.warning("timing with %d threads without OMP_WAIT_POLICY=ACTIVE set before start-up: "
+                    "expect noisy numbers (1 thread is the reliable setting)", threads)
+
+
+@contextlib.contextmanager
+def thread_count(threads: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``, restoring the old value."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@dataclass
+class LatencyStats:
+    """Median and spread of one latency measurement."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+    runs_per_sample: int
+    batch: int
+    threads: int
+    clock: str = "wall"
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "spread": self.spread}
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch: int = 1,
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int = 20,
+    min_sample_ms: float = 1.0,
+    inputs: torch.Tensor | None = None,
+    clock: str = "wall",
+) -> LatencyStats:
+    """Median forward latency of ``model`` (ms) on ``(batch, *input_shape)`` inputs.
+
+    :param model: any module; it is put in eval mode for the measurement and restored.
+    :param input_shape: shape of one sample, e.g. ``(3, 32, 32)``.
+    :param batch: batch size.
+    :param threads: torch intra-op threads during the measurement.
+    :param warmup: untimed forwards first.
+    :param repeats: timed samples (the median of these is reported).
+    :param min_sample_ms: one sample runs the forward enough times to last at least this long.
+    :param inputs: a ready input tensor (overrides ``batch``/``input_shape``).
+    :param clock: ``"wall"`` (perf_counter) or ``"cpu"`` (thread CPU time; needs ``threads=1``).
+    """
+    if repeats < 1 or batch < 1:
+        raise AutopruneError(f"latency: repeats and batch must be >= 1 (got {repeats}, {batch})")
+    now = clock_fn(clock, threads)
+    tune_allocator()
+    x = inputs if inputs is not None else torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    try:
+        with thread_count(threads), torch.inference_mode():
+            for _ in range(max(warmup, 1)):
+                model(x)
+            start = now()
+            model(x)
+            once = now() - start
+            runs = int(min(1000, max(1, np.ceil(min_sample_ms / 1e3 / max(once, 1e-7)))))
+            samples = np.empty(repeats)
+            for i in range(repeats):
+                start = now()
+                for _ in range(runs):
+                    model(x)
+                samples[i] = (now() - start) / runs * 1e3
+    finally:
+        model.train(was_training)
+    p10, med, p90 = np.percentile(samples, [10, 50, 90])
+    return LatencyStats(float(med), float(p10), float(p90), repeats, runs, int(x.shape[0]), threads, clock)
+
+
+def clock_fn(clock: str, threads: int):
+    """The timer for ``clock``: ``time.perf_counter`` or ``time.thread_time``."""
+    if clock == "wall":
+        return time.perf_counter
+    if clock == "cpu":
+        if threads != 1:
+            raise AutopruneError("the cpu clock times one thread; use --threads 1 or --clock wall")
+        return time.thread_time
+    raise AutopruneError(f"unknown clock {clock!r}; choose 'wall' or 'cpu'")
+
+
+class MeasuredLatencyCost:
+    """Latency (ms) of the real pruned model, timed for every new count vector (slow, cached).
+
+    Each call with new counts prunes a copy of ``model`` with torch-pruning (the channels chosen
+    do not matter for speed) and times it with :func:`measure_latency`. Expect 0.1-1 s per new
+    plan, so searchers that probe many plans (bisection, NetAdapt) are much slower than with a
+    LUT. Timing noise means two near-identical plans can come out in either order.
+    """
+
+    kind = "latency"
+    source = "measured"
+
+    def __init__(self, graph: UnitGraph, model: nn.Module, batch: int = 1, threads: int = 1,
+                 repeats: int = 15) -> None:
+        check_threads(threads)
+        self.graph, self.model = graph, model
+        self.batch, self.threads, self.repeats = batch, threads, repeats
+        self.cache: dict[tuple[int, ...], float] = {}
+        self._base = self(graph.channels)
+
+    @property
+    def base(self) -> float:
+        return self._base
+
+    def _time(self, model: nn.Module) -> float:
+        return measure_latency(model, self.graph.input_shape, self.batch, self.threads,
+                               repeats=self.repeats).median_ms
+
+    def __call__(self, counts: Sequence[int]) -> float:
+        key = tuple(int(c) for c in counts)
+        if key not in self.cache:
+            if key == tuple(self.graph.channels):
+                self.cache[key] = self._time(self.model)
+            else:
+                pruned = apply_plan(self.model, self.graph, PruningPlan.from_counts(self.graph, key))
+                self.cache[key] = self._time(pruned)
+        return self.cache[key]
+
+
+def latency_cost(graph: UnitGraph, model: nn.Module | None = None, lut: str | Path | None = None, **_: Any):
+    """Factory of the ``latency`` cost model: from ``lut`` when given, else measured on ``model``."""
+    if lut:
+        return LutCost(load_lut(lut, graph), graph)
+    model = model if model is not None else graph.model
+    if model is None:
+        raise AutopruneError("a latency budget needs the model (or budget.lut: a lookup table)")
+    log.info("no budget.lut: latency is measured on this machine for every plan (slow)")
+    return MeasuredLatencyCost(graph, model)
+
+
+COST_MODELS.register("latency", latency_cost)
+
+
+def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any]:
+    """``summary.json`` entry for latency budgets: base and pruned latency, predicted and measured.
+
+    "Predicted" is the budget's cost model (the LUT, or the cached measurement used during the
+    search); "measured" times the base and the final (fine-tuned) pruned model now, with the
+    cost model's batch size and thread count.
+    """
+    cost = session.budget.cost
+    if session.budget.kind != "latency":
+        return {}
+    batch, threads = int(getattr(cost, "batch", 1)), int(getattr(cost, "threads", 1))
+    clock = str(getattr(cost, "clock", "wall"))
+    base = measure_latency(session.model, session.input_shape, batch, threads, repeats=30, clock=clock)
+    after = measure_latency(pruned, session.input_shape, batch, threads, repeats=30, clock=clock)
+    predicted = float(cost(plan.counts(session.graph)))
+    return {"latency": {
+        "unit": "ms", "source": getattr(cost, "source", "lut"), "batch": batch, "threads": threads, "clock": clock,
+        "budget_ms": float(session.budget.target),
+        "base_predicted_ms": float(cost.base), "base_measured_ms": base.median_ms,
+        "pruned_predicted_ms": predicted, "pruned_measured_ms": after.median_ms,
+        "kept_predicted": predicted / float(cost.base), "kept_measured": after.median_ms / base.median_ms,
+    }}
+
+
+# ------------------------------------------------------------------------------ LUT build / check
+
+
+def default_device_name() -> str:
+    """CPU model name and core count, e.g. ``"Intel(R) Xeon(R) ... (2 cores)"``."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name} ({os.cpu_count()} cores)"
+
+
+class LayerProfiler:
+    """Times a standalone copy of one of the model's conv/linear modules at given (in, out) widths.
+
+    The copy has the module's type, kernel, stride, padding, dilation and bias, and gets a random
+    input of the shape the module saw in the model (batch ``batch``). Modules of the same shape
+    share measurements.
+    """
+
+    def __init__(self, graph: UnitGraph, batch: int = 1, threads: int = 1, repeats: int = 15,
+                 clock: str = "wall") -> None:
+        self.batch, self.threads, self.repeats, self.clock = batch, threads, repeats, clock
+        self.kinds = {m.name: m.kind for m in graph.modules}
+        self.seen = {name: (mod, ins) for name, mod, ins, _out in execution_order(graph.model, graph.input_shape)}
+        self.cache: dict[tuple, float] = {}
+
+    def _layer(self, name: str, i: int, o: int) -> tuple[nn.Module, torch.Tensor, tuple]:
+        mod, ins = self.seen[name]
+        if isinstance(mod, nn.Linear):
+            key = ("linear", i, o, mod.bias is not None, ins[1:-1])
+            return nn.Linear(i, o, bias=mod.bias is not None), torch.randn(self.batch, *ins[1:-1], i), key
+        depthwise = self.kinds[name] == "depthwise"
+        if mod.groups > 1 and not depthwise:
+            raise AutopruneError(f"lut build: grouped convolution {name!r} (groups={mod.groups}) is not supported")
+        cls = type(mod) if type(mod).__module__.startswith("torch.nn") else {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[
+            len(mod.kernel_size)]
+        cin = o if depthwise else i
+        kwargs = dict(kernel_size=mod.kernel_size, stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
+                      groups=o if depthwise else 1, bias=mod.bias is not None)
+        key = (cls.__name__, cin, o, tuple(sorted((k, str(v)) for k, v in kwargs.items())), ins[2:])
+        return cls(cin, o, **kwargs), torch.randn(self.batch, cin, *ins[2:]), key
+
+    def __call__(self, name: str, i: int, o: int) -> float:
+        layer, x, key = self._layer(name, i, o)
+        if key not in self.cache:
+            self.cache[key] = measure_latency(layer, (), threads=self.threads, warmup=3, repeats=self.repeats,
+                                              min_sample_ms=0.5, inputs=x, clock=self.clock).median_ms
+        return self.cache[key]
+
+
+def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, threads: int = 1, step: int = 8,
+              device: str | None = None, repeats: int = 15, calibration_plans: int = 6, seed: int = 0,
+              progress: bool = True, model_name: str | None = None, clock: str = "wall") -> Lut:
+    """Profile ``model``'s modules over a (in, out) grid and calibrate: a ready :class:`Lut`.
+
+    :param step: grid spacing in channels (1 = every channel count: slower, most accurate).
+    :param calibration_plans: random pruned variants timed, with the unpruned model, to fit
+        ``predicted = scale * sum + offset`` (0: plain sum + remainder).
+    :param clock: ``"wall"`` or ``"cpu"`` (see :func:`measure_latency`); stored in the header.
+    :param model_name: stored in the header as ``model`` (informative; the signature pins the model).
+    """
+    from tqdm.auto import tqdm
+
+    check_threads(threads)
+    clock_fn(clock, threads)
+    start = time.perf_counter()
+    graph = build_unit_graph(model, input_shape)
+    total = sum(len(a) * len(b) for a, b in module_axes(graph, step).values())
+    profiler = LayerProfiler(graph, batch, threads, repeats, clock)
+    with tqdm(total=total, desc="profiling layers", unit="point", disable=not progress or None) as bar:
+        def timed(name: str, i: int, o: int) -> float:
+            bar.update(1)
+            return profiler(name, i, o)
+
+        tables = tabulate(graph, timed, step)
+    lut = Lut(make_header(graph, device=device or default_device_name(), threads=threads, batch=batch,
+                          step=step, repeats=repeats, clock=clock, model=model_name), tables)
+    calibrate(lut, graph, model, calibration_plans, seed, repeats, progress)
+    lut.header["build_seconds"] = round(time.perf_counter() - start, 3)
+    lut.header["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return lut
+
+
+def _timed_plans(graph: UnitGraph, model: nn.Module, plans: list[list[int]], header: dict[str, Any],
+                 repeats: int, desc: str, progress: bool, rounds: int = 3) -> list[float]:
+    """Median latency of each plan's pruned model, timed in ``rounds`` interleaved passes.
+
+    Interleaving (every plan a few samples per pass) spreads slow drifts of the machine's speed
+    over all plans instead of letting them land on the plans timed at a bad moment.
+    """
+    from tqdm.auto import tqdm
+
+    models = [model if list(c) == list(graph.channels) else apply_plan(model, graph, PruningPlan.from_counts(graph, c))
+              for c in tqdm(plans, desc=f"{desc}: pruning", unit="plan", disable=not progress or None)]
+    per_round = max(1, -(-repeats // rounds))
+    medians = np.zeros((rounds, len(models)))
+    with tqdm(total=rounds * len(models), desc=f"{desc}: timing", unit="run", disable=not progress or None) as bar:
+        for r in range(rounds):
+            for k, m in enumerate(models):
+                medians[r, k] = measure_latency(m, graph.input_shape, int(header["batch"]), int(header["threads"]),
+                                                repeats=per_round, clock=header.get("clock", "wall")).median_ms
+                bar.update(1)
+    return np.median(medians, axis=0).tolist()
+
+
+def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 6, seed: int = 0, repeats: int = 15,
+              progress: bool = True) -> None:
+    """Time the unpruned model and ``plans`` random variants; store remainder and calibration."""
+    widths = WidthModel(graph)
+    rng = np.random.default_rng([seed, 1])
+    counts = [list(graph.channels)] + [random_counts(graph, rng) for _ in range(plans)]
+    measured = np.array(_timed_plans(graph, model, counts, lut.header, max(repeats, 30), "calibrating", progress))
+    raw = np.array([lut.raw_sum(graph, widths, c) for c in counts])
+    lut.header["base_measured_ms"] = float(measured[0])
+    lut.header["remainder_ms"] = float(measured[0] - raw[0])
+    lut.header.pop("calibration", None)
+    if plans < 1 or np.ptp(raw) <= 0:
+        return
+    scale, offset = np.polyfit(raw, measured, 1)
+    if not (np.isfinite(scale) and scale > 0 and np.isfinite(offset)):
+        log.warning("LUT calibration fit failed (scale %.3g); using sum + remainder", scale)
+        return
+    fit = scale * raw + offset
+    lut.header["calibration"] = {"scale": float(scale), "offset_ms": float(offset), "plans": int(plans + 1),
+                                 "fit_mape": float(np.mean(np.abs(fit - measured) / measured) * 100)}
+
+
+def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeats: int = 15,
+              progress: bool = True) -> dict[str, Any]:
+    """Time ``plans`` random pruned variants of ``model`` and compare with the LUT's predictions.
+
+    The plans come from a random stream separate from the build's calibration plans. Returns
+    ``plans``, ``mape`` (mean absolute % error), ``within_10pct`` (fraction) and the points.
+    """
+    if plans < 1:
+        raise AutopruneError(f"--plans must be >= 1 (got {plans})")
+    graph = build_unit_graph(model, lut.header["input_shape"])
+    lut.check(graph)
+    cost = LutCost(lut, graph)
+    rng = np.random.default_rng([seed, 2])
+    counts = [random_counts(graph, rng) for _ in range(plans)]
+    predicted = np.array([cost(c) for c in counts])
+    measured = np.array(_timed_plans(graph, model, counts, lut.header, repeats, "checking", progress))
+    err = np.abs(predicted - measured) / measured
+    return {"plans": int(plans), "mape": float(err.mean() * 100), "within_10pct": float((err <= 0.10).mean()),
+            "max_abs_pct": float(err.max() * 100), "predicted_ms": predicted.tolist(),
+            "measured_ms": measured.tolist(), "batch": cost.batch, "threads": cost.threads,
+            "clock": lut.header.get("clock", "wall")}

@@ -1,0 +1,221 @@
+"""AMC's layer-by-layer pruning MDP as a Gymnasium environment.
+
+One episode visits every prunable unit of a :class:`~autoprune.graph.UnitGraph` in graph order;
+the action at step ``t`` is unit ``t``'s preserve ratio. The last step resolves the chosen
+channel counts into a :class:`~autoprune.plan.PruningPlan`, scores it with the evaluator
+(prune for real, adaptive BN, search-validation accuracy; identical plans are cached by the
+evaluator) and returns the episode reward. Every intermediate reward is 0.
+
+**Action.** A float32 ``Box(-1, 1, (1,))`` (the range SB3's off-policy agents expect), rescaled
+linearly to a preserve ratio in ``[min_ratio, max_ratio]`` and resolved to a channel count
+(rounded to ``round_to``).
+
+**Action wall** (AMC): the count is lowered, if needed, to the largest candidate count for which
+the budget can still be met with every later unit at ``min_ratio``. The check is exact: the
+budget's own cost model prices the vector (earlier units at their chosen counts, this unit at the
+candidate, later units at their minimum counts), so it works for any cost model (FLOPs, params,
+latency) without a special case. Because the minimum count always passes (it is the vector that
+passed at the previous step), the final plan always meets the budget.
+
+**Observation** (AMC's embedding, float32 ``Box(0, 1, (12,))``): unit index, kind (conv 0,
+depthwise 0.5, linear 1), in channels, out channels, kernel, stride, input H, input W (each
+divided by its maximum over units), this unit's FLOPs, FLOPs already removed, FLOPs of the
+units still to come (fractions of the base model's FLOPs) and the previous preserve ratio
+(1.0 at the first step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from autoprune.cost import Budget, CostModel, FlopsCost, ParamsCost
+from autoprune.envs.rewards import Outcome, RewardFn, make_reward
+from autoprune.errors import ConfigError
+from autoprune.graph import UnitGraph
+from autoprune.plan import PruningPlan, resolve_count
+
+KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
+OBS_FEATURES = ("index", "kind", "in_channels", "out_channels", "kernel", "stride", "in_h", "in_w",
+                "unit_flops", "flops_reduced", "flops_rest", "prev_ratio")
+
+
+class ChannelPruningEnv(gym.Env):
+    """The pruning MDP over one model's prunable units.
+
+    :param graph: the model's unit graph (units in the order they are visited).
+    :param evaluator: scores plans: anything with ``evaluate(plan)`` returning an object with
+        ``.accuracy`` (an :class:`~autoprune.evaluate.Evaluator` or a Ray pool).
+    :param budget: the budget to meet; its cost model drives the action wall.
+    :param reward: a reward name from :data:`autoprune.envs.rewards.REWARDS` or a callable
+        ``fn(outcome, **reward_kwargs) -> float``.
+    :param reward_kwargs: parameters bound to the reward function.
+    :param min_ratio: smallest preserve ratio of a unit.
+    :param max_ratio: largest preserve ratio of a unit.
+    :param round_to: kept channel counts are rounded to a multiple of this.
+    :param costs: cost models by kind, reported in ``info`` and given to the reward; the
+        ``flops`` one also builds the observation. Defaults to FLOPs, params and the budget's.
+    :param defer_evaluation: if true, the last step does not evaluate: it returns reward 0 and
+        the plan in ``info`` for the caller to score in a batch (see :meth:`reward_of`).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        graph: UnitGraph,
+        evaluator: Any,
+        budget: Budget,
+        reward: str | RewardFn = "acc",
+        reward_kwargs: Mapping[str, Any] | None = None,
+        min_ratio: float = 0.2,
+        max_ratio: float = 1.0,
+        round_to: int = 1,
+        costs: Mapping[str, CostModel] | None = None,
+        defer_evaluation: bool = False,
+    ) -> None:
+        if not 0 < min_ratio <= max_ratio <= 1:
+            raise ConfigError(f"need 0 < min_ratio <= max_ratio <= 1 (got {min_ratio}, {max_ratio})")
+        if round_to < 1:
+            raise ConfigError(f"round_to must be >= 1 (got {round_to})")
+        self.graph, self.evaluator, self.budget = graph, evaluator, budget
+        self.min_ratio, self.max_ratio, self.round_to = float(min_ratio), float(max_ratio), int(round_to)
+        self.defer_evaluation = defer_evaluation
+        costs = dict(costs or {})
+        costs.setdefault("flops", FlopsCost(graph))
+        costs.setdefault("params", ParamsCost(graph))
+        costs.setdefault(budget.kind, budget.cost)
+        self.costs = costs
+        self.flops = costs["flops"]
+        self.reward_fn = make_reward(reward, reward_kwargs)
+        self.n_units = len(graph)
+        self.min_counts = [resolve_count(min_ratio, u.out_channels, round_to) for u in graph.units]
+        self.candidates = [self._candidate_counts(u.out_channels) for u in graph.units]
+        budget.check_reachable(self.min_counts)
+        self.reward_fn(self.outcome(self.min_counts, 1.0))  # fail now if the reward lacks a cost model
+        self._static = self._static_features()
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (len(OBS_FEATURES),), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+        self._t: int | None = None
+        self._counts: list[int] = []
+        self._ratios: list[float] = []
+
+    # ------------------------------------------------------------------------------- setup
+    def _candidate_counts(self, channels: int) -> np.ndarray:
+        """Every count a ratio in [min_ratio, max_ratio] can resolve to, ascending."""
+        lo = resolve_count(self.min_ratio, channels, self.round_to)
+        hi = resolve_count(self.max_ratio, channels, self.round_to)
+        found = {resolve_count(k / channels, channels, self.round_to) for k in range(lo, hi + 1)}
+        return np.array(sorted(c for c in found | {lo, hi} if lo <= c <= hi), dtype=np.int64)
+
+    def _static_features(self) -> np.ndarray:
+        units = self.graph.units
+        n = len(units)
+        cols = np.array([[u.in_channels, u.out_channels, u.kernel, u.stride, u.in_h, u.in_w] for u in units],
+                        dtype=np.float64)
+        cols = cols / np.maximum(cols.max(axis=0), 1e-12)
+        index = np.arange(n, dtype=np.float64) / max(n - 1, 1)
+        kind = np.array([KIND_CODE.get(u.kind, 0.0) for u in units])
+        unit_flops = np.array([u.flops for u in units], dtype=np.float64) / max(self.flops.base, 1e-12)
+        rest = np.array([sum(u.flops for u in units[i + 1:]) for i in range(n)], dtype=np.float64)
+        rest = rest / max(self.flops.base, 1e-12)
+        return np.column_stack([index, kind, cols, unit_flops, rest])
+
+    # ------------------------------------------------------------------------------ the MDP
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._t, self._counts, self._ratios = 0, [], []
+        return self._observation(), {}
+
+    def step(self, action):
+        if self._t is None or self._t >= self.n_units:
+            raise RuntimeError("call reset() before step() (the episode is over)")
+        t = self._t
+        ratio = self.action_to_ratio(action)
+        count, clipped = self.wall(t, resolve_count(ratio, self.graph.units[t].out_channels, self.round_to))
+        if clipped:
+            ratio = count / self.graph.units[t].out_channels
+        self._counts.append(count)
+        self._ratios.append(ratio)
+        self._t = t + 1
+        info: dict[str, Any] = {"unit": self.graph.units[t].name, "ratio": ratio, "count": count,
+                                "clipped": clipped}
+        terminated = self._t == self.n_units
+        reward = 0.0
+        if terminated:
+            reward = self._finish(info)
+        return self._observation(), reward, terminated, False, info
+
+    def _finish(self, info: dict[str, Any]) -> float:
+        plan = self.plan()
+        info.update(plan=plan, costs=self.describe(self._counts))
+        if self.defer_evaluation:
+            return 0.0
+        result = self.evaluator.evaluate(plan)
+        reward = self.reward_of(self._counts, result.accuracy)
+        info.update(accuracy=result.accuracy, result=result, episode_reward=reward)
+        return reward
+
+    # ----------------------------------------------------------------------------- helpers
+    def action_to_ratio(self, action) -> float:
+        """Map an action in [-1, 1] (clipped) linearly to a ratio in [min_ratio, max_ratio]."""
+        x = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+        return self.min_ratio + (x + 1.0) / 2.0 * (self.max_ratio - self.min_ratio)
+
+    def wall(self, t: int, desired: int) -> tuple[int, bool]:
+        """AMC's action wall: the largest candidate count <= ``desired`` that keeps the budget
+        reachable (earlier units as chosen, later units at their minimum). Returns (count, clipped).
+        """
+        def fits(count: int) -> bool:
+            return self.budget.fits(self._counts + [int(count)] + self.min_counts[t + 1:])
+
+        if fits(desired):
+            return int(desired), False
+        cand = self.candidates[t]
+        lo, hi = 0, int(np.searchsorted(cand, desired, side="left"))  # cand[lo] fits, cand[hi] does not
+        if hi == 0:  # the minimum count is the one that passed at the previous step
+            return int(cand[0]), True
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(int(cand[mid])):
+                lo = mid
+            else:
+                hi = mid
+        return int(cand[lo]), True
+
+    def plan(self) -> PruningPlan:
+        """The plan chosen so far (complete once the episode has terminated)."""
+        counts = self._counts + [u.out_channels for u in self.graph.units[len(self._counts):]]
+        plan = PruningPlan.from_counts(self.graph, counts)
+        plan.ratios.update(dict(zip(self.graph.names, self._ratios, strict=False)))
+        return plan
+
+    def describe(self, counts: Sequence[int]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for kind, model in self.costs.items():
+            out[kind] = float(model(counts))
+            out[f"{kind}_kept"] = out[kind] / model.base
+        return out
+
+    def outcome(self, counts: Sequence[int], accuracy: float) -> Outcome:
+        costs = {kind: float(model(counts)) for kind, model in self.costs.items()}
+        kept = {kind: costs[kind] / model.base for kind, model in self.costs.items()}
+        return Outcome(float(accuracy), costs, kept, self.budget.kind)
+
+    def reward_of(self, plan_or_counts: PruningPlan | Sequence[int], accuracy: float) -> float:
+        """The episode reward of a plan (or channel counts) that scored ``accuracy``."""
+        counts = plan_or_counts.counts(self.graph) if isinstance(plan_or_counts, PruningPlan) else plan_or_counts
+        return float(self.reward_fn(self.outcome(counts, accuracy)))
+
+    def _observation(self) -> np.ndarray:
+        t = min(self._t or 0, self.n_units - 1)
+        base = max(self.flops.base, 1e-12)
+        partial = self._counts + [u.out_channels for u in self.graph.units[len(self._counts):]]
+        reduced = (base - self.flops(partial)) / base
+        prev = self._ratios[-1] if self._ratios else 1.0
+        static = self._static[t]
+        obs = np.concatenate([static[:9], [reduced, static[9], prev]])
+        return np.clip(obs, 0.0, 1.0).astype(np.float32)

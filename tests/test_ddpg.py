@@ -1,0 +1,244 @@
+"""The ``ddpg`` searcher (AMC on SB3's DDPG): records, reward rewrite, parallel episodes, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import TESTS, tiny_config
+
+from autoprune.agents.ddpg import DdpgSearcher, TruncatedNormalNoise
+from autoprune.cli import main
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.runner import seed_everything
+from autoprune.runs import TrialRecorder, read_trials
+
+FAST = {"episodes": 6, "warmup": 2, "hidden": [32, 32], "batch_size": 16, "checkpoint_every": 2}
+
+
+class Crash(Exception):
+    pass
+
+
+class CountingEvaluator:
+    """Wraps an evaluator: records the size of every ``evaluate_many`` batch; may crash on call N."""
+
+    def __init__(self, inner, crash_at: int | None = None) -> None:
+        self.inner, self.crash_at, self.batches = inner, crash_at, []
+
+    def evaluate(self, plan, finetune_steps=0):
+        return self.inner.evaluate(plan, finetune_steps)
+
+    def evaluate_many(self, plans, finetune_steps=0):
+        if self.crash_at is not None and len(self.batches) + 1 == self.crash_at:
+            raise Crash("simulated interruption")
+        self.batches.append(len(plans))
+        return self.inner.evaluate_many(plans, finetune_steps)
+
+
+def make_ctx(session, run_dir: Path, evaluator=None, resume: bool = False):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "trials.parquet"
+    recorder = TrialRecorder.resume(path) if resume else TrialRecorder(path)
+    ctx = session.context(evaluator or CountingEvaluator(session.evaluator()), recorder, run_dir, resume,
+                          progress=False)
+    ctx.searcher_name = "ddpg"
+    return ctx
+
+
+def run(ctx, **options):
+    seed_everything(ctx.seed)  # as the runner does before every search
+    searcher = DdpgSearcher(ctx, DdpgSearcher.parse_options({**FAST, **options}))
+    return searcher, searcher.search()
+
+
+def expected_advantages(rewards: np.ndarray, n: int, decay: float = 0.95) -> np.ndarray:
+    """AMC's rewrite: reward minus the moving-average baseline held before each rollout of n episodes."""
+    out, baseline = [], None
+    for start in range(0, len(rewards), n):
+        batch = rewards[start:start + n]
+        base = batch.mean() if baseline is None else baseline
+        out.extend(batch - base)
+        for r in batch:
+            base = decay * base + (1 - decay) * r
+        baseline = base
+    return np.array(out)
+
+
+def test_options_are_parsed_strictly():
+    opts = DdpgSearcher.parse_options({"name": "ddpg"})
+    assert (opts.episodes, opts.warmup, opts.sigma, opts.sigma_decay) == (400, 100, 0.5, 0.95)
+    assert (opts.hidden, opts.actor_lr, opts.critic_lr, opts.tau, opts.gamma, opts.batch_size) == (
+        [300, 300], 1e-4, 1e-3, 0.01, 1.0, 64)
+    bad = [({"episode": 3}, "did you mean"), ({"episodes": 5, "parallel_episodes": 2}, "multiples"),
+           ({"sigma_decay": 1.5}, "sigma_decay"), ({"hidden": []}, "hidden"),
+           ({"reward": "blend", "reward_kwargs": {"wieght": 1}}, "reward_kwargs"), ({"episodes": 0}, "episodes")]
+    for raw, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            DdpgSearcher.parse_options(raw)
+    with pytest.raises(AutopruneError, match="unknown reward"):
+        DdpgSearcher.parse_options({"reward": "acc_flop"})
+
+
+def test_tensorboard_option_needs_the_package():
+    pytest.importorskip("stable_baselines3")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="pip install tensorboard"):
+            DdpgSearcher.parse_options({"tensorboard": True})
+    else:
+        assert DdpgSearcher.parse_options({"tensorboard": True}).tensorboard
+
+
+def test_truncated_normal_noise_keeps_actions_in_bounds():
+    mu = np.array([[0.95], [-1.0], [0.0]])
+    noise = TruncatedNormalNoise(3, seed=0)
+    noise.mean_fn = lambda: mu
+    assert not noise().any()  # inactive during warm-up
+    noise.active, noise.sigma = True, 1.0
+    draws = np.stack([noise() for _ in range(2000)]) + mu
+    assert draws.min() >= -1 and draws.max() <= 1
+    assert draws[:, 1].mean() > -0.6 and draws[:, 0].mean() < 0.7  # pushed inwards, not clipped at bounds
+    noise.sigma = 0.1
+    assert np.std(np.stack([noise() for _ in range(2000)])[:, 2]) == pytest.approx(0.1, rel=0.1)
+
+
+def test_short_run_returns_within_budget_plan_and_fills_trials(tiny_session, tmp_path):
+    ctx = make_ctx(tiny_session, tmp_path / "run")
+    searcher, plan = run(ctx, replay_episodes=10)
+    assert ctx.fits(plan)
+    df = read_trials(tmp_path / "run" / "trials.parquet")
+    assert list(df["episode"]) == list(range(6)) and list(df["warmup"]) == [True, True] + [False] * 4
+    assert np.allclose(df["sigma"], [0.5, 0.5] + [0.5 * 0.95**k for k in range(4)])
+    assert (df["flops_kept"] <= tiny_session.budget.fraction + 1e-9).all()
+    env = searcher.envs[0]
+    counts = [[int(r[f"channels/{n}"]) for n in ctx.graph.names] for _, r in df.iterrows()]
+    assert np.allclose(df["reward"], [env.reward_of(c, a) for c, a in zip(counts, df["val_accuracy"], strict=True)])
+    best = df.loc[df["reward"].idxmax()]
+    assert plan.meta["episode"] == best["episode"] and plan.counts(ctx.graph) == counts[int(best["episode"])]
+    assert plan.meta["val_accuracy"] == best["val_accuracy"]
+    # AMC's rewrite: every transition of episode e carries its final reward minus the baseline.
+    T, buf = len(ctx.graph), searcher.model.replay_buffer
+    adv = expected_advantages(df["reward"].to_numpy(), 1)
+    assert np.allclose(buf.rewards[: 6 * T, 0], np.repeat(adv, T), atol=1e-6)
+    assert buf.dones[: 6 * T, 0].reshape(6, T)[:, -1].all() and not buf.dones[: 6 * T, 0].reshape(6, T)[:, :-1].any()
+    model = searcher.model  # separate learning rates through the _update_learning_rate hook
+    assert model.actor.optimizer.param_groups[0]["lr"] == 1e-4 and model.critic.optimizer.param_groups[0]["lr"] == 1e-3
+    assert (tmp_path / "run" / "ddpg" / "checkpoint.pkl").is_file()
+
+
+def test_parallel_episodes_are_scored_in_batches_and_rewritten_per_env(tiny_session, tmp_path):
+    ctx = make_ctx(tiny_session, tmp_path / "run")
+    searcher, plan = run(ctx, parallel_episodes=2, replay_episodes=10)
+    assert ctx.evaluator.batches == [2, 2, 2] and ctx.fits(plan)
+    df = read_trials(tmp_path / "run" / "trials.parquet")
+    assert list(df["episode"]) == list(range(6)) and list(df["warmup"]) == [True, True] + [False] * 4
+    T, buf = len(ctx.graph), searcher.model.replay_buffer
+    adv = expected_advantages(df["reward"].to_numpy(), 2).reshape(3, 2)  # rollout x env
+    rows = buf.rewards[: 3 * T].reshape(3, T, 2)
+    assert np.allclose(rows, adv[:, None, :], atol=1e-6)
+    assert searcher.model._n_updates == 2 * 2 * T  # one gradient step per transition after warm-up
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_session, tmp_path):
+    whole = make_ctx(tiny_session, tmp_path / "whole")
+    run(whole)
+    full = read_trials(tmp_path / "whole" / "trials.parquet")
+
+    crashing = make_ctx(tiny_session, tmp_path / "cut", CountingEvaluator(tiny_session.evaluator(), crash_at=4))
+    with pytest.raises(Crash):  # dies while scoring episode 3; the last checkpoint is at episode 2
+        run(crashing)
+    assert list(read_trials(tmp_path / "cut" / "trials.parquet")["episode"]) == [0, 1, 2]
+
+    resumed = make_ctx(tiny_session, tmp_path / "cut", resume=True)
+    _, plan = run(resumed)
+    cut = read_trials(tmp_path / "cut" / "trials.parquet")
+    assert list(cut["episode"]) == list(range(6)) and list(cut["index"]) == list(range(6))
+    assert resumed.evaluator.batches == [1, 1, 1, 1]  # episodes 2..5 (episode 2's row was past the checkpoint)
+    cols = ["reward", "val_accuracy"] + [c for c in full.columns if c.startswith("channels/")]
+    pd.testing.assert_frame_equal(cut[cols], full[cols])
+    assert resumed.fits(plan)
+
+    again = make_ctx(tiny_session, tmp_path / "cut", resume=True)  # resuming a finished search: no new episode
+    run(again)
+    assert again.evaluator.batches == [] and len(read_trials(tmp_path / "cut" / "trials.parquet")) == 6
+
+
+def test_resume_without_a_checkpoint_restarts_from_episode_0(tiny_session, tmp_path):
+    crashing = make_ctx(tiny_session, tmp_path / "run", CountingEvaluator(tiny_session.evaluator(), crash_at=2))
+    with pytest.raises(Crash):  # dies in episode 1, before the first checkpoint (after episode 2)
+        run(crashing)
+    assert not (tmp_path / "run" / "ddpg" / "checkpoint.pkl").exists()
+    resumed = make_ctx(tiny_session, tmp_path / "run", resume=True)
+    run(resumed, episodes=4)
+    assert list(read_trials(tmp_path / "run" / "trials.parquet")["episode"]) == [0, 1, 2, 3]
+    assert resumed.evaluator.batches == [1, 1, 1, 1]
+
+
+def write_config(tmp_path: Path, raw: dict) -> str:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_cli_search_with_ddpg_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    raw = tiny_config(searcher={"name": "ddpg"})
+    code = main(["search", write_config(tmp_path, raw), "--set", "searcher.episodes=4", "--set", "searcher.warmup=2",
+                 "--set", "searcher.hidden=[16,16]", "--set", "searcher.reward=acc_flops", "--out", str(out),
+                 "--no-progress"])
+    assert code == 0 and "searcher ddpg: 4 evaluations" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["searcher"] == "ddpg" and summary["pruned"]["flops_kept"] <= 0.5 + 1e-9
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert list(trials["episode"]) == [0, 1, 2, 3] and {"sigma", "warmup", "reward"} <= set(trials.columns)
+    assert json.loads((out / "best_plan.json").read_text())["meta"]["episode"] == trials["reward"].idxmax()
+
+
+def test_cli_searcher_flag_keeps_set_overrides(tmp_path, monkeypatch):
+    import autoprune.runner
+
+    seen = {}
+
+    def fake_run_search(cfg, **kwargs):
+        seen["searcher"] = dict(cfg.searcher)
+        raise Crash("stop before any work")
+
+    monkeypatch.setattr(autoprune.runner, "run_search", fake_run_search)
+    with pytest.raises(Crash):
+        main(["search", write_config(tmp_path, tiny_config()), "--searcher", "ddpg", "--set", "searcher.episodes=4"])
+    assert seen["searcher"] == {"name": "ddpg", "episodes": 4}
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_reaches_the_full_episode_count(tmp_path):
+    raw = tiny_config(searcher={"name": "ddpg", "episodes": 40, "warmup": 5, "hidden": [16, 16],
+                                "checkpoint_every": 3})
+    cfg, out = write_config(tmp_path, raw), tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    cmd = [sys.executable, "-m", "autoprune.cli", "search", cfg, "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (out / "ddpg" / "checkpoint.pkl").exists() and len(read_trials(out / "trials.parquet")) >= 10:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(read_trials(out / "trials.parquet")) < 40
+    resumed = subprocess.run([sys.executable, "-m", "autoprune.cli", "search", "--resume", str(out), "--no-progress"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = read_trials(out / "trials.parquet")
+    assert list(trials["episode"]) == list(range(40))
+    assert json.loads((out / "summary.json").read_text())["evaluations"] == 40

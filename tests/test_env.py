@@ -1,0 +1,235 @@
+"""The pruning MDP (autoprune.envs): checkers, action wall, observation, rewards, SB3 agents."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium
+import numpy as np
+import pytest
+from factories import TinyCNN, TinyConcat, TinyResidual
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+from autoprune.cost import Budget, make_budget
+from autoprune.envs import ENV_ID
+from autoprune.envs.pruning_env import OBS_FEATURES, ChannelPruningEnv
+from autoprune.envs.rewards import REWARDS, Outcome, make_reward
+from autoprune.errors import AutopruneError, BudgetError, ConfigError
+from autoprune.evaluate import EvalResult
+from autoprune.graph import build_unit_graph
+from autoprune.models import build_model
+
+
+class ConstantEvaluator:
+    """Scores every plan the same (the wall and the observation do not depend on accuracy)."""
+
+    def __init__(self, accuracy: float = 0.5) -> None:
+        self.accuracy, self.calls = accuracy, 0
+
+    def evaluate(self, plan, finetune_steps=0):
+        self.calls += 1
+        return EvalResult(self.accuracy, 0.0)
+
+    def evaluate_many(self, plans, finetune_steps=0):
+        return [self.evaluate(p) for p in plans]
+
+
+GRAPHS = {
+    "cnn": build_unit_graph(TinyCNN(), (1, 8, 8)),
+    "residual": build_unit_graph(TinyResidual(), (1, 8, 8)),
+    "concat": build_unit_graph(TinyConcat(), (1, 8, 8)),
+    "mnist_cnn": build_unit_graph(build_model("mnist_cnn", None, {"width": 12}, in_channels=1, num_classes=10), (1, 28, 28)),
+}
+
+
+class ToyLatency:
+    """A latency-like cost model (kind 'latency'): a per-unit weighted sum plus a constant."""
+
+    kind = "latency"
+
+    def __init__(self, graph):
+        self.weights = np.linspace(1.0, 3.0, len(graph))
+        self._base = self(graph.channels)
+
+    @property
+    def base(self):
+        return self._base
+
+    def __call__(self, counts):
+        return float(0.5 + self.weights @ np.asarray(counts, dtype=float))
+
+
+def run_episode(env, actions):
+    env.reset(seed=0)
+    rewards, infos = [], []
+    for a in actions:
+        _obs, reward, terminated, truncated, info = env.step(np.array([a], dtype=np.float32))
+        rewards.append(reward)
+        infos.append(info)
+        if terminated:
+            break
+    assert terminated and not truncated
+    return rewards, infos
+
+
+def test_env_passes_gymnasium_and_sb3_checkers(tiny_session):
+    s = tiny_session
+    env = ChannelPruningEnv(s.graph, s.evaluator(), s.budget, costs=s.costs)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+    wrapped = gymnasium.make(ENV_ID, graph=s.graph, evaluator=s.evaluator(), budget=s.budget)
+    gym_check_env(wrapped.unwrapped, skip_render_check=True)
+
+
+def test_registered_with_a_lazy_string_entry_point():
+    spec = gymnasium.spec(ENV_ID)
+    assert spec.entry_point == "autoprune.envs.pruning_env:ChannelPruningEnv"
+    g = GRAPHS["cnn"]
+    env = gymnasium.make(ENV_ID, graph=g, evaluator=ConstantEvaluator(), budget=make_budget(g, "flops", 0.5))
+    assert isinstance(env.unwrapped, ChannelPruningEnv)
+
+
+def test_observation_is_amc_embedding():
+    g = GRAPHS["mnist_cnn"]
+    env = ChannelPruningEnv(g, ConstantEvaluator(), make_budget(g, "flops", 1.0))
+    obs, _ = env.reset(seed=0)
+    f = dict(zip(OBS_FEATURES, obs, strict=True))
+    assert obs.dtype == np.float32 and obs.shape == (len(OBS_FEATURES),)
+    assert f["index"] == 0 and f["flops_reduced"] == 0 and f["prev_ratio"] == 1.0
+    assert f["unit_flops"] == pytest.approx(g.units[0].flops / env.flops.base, rel=1e-6)
+    assert f["flops_rest"] == pytest.approx(sum(u.flops for u in g.units[1:]) / env.flops.base, rel=1e-6)
+    obs2, *_ = env.step(np.array([-1.0], dtype=np.float32))  # prune unit 0 to min_ratio
+    f2 = dict(zip(OBS_FEATURES, obs2, strict=True))
+    counts = env.min_counts[:1] + g.channels[1:]
+    assert f2["index"] == pytest.approx(1 / (len(g) - 1))
+    assert f2["flops_reduced"] == pytest.approx(1 - env.flops(counts) / env.flops.base, rel=1e-5)
+    assert f2["prev_ratio"] == pytest.approx(0.2)
+    assert f2["flops_rest"] < f["flops_rest"]
+    assert np.all((obs2 >= 0) & (obs2 <= 1))
+
+
+def test_actions_map_to_ratio_range_without_budget_pressure():
+    g = GRAPHS["cnn"]
+    env = ChannelPruningEnv(g, ConstantEvaluator(), make_budget(g, "flops", 1.0), min_ratio=0.25, max_ratio=0.75)
+    _, infos = run_episode(env, [-1.0, 1.0])
+    assert [i["count"] for i in infos] == [2, 12]  # 0.25 * 8, 0.75 * 16
+    assert not any(i["clipped"] for i in infos)
+    assert infos[-1]["plan"].channels == {"conv1": 2, "conv2": 12}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    graph=st.sampled_from(sorted(GRAPHS)),
+    kind=st.sampled_from(["flops", "params", "latency"]),
+    fraction=st.floats(0.05, 1.0),
+    min_ratio=st.sampled_from([0.1, 0.2, 0.3]),
+    round_to=st.sampled_from([1, 2, 4]),
+    actions=st.lists(st.floats(-1.0, 1.0), min_size=8, max_size=8),
+)
+def test_action_wall_never_lets_an_over_budget_plan_through(graph, kind, fraction, min_ratio, round_to, actions):
+    g = GRAPHS[graph]
+    cost = ToyLatency(g) if kind == "latency" else make_budget(g, kind, 1.0).cost
+    budget = Budget(cost, fraction * cost.base)
+    try:
+        env = ChannelPruningEnv(g, ConstantEvaluator(), budget, min_ratio=min_ratio, round_to=round_to)
+    except BudgetError:
+        assume(False)
+    _, infos = run_episode(env, actions[: len(g)])
+    counts = infos[-1]["plan"].counts(g)
+    assert budget.fits(counts)
+    assert infos[-1]["costs"][kind] <= budget.target * (1 + 1e-9)
+    for t, info in enumerate(infos):  # the wall is exact: it clips only as far as it must
+        assert info["count"] in env.candidates[t]
+        if info["clipped"]:
+            higher = env.candidates[t][env.candidates[t] > info["count"]]
+            assert len(higher)
+            trial = counts[:t] + [int(higher[0])] + env.min_counts[t + 1:]
+            assert not budget.fits(trial)
+
+
+def test_unreachable_budget_is_a_budget_error():
+    g = GRAPHS["cnn"]
+    with pytest.raises(BudgetError, match="below the minimum reachable"):
+        ChannelPruningEnv(g, ConstantEvaluator(), make_budget(g, "flops", 0.01))
+
+
+def test_same_seed_and_actions_give_same_rewards(tiny_session):
+    s = tiny_session
+    actions = np.random.default_rng(3).uniform(-1, 1, len(s.graph))
+    envs = [ChannelPruningEnv(s.graph, s.evaluator(), s.budget, reward="acc_flops", costs=s.costs) for _ in range(2)]
+    (ra, ia), (rb, ib) = run_episode(envs[0], actions), run_episode(envs[1], actions)
+    assert ra == rb and ra[-1] != 0 and all(r == 0 for r in ra[:-1])
+    assert ia[-1]["plan"].channels == ib[-1]["plan"].channels
+    assert not ia[-1]["result"].cached and not ib[-1]["result"].cached  # each scored for real
+    again, info = run_episode(envs[0], actions)
+    assert again == ra and info[-1]["result"].cached  # the evaluator's cache: scored once
+    assert ia[-1]["accuracy"] == ia[-1]["result"].accuracy
+    assert ra[-1] == pytest.approx(-(1 - ia[-1]["accuracy"]) * math.log(ia[-1]["costs"]["flops"]))
+
+
+def test_deferred_evaluation_returns_the_plan_and_reward_of_matches(tiny_session):
+    s = tiny_session
+    actions = [0.3] * len(s.graph)
+    deferred = ChannelPruningEnv(s.graph, ConstantEvaluator(0.7), s.budget, defer_evaluation=True)
+    eager = ChannelPruningEnv(s.graph, ConstantEvaluator(0.7), s.budget)
+    (rd, infos_d), (re_, _) = run_episode(deferred, actions), run_episode(eager, actions)
+    assert rd[-1] == 0.0 and "accuracy" not in infos_d[-1] and deferred.evaluator.calls == 0
+    assert deferred.reward_of(infos_d[-1]["plan"], 0.7) == pytest.approx(re_[-1]) == pytest.approx(-0.3)
+
+
+def test_reward_functions_on_known_numbers():
+    o = Outcome(0.9, costs={"flops": math.e**2, "params": math.e**3, "latency": math.e},
+                kept={"flops": 0.5, "params": 0.25, "latency": 0.8}, budget_kind="flops")
+    assert REWARDS.get("acc")(o) == pytest.approx(-0.1)
+    assert REWARDS.get("acc_flops")(o) == pytest.approx(-0.2)
+    assert REWARDS.get("acc_params")(o) == pytest.approx(-0.3)
+    assert REWARDS.get("acc_latency")(o) == pytest.approx(-0.1)
+    assert REWARDS.get("blend")(o) == pytest.approx(0.9 - 0.5 * 0.5)
+    assert make_reward("blend", {"weight": 1.0, "cost": "params"})(o) == pytest.approx(0.65)
+    with pytest.raises(ConfigError, match="latency"):
+        REWARDS.get("acc_latency")(Outcome(0.9, costs={"flops": 10.0}, kept={"flops": 1.0}))
+    with pytest.raises(ConfigError, match="reward_kwargs"):
+        make_reward("blend", {"wieght": 1.0})
+    with pytest.raises(AutopruneError, match="unknown reward"):
+        make_reward("acc_flop")
+
+
+def test_user_registered_reward_and_latency_cost_model_work_without_special_case():
+    g = GRAPHS["residual"]
+    if "kept_only" not in REWARDS:
+        REWARDS.register("kept_only", lambda outcome, scale=1.0: -scale * outcome.kept["latency"])
+    lat = ToyLatency(g)
+    budget = Budget(lat, 0.5 * lat.base)
+    env = ChannelPruningEnv(g, ConstantEvaluator(), budget, reward="kept_only", reward_kwargs={"scale": 2.0},
+                            costs={"latency": lat})
+    rewards, infos = run_episode(env, [1.0] * len(g))
+    assert budget.fits(infos[-1]["plan"].counts(g))
+    assert rewards[-1] == pytest.approx(-2.0 * infos[-1]["costs"]["latency_kept"])
+    assert any(i["clipped"] for i in infos)  # asking for everything at 50% latency must hit the wall
+    with pytest.raises(ConfigError, match="latency"):  # no latency cost model: fails at construction
+        ChannelPruningEnv(g, ConstantEvaluator(), make_budget(g, "flops", 0.5), reward="acc_latency")
+
+
+def test_td3_learns_on_the_env(tiny_session):
+    from stable_baselines3 import TD3
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    s = tiny_session
+    env = ChannelPruningEnv(s.graph, s.evaluator(), s.budget, costs=s.costs)
+    T = len(s.graph)
+    finished = []
+
+    class Collect(BaseCallback):
+        def _on_step(self):
+            finished.extend(i for i, d in zip(self.locals["infos"], self.locals["dones"], strict=True) if d)
+            return True
+
+    model = TD3("MlpPolicy", env, learning_starts=2 * T, train_freq=(1, "episode"), batch_size=8,
+                policy_kwargs={"net_arch": [16, 16]}, seed=0, device="cpu")
+    model.learn(5 * T, callback=Collect())
+    assert len(finished) == 5 and model._n_updates > 0
+    for info in finished:
+        assert s.budget.fits(info["plan"].counts(s.graph)) and math.isfinite(info["episode_reward"])

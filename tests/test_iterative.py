@@ -1,0 +1,135 @@
+"""Iterative pruning schedules and lottery-ticket rewinding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from autoprune.config import PruningConfig, load_config
+from autoprune.criteria import get_criterion
+from autoprune.errors import ConfigError
+from autoprune.iterative import Schedule, iterative_prune, recorded
+from autoprune.plan import PruningPlan
+from autoprune.runner import prepare
+
+
+def expected_widths(full, final, steps, kind):
+    out = []
+    for i in range(1, steps + 1):
+        t = i / steps
+        g = t if kind == "linear" else 1 - (1 - t) ** 3
+        out.append([f if i == steps else round(a - (a - f) * g) for a, f in zip(full, final, strict=True)])
+    return out
+
+
+def run_schedule(session, plan, schedule, pruning=None, early=None):
+    pruning = pruning or PruningConfig()
+    ev = session.evaluator()
+    return iterative_prune(session.model, session.graph, plan, schedule, pruning, ev.calibration,
+                           get_criterion(pruning), lambda m: m, early)
+
+
+@pytest.mark.parametrize("kind", ["cubic", "linear"])
+def test_schedule_reaches_plan_along_its_curve(tiny_session, kind):
+    graph = tiny_session.graph
+    plan = PruningPlan.from_ratios(graph, 0.25)
+    result = run_schedule(tiny_session, plan, Schedule(3, kind))
+    assert result.widths == expected_widths(graph.channels, plan.counts(graph), 3, kind)
+    assert result.widths[-1] == plan.counts(graph)
+    modules = dict(result.model.named_modules())
+    assert [modules[n].weight.shape[0] for n in graph.names] == plan.counts(graph)
+    assert len(result.removals) == 3
+
+
+def test_cubic_prunes_faster_early(tiny_session):
+    graph = tiny_session.graph
+    plan = PruningPlan.from_ratios(graph, 0.25)
+    cubic = run_schedule(tiny_session, plan, Schedule(3, "cubic")).widths[0]
+    linear = run_schedule(tiny_session, plan, Schedule(3, "linear")).widths[0]
+    assert sum(cubic) < sum(linear)
+
+
+def test_fine_schedule_densities(tiny_session):
+    graph = tiny_session.graph
+    plan = PruningPlan.from_ratios(graph, 0.25)
+    result = run_schedule(tiny_session, plan, Schedule(2, "linear"), PruningConfig(granularity="fine"))
+    assert result.widths == expected_widths(graph.channels, plan.counts(graph), 2, "linear")
+
+
+@pytest.fixture(scope="module")
+def rewind_session():
+    cfg = load_config(tiny_config(finetune={"epochs": 1, "rewind": "epoch_1"}))
+    return prepare(cfg, progress=False)
+
+
+def survivors(removals, channels):
+    kept = list(range(channels))
+    for step in removals:
+        gone = set(step)
+        kept = [k for i, k in enumerate(kept) if i not in gone]
+    return kept
+
+
+def test_rewind_restores_recorded_weights_channel(rewind_session):
+    session = rewind_session
+    state = recorded(session.model)
+    assert state is not None
+    assert not torch.equal(state["features.0.weight"], session.model.features[0].weight)  # trained on after epoch 1
+    early = type(session.model)(**{"in_channels": 1, "num_classes": 10, "width": 8})
+    early.load_state_dict(state)
+    plan = PruningPlan.from_ratios(session.graph, 0.5)
+    result = run_schedule(session, plan, Schedule(2, "linear"), early=early)
+    steps = {name: [dict(step).get(name, []) for step in result.removals] for name in session.graph.names}
+    k0 = survivors(steps["features.0"], 8)
+    k1 = survivors(steps["features.4"], 16)
+    model = result.model
+    assert torch.equal(model.features[0].weight, state["features.0.weight"][k0])
+    assert torch.equal(model.features[1].weight, state["features.1.weight"][k0])
+    assert torch.equal(model.features[4].weight, state["features.4.weight"][k1][:, k0])
+    assert len(k0) == plan.channels["features.0"]
+
+
+def test_rewind_restores_recorded_weights_fine(rewind_session):
+    session = rewind_session
+    state = recorded(session.model)
+    early = type(session.model)(in_channels=1, num_classes=10, width=8)
+    early.load_state_dict(state)
+    plan = PruningPlan.from_ratios(session.graph, 0.5)
+    result = run_schedule(session, plan, Schedule(1, "linear"), PruningConfig(granularity="fine"), early=early)
+    conv = result.model.features[4]
+    mask = conv.weight_mask
+    assert 0 < mask.mean() < 1
+    assert torch.equal(conv.weight, state["features.4.weight"] * mask)
+    trained = session.model.features[4].weight.detach().abs()
+    assert trained[mask.bool()].min() >= trained[~mask.bool()].max()  # mask chosen on the trained weights
+
+
+def test_rewind_needs_recorded_weights(tmp_path):
+    base = tmp_path / "base.pt"
+    cfg = load_config(tiny_config())
+    model = prepare(cfg, progress=False).model
+    torch.save(model.state_dict(), base)
+    with pytest.raises(ConfigError, match="rewind"):
+        prepare(load_config(tiny_config(model={"name": "mnist_cnn", "kwargs": {"width": 8}, "checkpoint": str(base)},
+                                        finetune={"rewind": "init"})), progress=False)
+    with pytest.raises(ConfigError, match="epoch_9"):
+        prepare(load_config(tiny_config(finetune={"rewind": "epoch_9"})), progress=False)
+    with pytest.raises(ConfigError, match="schedule.kind"):
+        prepare(load_config(tiny_config(finetune={"schedule": {"steps": 2, "kind": "exp"}})), progress=False)
+
+
+def test_run_with_schedule_and_rewind(tmp_path):
+    from autoprune.runner import load_pruned, run_search
+
+    cfg = load_config(tiny_config(searcher={"name": "uniform"},
+                                  finetune={"epochs": 1, "lr_scale": 0.1, "rewind": "init",
+                                            "schedule": {"steps": 2, "kind": "cubic"}}))
+    run_dir = run_search(cfg, out=tmp_path / "run", progress=False)
+    plan = json.loads((run_dir / "best_plan.json").read_text())
+    model = load_pruned(run_dir / "pruned_model.pt")
+    modules = dict(model.named_modules())
+    assert {n: modules[n].weight.shape[0] for n in plan["channels"]} == plan["channels"]
+    assert json.loads((run_dir / "summary.json").read_text())["pruned"]["test_accuracy_after_finetune"] > 0.1
