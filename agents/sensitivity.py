@@ -45,15 +45,20 @@ def analyse(ctx: SearchContext, ratios: Sequence[float], record: bool = True) ->
     rows = []
     bar = tqdm(total=len(ctx.graph) * len(ratios), desc="sensitivity", unit="plan", disable=not ctx.progress or None)
     for unit in ctx.graph.units:
+        plans = {ratio: ctx.plan_from_ratios([ratio if u.name == unit.name else 1.0 for u in ctx.graph.units])
+                 for ratio in ratios}
+        todo = [r for r in ratios if (unit.name, r) not in done]
+        # one unit's ratios are independent: a Ray pool scores them in parallel
+        results: dict[float, EvalResult] = dict(zip(todo, ctx.evaluate_many([plans[r] for r in todo]), strict=True))
         for ratio in ratios:
-            plan = ctx.plan_from_ratios([ratio if u.name == unit.name else 1.0 for u in ctx.graph.units])
+            plan = plans[ratio]
             if (unit.name, ratio) in done:
                 row = done[(unit.name, ratio)]
             elif record:
-                row = ctx.record(plan, ctx.evaluate(plan), unit=unit.name, ratio=ratio)
+                row = ctx.record(plan, results[ratio], unit=unit.name, ratio=ratio)
             else:
-                result: EvalResult = ctx.evaluate(plan)
-                row = {**ctx.describe(plan), "val_accuracy": result.accuracy, "unit": unit.name, "ratio": ratio}
+                row = {**ctx.describe(plan), "val_accuracy": results[ratio].accuracy, "unit": unit.name,
+                       "ratio": ratio}
             rows.append({"unit": unit.name, "ratio": ratio, "channels": plan.channels[unit.name],
                          "val_accuracy": float(row["val_accuracy"]),
                          **{k: float(row[k]) for k in ctx.describe(plan)}})

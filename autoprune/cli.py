@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from autoprune.errors import AutopruneError
 
@@ -26,8 +27,15 @@ COMMAND_MODULES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: a usage error is one ``autoprune: error:`` line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise AutopruneError(f"{message}; see {self.prog} --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="autoprune",
         description="Automated per-layer pruning-ratio search (AMC/DDPG, NetAdapt, baselines).",
     )
@@ -44,10 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("AUTOPRUNE_DEBUG") == "1"
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        logging.captureWarnings(True)  # library warnings (torch, SB3) only with -v: stderr stays one line
+        logging.getLogger("py.warnings").setLevel(logging.INFO if args.verbose else logging.ERROR)
         return int(args.func(args) or 0)
     except AutopruneError as exc:
         if debug:

@@ -201,12 +201,27 @@ class ExperimentConfig:
         for key, val in (("train.epochs", self.train.epochs), ("finetune.epochs", self.finetune.epochs)):
             if val < 0:
                 raise ConfigError(f"{key} must be >= 0 (got {val})")
-        if self.train.lr <= 0 or self.finetune.lr_scale <= 0:
+        if not (self.train.lr > 0 and self.finetune.lr_scale > 0):  # NaN fails too
             raise ConfigError("train.lr and finetune.lr_scale must be > 0")
         if self.data.val_samples < 1:
             raise ConfigError(f"data.val_samples must be >= 1 (got {self.data.val_samples})")
         if self.ray.workers < 0:
             raise ConfigError(f"ray.workers must be >= 0 (got {self.ray.workers})")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Numbers that would otherwise fail deep inside torch or numpy with a traceback."""
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an integer in [0, 2**63) (got {self.seed})")
+        minimum = {"train.batch_size": (self.train.batch_size, 1), "evaluation.batch_size": (self.evaluation.batch_size, 1),
+                   "evaluation.adaptive_bn_batches": (self.evaluation.adaptive_bn_batches, 0),
+                   "evaluation.val_samples": (self.evaluation.val_samples, 1), "data.resize": (self.data.resize, 1),
+                   "data.channels": (self.data.channels, 1), "ray.max_retries": (self.ray.max_retries, 0)}
+        for key, (value, low) in minimum.items():
+            if value is not None and value < low:
+                raise ConfigError(f"{key} must be >= {low} (got {value})")
+        if not 0 < self.data.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction must be in (0, 1) (got {self.data.test_fraction})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -138,6 +138,9 @@ def load_data(cfg: DataConfig) -> DataBundle:
         if not isinstance(sample, torch.Tensor):
             raise AutopruneError("data factory: samples must be (tensor, label) pairs")
         labels = torch.cat([_labels(d) for d in (train, val, test)])
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise AutopruneError(f"data factory: labels must be integer class indices (got {labels.dtype}); "
+                                 "convert them with .long()")
         if labels.min() < 0:
             raise AutopruneError("data factory: labels must be >= 0")
         return DataBundle(train, val, test, tuple(sample.shape), int(labels.max()) + 1, cfg.factory)

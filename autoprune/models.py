@@ -193,6 +193,8 @@ def build_model(
         raise
     except TypeError as exc:
         raise AutopruneError(f"{label} rejected kwargs {kwargs}: {exc}") from exc
+    except Exception as exc:  # the user's code failed: say where, not a traceback (--debug shows it)
+        raise AutopruneError(f"{label} failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise AutopruneError(f"{label} returned {type(model).__name__}, expected a torch.nn.Module")
     return model
@@ -214,13 +216,18 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise AutopruneError(f"checkpoint {str(path)!r} is not a state_dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[1:2] or [str(exc)[:200]]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))]
+    if missing or unexpected or shapes:
+        parts = [f"{len(v)} {what} (e.g. {v[0]!r})" for v, what in
+                 ((missing, "missing keys"), (unexpected, "unexpected keys"), (shapes, "shape mismatches")) if v]
         raise AutopruneError(
-            f"checkpoint {str(path)!r} does not match the model: {first[0].strip()}"
-        ) from exc
+            f"checkpoint {str(path)!r} does not match the model: {', '.join(parts)}; "
+            "check model.name/factory and model.kwargs"
+        )
+    model.load_state_dict(state)
     return model
 
 

@@ -273,10 +273,10 @@ def write_report(paths: list[str | Path], out: str | Path) -> dict[str, Any]:
     """
     run_dirs = find_run_dirs(paths)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(run_dirs)
     trials = load_trials([Path(p) for p in runs["path"]])
     summary = mean_std_table(aggregate(runs))
+    out.mkdir(parents=True, exist_ok=True)  # only once every input has been read
     atomic_write_text(out / "results.csv", runs.to_csv(index=False))
     plots, notes = _plots(runs, trials, out)
     atomic_write_text(out / "report.md", _markdown(runs, summary, plots, notes))

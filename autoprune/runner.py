@@ -6,6 +6,7 @@ created, so bad input never leaves a half-written run dir behind.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -40,7 +41,13 @@ from autoprune.runs import (
     read_json,
 )
 from autoprune.search import SEARCHERS, SearchContext, Searcher
-from autoprune.sparsity import SPARSE_GRANULARITIES, cost_kind, sparse_layer_formats, storage_report
+from autoprune.sparsity import (
+    SPARSE_GRANULARITIES,
+    cost_kind,
+    make_permanent,
+    sparse_layer_formats,
+    storage_report,
+)
 from autoprune.train import dataset_accuracy, train_model
 
 log = logging.getLogger(__name__)
@@ -213,7 +220,7 @@ def run_search(
     session = prepare(cfg, base_ckpt, progress)
     recorder = TrialRecorder.resume(run_dir / "trials.parquet") if resume else TrialRecorder(run_dir / "trials.parquet")
 
-    fresh = not run_dir.exists()
+    created = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         if not resume:
@@ -222,11 +229,31 @@ def run_search(
                 atomic_write_with(run_dir / "base_model.pt", lambda b: torch.save(session.model.state_dict(), b))
         return _search_and_finish(session, run_dir, recorder, bool(resume), progress, start)
     except AutopruneError:
-        if fresh and not recorder.rows:  # nothing finished: leave no half-written run dir
-            import shutil
-
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if not resume and not recorder.rows:  # nothing finished: leave no half-written run dir
+            _remove_new(run_dir, created)
         raise
+
+
+def _remove_new(run_dir: Path, created: Path | None) -> None:
+    """Delete what a failed new run wrote: its run dir and the parents it created (if still empty), or
+    everything in the empty ``--out`` dir it was given."""
+    import shutil
+
+    if created is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in run_dir.parents:
+            if parent != created and created not in parent.parents:
+                break
+            try:
+                parent.rmdir()  # only if empty: another run may have started in it meanwhile
+            except OSError:
+                break
+        return
+    for path in run_dir.iterdir():  # the dir was empty before (run_search refuses a non-empty one)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _search_and_finish(session: Session, run_dir: Path, recorder: TrialRecorder, resume: bool,
@@ -250,9 +277,7 @@ def _search_and_finish(session: Session, run_dir: Path, recorder: TrialRecorder,
     pruned = evaluator.prune(plan)
     val_before = evaluator.score(pruned)
     test_before = dataset_accuracy(pruned, data.test)
-    seed_everything(cfg.seed)
-    pruned = long_term_finetune(session, evaluator, plan, pruned, progress)
-    test_after = dataset_accuracy(pruned, data.test)
+    pruned, test_after, failure = _finetune_or_keep(session, evaluator, plan, pruned, progress)
     spec = model_spec(cfg, data, session.input_shape)
     save_pruned(run_dir / "pruned_model.pt", pruned, spec, plan, cfg.pruning.granularity)
 
@@ -271,10 +296,31 @@ def _search_and_finish(session: Session, run_dir: Path, recorder: TrialRecorder,
         "wall_seconds": time.time() - start,
         "units": len(session.graph),
     }
+    if failure:
+        summary["finetune_failed"] = failure
     for extra in SUMMARY_EXTRAS:
         summary.update(extra(session, pruned, plan))
     atomic_write_json(run_dir / "summary.json", summary)
+    if failure:
+        raise AutopruneError(f"{failure}; the run dir {str(run_dir)!r} is complete with the pruned weights from "
+                             "before the failed fine-tune (summary.json: finetune_failed)")
     return run_dir
+
+
+def _finetune_or_keep(session: Session, evaluator: Evaluator, plan: PruningPlan, pruned: nn.Module,
+                      progress: bool) -> tuple[nn.Module, float | None, str | None]:
+    """Long-term fine-tune; if it fails (e.g. a NaN loss), keep the pruned weights from before it.
+
+    Returns (model to save, its test accuracy after the fine-tune or None, the failure or None).
+    """
+    kept = copy.deepcopy(pruned)
+    seed_everything(session.cfg.seed)
+    try:
+        tuned = long_term_finetune(session, evaluator, plan, pruned, progress)
+    except AutopruneError as exc:
+        log.info("the fine-tune failed (%s); keeping the pruned weights from before it", exc)
+        return make_permanent(kept), None, str(exc)
+    return tuned, dataset_accuracy(tuned, session.data.test), None
 
 
 def long_term_finetune(session: Session, evaluator: Evaluator, plan: PruningPlan, pruned: nn.Module,

@@ -29,15 +29,15 @@ BASE = {
     "pruning": {"criterion": "l1", "min_ratio": 0.2, "max_ratio": 1.0},
     "searcher": {"name": "uniform"},
     "evaluation": {"adaptive_bn_batches": 10, "batch_size": 256},
-    "finetune": {"epochs": 5, "lr_scale": 0.1},
+    "finetune": {"epochs": 2, "lr_scale": 0.1},
 }
 
 
 def base_config(overrides: list[str] | None = None, **sections: Any) -> ExperimentConfig:
     raw = json.loads(json.dumps(BASE))
     raw.update(sections)
-    if CHECKPOINT.exists():
-        raw["model"]["checkpoint"] = str(CHECKPOINT)
+    if CHECKPOINT.exists() and raw["model"] == BASE["model"]:
+        raw["model"] = {**raw["model"], "checkpoint": str(CHECKPOINT)}
     return load_config(raw, overrides)
 
 

@@ -86,3 +86,23 @@ def empty_data_factory():
 def needs_28x28(**kw):
     """A model that only accepts 1x28x28 inputs (flatten into a fixed-size Linear)."""
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 10))
+
+
+def big_labels_factory():
+    """Labels 0..15 on 1x8x8 images: more classes than a 10-output model (e.g. tiny_cnn) has."""
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(120, 1, 8, 8, generator=g), torch.arange(120) % 16
+    return TensorDataset(x[:80], y[:80]), TensorDataset(x[80:100], y[80:100]), TensorDataset(x[100:], y[100:])
+
+
+def raising_factory(**kw):
+    """A user factory with a bug: it raises while building the model."""
+    raise RuntimeError("boom in the user's factory")
+
+
+def float_labels_factory():
+    """Labels stored as floats (e.g. read from a CSV): not class indices."""
+    train, val, test = digits_factory()
+    return tuple(type(ds)(ds.tensors[0], ds.tensors[1].float()) for ds in (train, val, test))

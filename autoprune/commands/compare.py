@@ -14,9 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from autoprune.report import text_table, write_report
+    from autoprune.report import find_run_dirs, text_table, write_report
     from autoprune.runs import check_writable
 
+    find_run_dirs(args.dirs)  # a clear error for a path that holds no runs, before the output is checked
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
     check_writable(out)
     report = write_report(args.dirs, out)

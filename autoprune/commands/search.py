@@ -53,6 +53,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     extra = [f"searcher.name={args.searcher}"] if args.searcher else []
     if args.config is None:
         args.config = str(Path(args.resume) / "config.yaml")
+        if not Path(args.config).is_file():
+            raise AutopruneError(f"--resume {args.resume!r}: not a run directory (no config.yaml)")
     elif args.searcher:
         raw = read_yaml(args.config).get("searcher") or {}
         if raw.get("name") != args.searcher:  # a different searcher: drop the other one's keys

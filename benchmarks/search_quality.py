@@ -1,0 +1,168 @@
+"""Search quality: every searcher and Torch-Pruning's global pruning on one base model.
+
+Base: ResNet-20 trained on 3x32x32 MNIST-5k (cached checkpoint). Budgets: 50% and 25% of FLOPs
+(and, with ``--latency``, LUT-guided NetAdapt at 60% of the predicted latency, seed 0). Searchers: uniform, random (as many
+evaluations as DDPG has episodes), sensitivity, netadapt, ddpg, and Torch-Pruning's
+``MetaPruner(global_pruning=True)`` with L1 group importance at the same FLOPs (the peer a user
+would pick). Every plan gets the same fine-tune (2 epochs at lr x 0.1). Reports val
+accuracy before fine-tune (adaptive BN) and test accuracy after, mean +- std over seeds.
+
+    python -m benchmarks.search_quality [--seeds 0 1] [--episodes 50] [--workers 2] [--latency]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch_pruning as tp
+
+from autoprune.cost import measure_model
+from autoprune.runner import prepare, run_search, seed_everything, train_model
+from autoprune.runs import atomic_write_json
+from autoprune.train import dataset_accuracy
+from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, write_results
+
+RUNS = ROOT / "runs" / "search_quality"
+
+
+def searchers(episodes: int) -> dict[str, dict]:
+    return {
+        "uniform": {"name": "uniform"},
+        "random": {"name": "random", "evaluations": episodes},
+        "sensitivity": {"name": "sensitivity", "ratios": [0.25, 0.5, 0.75]},
+        "netadapt": {"name": "netadapt", "initial_reduction": 0.15, "decay": 0.9, "short_term_batches": 5},
+        "ddpg": {"name": "ddpg", "episodes": episodes, "warmup": max(2, episodes // 3) // 2 * 2,
+                 "parallel_episodes": 2},
+    }
+
+
+def tp_global(budget: float, seed: int, out: Path) -> dict:
+    """Torch-Pruning's global magnitude pruning at ``budget`` FLOPs, same fine-tune, same scoring."""
+    cfg = base_config([f"seed={seed}"], budget={"flops": budget})
+    session = prepare(cfg, progress=False)
+    start = time.time()
+    base_macs = measure_model(session.model, session.input_shape)[0]
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(12):  # bisection on the global pruning ratio to meet the FLOPs budget
+        mid = (lo + hi) / 2
+        model = __import__("copy").deepcopy(session.model)
+        pruner = tp.pruner.MetaPruner(model, __import__("torch").randn(1, *session.input_shape),
+                                      importance=tp.importance.GroupMagnitudeImportance(p=1),
+                                      global_pruning=True, pruning_ratio=mid,
+                                      ignored_layers=[model.classifier])
+        pruner.step()
+        if measure_model(model, session.input_shape)[0] <= budget * base_macs:
+            best, hi = model, mid
+        else:
+            lo = mid
+    evaluator = session.evaluator()
+    val_before = evaluator.score(best)
+    seed_everything(seed)
+    train_model(best, session.data.train, cfg.train, epochs=cfg.finetune.epochs,
+                lr=cfg.train.lr * cfg.finetune.lr_scale, seed=seed, progress=False)
+    macs, params = measure_model(best, session.input_shape)
+    summary = {"searcher": "tp_global", "seed": seed, "budget": {"kind": "flops", "fraction": budget},
+               "pruned": {"flops_kept": macs / base_macs, "val_accuracy_before_finetune": val_before,
+                          "test_accuracy_after_finetune": dataset_accuracy(best, session.data.test)},
+               "evaluations": 12, "wall_seconds": time.time() - start}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_all(args) -> list[dict]:
+    rows = []
+    budgets = [("flops", 0.5), ("flops", 0.25)] + ([("latency", 0.6)] if args.latency else [])
+    for kind, value in budgets:
+        seeds = args.seeds if kind == "flops" else args.seeds[:1]
+        for seed in seeds:
+            for label, searcher in searchers(args.episodes).items():
+                if kind == "latency" and label != "netadapt":  # the latency budget: LUT-guided NetAdapt
+                    continue
+                out = RUNS / f"{kind}{value}__{label}__{seed}"
+                if not (out / "summary.json").exists():
+                    shutil.rmtree(out, ignore_errors=True)
+                    budget = {kind: value, **({"lut": args.lut} if kind == "latency" else {})}
+                    cfg = base_config([f"seed={seed}", f"ray.workers={args.workers}"], searcher=searcher,
+                                      budget=budget)
+                    run_search(cfg, out=out, progress=False)
+                rows.append(_row(label, kind, value, seed, json.loads((out / "summary.json").read_text())))
+            if kind == "flops":
+                out = RUNS / f"{kind}{value}__tp_global__{seed}"
+                s = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() \
+                    else tp_global(value, seed, out)
+                rows.append(_row("tp_global", kind, value, seed, s))
+            print(f"done {kind}={value} seed {seed}", flush=True)
+    return rows
+
+
+def _row(label: str, kind: str, value: float, seed: int, s: dict) -> dict:
+    p = s["pruned"]
+    return {"searcher": label, "budget": f"{kind}={value}", "seed": seed, "flops_kept": p["flops_kept"],
+            "val_before": p["val_accuracy_before_finetune"], "test_after": p["test_accuracy_after_finetune"],
+            "evaluations": s["evaluations"], "wall_s": s["wall_seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--latency", action="store_true", help="add a latency=0.6 budget (needs --lut)")
+    parser.add_argument("--lut", default=str(ROOT / "luts" / "resnet20_b1_t1.json"))
+    args = parser.parse_args()
+    ensure_checkpoint()
+    import pandas as pd
+
+    if args.workers:  # one local Ray for all runs (the pools join it instead of starting their own)
+        import os
+
+        import ray
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+    df = pd.DataFrame(run_all(args))
+    base = json.loads(next(RUNS.glob("flops0.5__uniform__*/summary.json")).read_text())["base"]
+    agg = df.groupby(["budget", "searcher"]).agg(["mean", "std"])
+    lines = [f"base model: val {base['val_accuracy']:.4f}, test {base['test_accuracy']:.4f}", "",
+             "| budget | searcher | kept FLOPs | val acc before FT | test acc after FT | evaluations | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for (budget, searcher), r in agg.iterrows():
+        lines.append(f"| {budget} | {searcher} | {r[('flops_kept', 'mean')]:.3f} | "
+                     f"{r[('val_before', 'mean')]:.4f} +- {np.nan_to_num(r[('val_before', 'std')]):.4f} | "
+                     f"{r[('test_after', 'mean')]:.4f} +- {np.nan_to_num(r[('test_after', 'std')]):.4f} | "
+                     f"{r[('evaluations', 'mean')]:.0f} | {r[('wall_s', 'mean')]:.0f} |")
+    m = df.groupby(["budget", "searcher"]).mean(numeric_only=True)
+    ours = [s for s in searchers(args.episodes)]
+    b25, b50 = m.loc["flops=0.25"], m.loc["flops=0.5"]
+    best25 = b25.loc[ours, "val_before"].max()
+    best50_test = b50.loc[ours, "test_after"].max()
+    best_test = {b: m.loc[b].loc[ours, "test_after"].max() for b in ("flops=0.25", "flops=0.5")}
+    targets = [
+        target("best searcher vs uniform, val before FT at 25% FLOPs", ">= +3 points",
+               round(100 * (best25 - b25.loc["uniform", "val_before"]), 2),
+               best25 >= b25.loc["uniform", "val_before"] + 0.03),
+        target("DDPG vs random at equal evaluations (val before FT, both budgets)", "ddpg >= random",
+               {b: [round(m.loc[b].loc["ddpg", "val_before"], 4), round(m.loc[b].loc["random", "val_before"], 4)]
+                for b in ("flops=0.5", "flops=0.25")},
+               all(m.loc[b].loc["ddpg", "val_before"] >= m.loc[b].loc["random", "val_before"]
+                   for b in ("flops=0.5", "flops=0.25"))),
+        target("after FT within 0.5 points of base at 50% FLOPs", ">= base - 0.005",
+               [round(best50_test, 4), round(base["test_accuracy"], 4)], best50_test >= base["test_accuracy"] - 0.005),
+        target("best autoprune >= Torch-Pruning global after FT", ">= tp_global",
+               {b: [round(best_test[b], 4), round(m.loc[b].loc["tp_global", "test_after"], 4)] for b in best_test},
+               all(best_test[b] >= m.loc[b].loc["tp_global", "test_after"] for b in best_test)),
+    ]
+    write_results("search_quality", "\n".join(lines), {"rows": df.to_dict("records"), "base": base}, targets,
+                  "python -m benchmarks.search_quality " + " ".join(
+                      [f"--seeds {' '.join(map(str, args.seeds))}", f"--episodes {args.episodes}",
+                       f"--workers {args.workers}"] + (["--latency"] if args.latency else [])))
+
+
+if __name__ == "__main__":
+    main()
