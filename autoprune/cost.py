@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import BudgetError
-from autoprune.graph import PRUNABLE_TYPES, UnitGraph, example_input
+from autoprune.graph import UnitGraph, forward_with_hooks
 from autoprune.registry import Registry
 
 
@@ -140,30 +140,15 @@ class Budget:
 def measure_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
     """(MACs, params) of a built model, counted with forward hooks (batch 1)."""
     macs = [0]
-    handles = []
 
-    def hook(mod: nn.Module, inp, out) -> None:
+    def count(name: str, mod: nn.Module, inp, out: torch.Tensor) -> None:
         if isinstance(mod, nn.modules.conv._ConvNd):
-            spatial = int(np.prod(out.shape[2:])) if out.dim() > 2 else 1
-            macs[0] += spatial * mod.weight.numel()
+            macs[0] += (int(np.prod(out.shape[2:])) if out.dim() > 2 else 1) * mod.weight.numel()
         else:
-            lead = int(np.prod(out.shape[1:-1])) if out.dim() > 2 else 1
-            macs[0] += lead * mod.weight.numel()
+            macs[0] += (int(np.prod(out.shape[1:-1])) if out.dim() > 2 else 1) * mod.weight.numel()
 
-    for module in model.modules():
-        if isinstance(module, PRUNABLE_TYPES):
-            handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input(input_shape))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    params = sum(p.numel() for p in model.parameters())
-    return int(macs[0]), int(params)
+    forward_with_hooks(model, input_shape, count)
+    return int(macs[0]), int(sum(p.numel() for p in model.parameters()))
 
 
 COST_MODELS: Registry = Registry("cost model")

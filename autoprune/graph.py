@@ -109,15 +109,11 @@ def find_classifier(model: nn.Module, input_shape: Sequence[int]) -> nn.Module |
     return order[-1][1] if order else None
 
 
-def execution_order(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, nn.Module, tuple, tuple]]:
-    """(name, module, input shape, output shape) of every conv/linear, in forward order."""
-    records: list[tuple[str, nn.Module, tuple, tuple]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES):
-            def hook(mod, inp, out, name=name):
-                records.append((name, mod, tuple(inp[0].shape), tuple(out.shape)))
-            handles.append(module.register_forward_hook(hook))
+def forward_with_hooks(model: nn.Module, input_shape: Sequence[int], hook) -> None:
+    """One eval-mode, no-grad forward of a batch-1 input with ``hook(name, mod, inp, out)`` on every
+    conv/linear; the model's mode is restored and the hooks removed."""
+    handles = [module.register_forward_hook(lambda mod, inp, out, name=name: hook(name, mod, inp, out))
+               for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
     was_training = model.training
     model.eval()
     try:
@@ -127,6 +123,13 @@ def execution_order(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[
         model.train(was_training)
         for h in handles:
             h.remove()
+
+
+def execution_order(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, nn.Module, tuple, tuple]]:
+    """(name, module, input shape, output shape) of every conv/linear, in forward order."""
+    records: list[tuple[str, nn.Module, tuple, tuple]] = []
+    forward_with_hooks(model, input_shape,
+                       lambda name, mod, inp, out: records.append((name, mod, tuple(inp[0].shape), tuple(out.shape))))
     seen, unique = set(), []
     for rec in records:  # a module called twice counts once (shared layers)
         if rec[0] not in seen:
