@@ -145,17 +145,19 @@ def main() -> None:
     best_test = {b: m.loc[b].loc[ours, "test_after"].max() for b in ("flops=0.25", "flops=0.5")}
     targets = [
         target("best searcher vs uniform, val before FT at 25% FLOPs", ">= +3 points",
-               round(100 * (best25 - b25.loc["uniform", "val_before"]), 2),
+               round(float(100 * (best25 - b25.loc["uniform", "val_before"])), 2),
                best25 >= b25.loc["uniform", "val_before"] + 0.03),
         target("DDPG vs random at equal evaluations (val before FT, both budgets)", "ddpg >= random",
-               {b: [round(m.loc[b].loc["ddpg", "val_before"], 4), round(m.loc[b].loc["random", "val_before"], 4)]
+               {b: [round(float(m.loc[b].loc["ddpg", "val_before"]), 4),
+                    round(float(m.loc[b].loc["random", "val_before"]), 4)]
                 for b in ("flops=0.5", "flops=0.25")},
                all(m.loc[b].loc["ddpg", "val_before"] >= m.loc[b].loc["random", "val_before"]
                    for b in ("flops=0.5", "flops=0.25"))),
         target("after FT within 0.5 points of base at 50% FLOPs", ">= base - 0.005",
-               [round(best50_test, 4), round(base["test_accuracy"], 4)], best50_test >= base["test_accuracy"] - 0.005),
+               [round(float(best50_test), 4), round(base["test_accuracy"], 4)], best50_test >= base["test_accuracy"] - 0.005),
         target("best autoprune >= Torch-Pruning global after FT", ">= tp_global",
-               {b: [round(best_test[b], 4), round(m.loc[b].loc["tp_global", "test_after"], 4)] for b in best_test},
+               {b: [round(float(best_test[b]), 4), round(float(m.loc[b].loc["tp_global", "test_after"]), 4)]
+                for b in best_test},
                all(best_test[b] >= m.loc[b].loc["tp_global", "test_after"] for b in best_test)),
     ]
     write_results("search_quality", "\n".join(lines), {"rows": df.to_dict("records"), "base": base}, targets,

@@ -75,7 +75,7 @@ def main() -> None:
     if comparison:
         faster = comparison["latency_guided"]["ms_b1"] < 0.95 * comparison["flops_guided"]["ms_b1"]
         targets.append(target("latency-LUT NetAdapt faster than FLOPs NetAdapt at equal FLOPs", "measurably (>5%)",
-                              [round(comparison["latency_guided"]["ms_b1"], 2), round(comparison["flops_guided"]["ms_b1"], 2)],
+                              [round(float(comparison["latency_guided"]["ms_b1"]), 2), round(float(comparison["flops_guided"]["ms_b1"]), 2)],
                               faster))
     write_results("speedup", "\n".join(table), {"base_ms": base_ms, "rows": rows, "netadapt": comparison}, targets,
                   "python -m benchmarks.speedup")
