@@ -3,11 +3,10 @@
 How latency is measured (:func:`measure_latency`): the model in eval mode under
 ``torch.inference_mode``, a fixed random input of ``(batch, *input_shape)``, a fixed thread count
 (``torch.set_num_threads``, restored afterwards), ``warmup`` untimed forwards, then ``repeats``
-timed samples with ``time.perf_counter`` (``clock="wall"``, the default). A very fast model is run several times per sample so
-that one sample lasts at least ``min_sample_ms``. The result is the median in milliseconds and
-the spread (10th to 90th percentile, relative to the median). ``clock="cpu"`` (one thread only)
-times with ``time.thread_time`` instead: the CPU time of the timing thread, which leaves out time
-the OS gave to other processes. Use it on a busy machine; it is not end-to-end latency.
+timed samples with ``time.perf_counter`` (``clock="wall"``). A fast model runs several times per
+sample (>= ``min_sample_ms``). Result: the median in ms and the spread (p10 to p90 / median).
+``clock="cpu"`` (one thread) uses ``time.thread_time``: the timing thread's CPU time, leaving out
+time given to other processes (for busy machines; not end-to-end latency).
 
 On glibc the allocator is tuned first (:func:`tune_allocator`, the runtime equivalent of
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``): without it, forwards at batch 32 page-fault
@@ -15,9 +14,8 @@ thousands of times and run far slower than they need to. One thread is the defau
 2-core CPU two threads do not give repeatable numbers; with more threads, start the process with
 ``OMP_WAIT_POLICY=ACTIVE`` (it is read when torch is imported, so it cannot be set afterwards).
 
-The ``latency`` cost model prices a channel-count vector in milliseconds: with a LUT (see
-:mod:`autoprune.lut`) it is a prediction from the table, without one each new count vector is
-pruned for real and timed (slow: a fraction of a second per plan; results are cached by counts).
+The ``latency`` cost model prices channel counts in ms: from a LUT (:mod:`autoprune.lut`), or by
+pruning and timing each new count vector (slow; cached by counts).
 """
 
 from __future__ import annotations
