@@ -40,3 +40,16 @@ def tiny_session():
     from autoprune.runner import prepare
 
     return prepare(load_config(tiny_config(), ["model.kwargs.width=16", "train.epochs=4"]), progress=False)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs) for one test module; left running if something else started it."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()

@@ -19,16 +19,6 @@ from autoprune.evaluate import Evaluator
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 def _plans(session, n: int, seed: int = 0):
     ctx = session.context(None, None, None, False)
     rng = np.random.default_rng(seed)

@@ -31,16 +31,6 @@ def _is_png(path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def experiment(tmp_path_factory, local_ray):
     """Two searchers x two seeds; one trial is blocked (its run dir is occupied), then resumed."""
     root = tmp_path_factory.mktemp("exp")
