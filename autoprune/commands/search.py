@@ -80,6 +80,11 @@ def print_summary(s: dict, run_dir: Path) -> None:
         f" -> {p['test_accuracy_after_finetune']:.4f} after fine-tune",
         f"run dir  {run_dir}",
     ]
+    lat = s.get("latency") or {}
+    if lat.get("base_measured_ms") and lat.get("pruned_measured_ms"):
+        lines.insert(4, f"latency  {lat['base_measured_ms']:.2f} -> {lat['pruned_measured_ms']:.2f} ms measured "
+                        f"({lat['pruned_measured_ms'] / lat['base_measured_ms']:.1%} kept; predicted "
+                        f"{lat.get('pruned_predicted_ms', float('nan')):.2f} ms)")
     print("\n".join(lines), file=sys.stdout)
 
 
