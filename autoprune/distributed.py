@@ -42,12 +42,27 @@ CONNECT_TIMEOUT_S = 25.0
 # ------------------------------------------------------------------------------------ Ray itself
 
 
+_PROBED: set[str] = set()
+
+
+def check_ray_address(address: str | None) -> None:
+    """Before any long work: fail fast if the configured (or ``RAY_ADDRESS``) cluster is unreachable."""
+    import ray
+
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target and not ray.is_initialized():
+        _probe_address(target)
+
+
 def _probe_address(address: str) -> None:
     """Fail fast (well under 30 s) when ``address`` is not a reachable Ray cluster.
 
     ``ray.init`` retries an unreachable GCS for minutes, so the address is first tried over TCP
-    (host:port forms), then joined by a short-lived subprocess with a timeout.
+    (host:port forms), then joined by a short-lived subprocess with a timeout. A reachable address
+    is probed once per process.
     """
+    if address in _PROBED:
+        return
     hint = "start it with `ray start --head` or set ray.address: null for a local Ray"
     host_port = address.split("://", 1)[-1]
     if address != "auto" and ":" in host_port:
@@ -66,6 +81,7 @@ def _probe_address(address: str) -> None:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise AutopruneError(f"cannot join the Ray cluster at {address!r} ({last[:200]}); {hint}")
+    _PROBED.add(address)
 
 
 def ensure_ray(address: str | None = None) -> bool:

@@ -139,6 +139,10 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
     options = searcher_cls.parse_options(cfg.searcher)
     CRITERIA.get(cfg.pruning.criterion)
     validate_toolbox(cfg)  # granularity, finetune.schedule, finetune.rewind
+    if cfg.ray.workers > 0:  # an unreachable cluster should fail before the base model is trained
+        from autoprune.distributed import check_ray_address
+
+        check_ray_address(cfg.ray.address)
     data = load_data(cfg.data)
     labels = data.train.tensors[1] if hasattr(data.train, "tensors") else None
     if labels is not None and len(labels) == 0:
