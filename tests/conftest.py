@@ -15,6 +15,15 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # makes "factories:NAME" importable
 
 
+def write_config(tmp_path: Path, raw: dict, name: str = "exp.yaml") -> str:
+    """Write an experiment mapping as YAML under ``tmp_path``; returns the path."""
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
 def tiny_config(tmp_path=None, **sections) -> dict:
     """A config that runs end to end in seconds (8x8 digits, small CNN)."""
     cfg = {

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
-from conftest import tiny_config
+from conftest import tiny_config, write_config
 
 from autoprune import load_pruned
 from autoprune.cli import main
-
-
-def write_config(tmp_path: Path, raw: dict) -> str:
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
 
 
 def test_search_end_to_end_writes_a_complete_run_dir(tmp_path, capsys):

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import TESTS, tiny_config
+from conftest import TESTS, tiny_config, write_config
 
 from autoprune.agents.ddpg import DdpgSearcher, TruncatedNormalNoise
 from autoprune.cli import main
@@ -183,12 +182,6 @@ def test_resume_without_a_checkpoint_restarts_from_episode_0(tiny_session, tmp_p
     run(resumed, episodes=4)
     assert list(read_trials(tmp_path / "run" / "trials.parquet")["episode"]) == [0, 1, 2, 3]
     assert resumed.evaluator.batches == [1, 1, 1, 1]
-
-
-def write_config(tmp_path: Path, raw: dict) -> str:
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
 
 
 def test_cli_search_with_ddpg_end_to_end(tmp_path, capsys):

@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import tiny_config
+from conftest import tiny_config, write_config
 from factories import TinyCNN, TinyResidual
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -210,12 +209,6 @@ def test_layer_profiler_shares_measurements_between_same_shaped_modules():
     assert len(prof.cache) == 1
 
 
-def _write(tmp_path, raw):
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
-
-
 def test_cli_lut_build_and_check_json(tmp_path, capsys):
     lut = tmp_path / "tiny.json"
     code = main(["lut", "build", "--model", "factories:tiny_cnn", "--input-shape", "1,8,8", "--step", "8",
@@ -247,7 +240,7 @@ def test_search_with_a_latency_budget_lands_under_it_by_the_lut(tmp_path):
     raw = tiny_config(model=model_cfg, budget={"flops": 0.5, "lut": str(lut)}, train={"epochs": 1, "lr": 0.05},
                       searcher={"name": "netadapt", "initial_reduction": 0.25, "short_term_batches": 1})
     out = tmp_path / "run"
-    assert main(["search", _write(tmp_path, raw), "--budget", "latency=0.6", "--out", str(out), "--no-progress"]) == 0
+    assert main(["search", write_config(tmp_path, raw), "--budget", "latency=0.6", "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     lat = summary["latency"]
     assert summary["budget"]["kind"] == "latency" and lat["source"] == "lut"

@@ -12,22 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import TESTS, tiny_config
+from conftest import TESTS, tiny_config, write_config
 
 from autoprune.cli import main
 
 TIMING = ["seconds", "time"]
 
 
-def _write(tmp_path: Path, raw: dict, name: str = "exp.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
-
-
 def test_two_runs_with_the_same_seed_give_identical_trials(tmp_path):
-    cfg = _write(tmp_path, tiny_config(searcher={"name": "random", "evaluations": 4}))
+    cfg = write_config(tmp_path, tiny_config(searcher={"name": "random", "evaluations": 4}))
     for out in ("a", "b"):
         assert main(["search", cfg, "--out", str(tmp_path / out), "--no-progress"]) == 0
     a = pd.read_parquet(tmp_path / "a" / "trials.parquet").drop(columns=TIMING)
@@ -40,7 +33,7 @@ def test_two_runs_with_the_same_seed_give_identical_trials(tmp_path):
 
 def test_kill_9_mid_search_then_resume_loses_and_duplicates_nothing(tmp_path):
     raw = tiny_config(searcher={"name": "random", "evaluations": 40})
-    cfg = _write(tmp_path, raw)
+    cfg = write_config(tmp_path, raw)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "search", cfg, "--out", str(out),
@@ -76,7 +69,7 @@ TINY_NETADAPT = {"name": "netadapt", "initial_reduction": 0.15, "short_term_batc
 
 
 def _trials_of_two_runs(tmp_path: Path, raw: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cfg = _write(tmp_path, raw)
+    cfg = write_config(tmp_path, raw)
     for out in ("a", "b"):
         assert main(["search", cfg, "--out", str(tmp_path / out), "--no-progress"]) == 0
     return tuple(pd.read_parquet(tmp_path / out / "trials.parquet").drop(columns=TIMING) for out in ("a", "b"))
@@ -102,7 +95,7 @@ def test_kill_9_mid_netadapt_then_resume_loses_and_duplicates_no_proposal(tmp_pa
     raw = tiny_config(searcher={"name": "netadapt", "initial_reduction": 0.02, "decay": 1.0,
                                 "short_term_batches": 2},
                       train={"epochs": 1, "lr": 0.05, "batch_size": 64}, finetune={"epochs": 0})
-    cfg = _write(tmp_path, raw)
+    cfg = write_config(tmp_path, raw)
     ref = tmp_path / "ref"
     assert main(["search", cfg, "--out", str(ref), "--no-progress"]) == 0
     expected = pd.read_parquet(ref / "trials.parquet")
@@ -161,7 +154,7 @@ def test_a_search_without_ray_opens_no_listening_socket(tmp_path):
     with socket.create_server(("127.0.0.1", 0)):  # the probe sees a listening socket of ours
         assert _socket_inodes(os.getpid()) & _listening_inodes()
     assert not _socket_inodes(os.getpid()) & _listening_inodes()
-    cfg = _write(tmp_path, tiny_config(searcher={"name": "random", "evaluations": 3}, train={"epochs": 0},
+    cfg = write_config(tmp_path, tiny_config(searcher={"name": "random", "evaluations": 3}, train={"epochs": 0},
                                        finetune={"epochs": 0}))
     driver = ("import sys; from autoprune.cli import main; code = main(sys.argv[1:]); "
               "print('ray imported' if 'ray' in sys.modules else 'no ray'); sys.exit(code)")
@@ -197,7 +190,7 @@ def test_ray_workers_evaluate_the_same_plans_as_in_process(tmp_path):
                 raw = tiny_config(searcher=searcher, train={"epochs": 1, "lr": 0.05, "batch_size": 64},
                                   finetune={"epochs": 0}, ray={"workers": workers})
                 out = tmp_path / f"{searcher['name']}{workers}"
-                assert main(["search", _write(tmp_path, raw), "--out", str(out), "--no-progress"]) == 0
+                assert main(["search", write_config(tmp_path, raw), "--out", str(out), "--no-progress"]) == 0
                 frames.append(pd.read_parquet(out / "trials.parquet").drop(columns=TIMING))
             pd.testing.assert_frame_equal(frames[0], frames[1])
     finally:
