@@ -11,7 +11,19 @@ Nothing of DDPG is written here: the agent is SB3's ``DDPG``, extended only thro
   onto every transition of that episode in the replay buffer, records one trials row per episode,
   and checkpoints at the next ``_on_rollout_start`` (after training).
 - :class:`AMCDDPG`: ``DDPG`` whose ``_update_learning_rate`` hook also sets the actor's own
-  learning rate (SB3 uses one rate for actor and critic; AMC uses 1e-4 / 1e-3).
+  learning rate (SB3 uses one rate for actor and critic; AMC uses 1e-4 / 1e-3), and whose
+  ``_sample_action`` hook can take warm-up actions from a policy of ours instead of SB3's uniform
+  samples (``warmup_sampling: budget``, below).
+
+Two departures from AMC, both options (measured in benchmarks/search_quality):
+
+- ``fill_budget`` (default on): the env's lower wall raises a count that would leave budget no
+  later unit can use, so every episode ends at the budget.
+- ``warmup_sampling: budget`` (default): a warm-up episode plays a random-search plan (one uniform
+  ratio per unit, the vector scaled to use the budget, as the ``random`` searcher draws them).
+  AMC's per-step uniform actions (``warmup_sampling: actions``) spend the budget on the first
+  units and leave the action wall to crush the last ones, so those episodes are poor plans and a
+  poor start for the replay buffer.
 
 One rollout is ``parallel_episodes`` episodes played in lock-step by as many env copies (all
 episodes have the same length, one step per unit), so the replay buffer's episode rows are the
@@ -90,14 +102,26 @@ class TruncatedNormalNoise(VectorizedActionNoise):
 
 
 class AMCDDPG(DDPG):
-    """SB3's ``DDPG``; the ``_update_learning_rate`` hook gives the actor its own rate."""
+    """SB3's ``DDPG``; ``_update_learning_rate`` gives the actor its own rate and
+    ``_sample_action`` takes warm-up actions from ``warmup_policy`` when one is set."""
 
     actor_learning_rate: float | None = None
+    warmup_policy: Any = None
+    """``fn() -> (n_envs, 1) actions`` for the warm-up steps; None: SB3's uniform samples. Not saved."""
 
     def _update_learning_rate(self, optimizers) -> None:
         super()._update_learning_rate(optimizers)
         if self.actor_learning_rate is not None:
             update_learning_rate(self.actor.optimizer, self.actor_learning_rate)
+
+    def _sample_action(self, learning_starts: int, action_noise=None, n_envs: int = 1):
+        if self.warmup_policy is not None and self.num_timesteps < learning_starts:
+            action = np.asarray(self.warmup_policy(), dtype=np.float32).reshape(n_envs, -1)
+            return action, action  # the action space is [-1, 1]: scaled and unscaled agree
+        return super()._sample_action(learning_starts, action_noise, n_envs)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "warmup_policy"]
 
 
 @register_searcher
@@ -111,7 +135,13 @@ class DdpgSearcher(Searcher):
         episodes: int = 400
         """Episodes in total (one plan evaluation each), warm-up included."""
         warmup: int = 100
-        """Episodes of uniformly random actions before the agent acts and learns."""
+        """Episodes of random plans before the agent acts and learns."""
+        warmup_sampling: str = "budget"
+        """How warm-up episodes are drawn: ``budget`` (random-search plans that use the budget) or
+        ``actions`` (AMC: uniform per-step actions)."""
+        fill_budget: bool = True
+        """Raise a unit's count when the rest could not use the budget up (off: AMC's upper wall only).
+        Turn it off with a reward that pays for cutting below the budget (acc_flops, blend)."""
         sigma: float = 0.5
         """Exploration noise of the truncated normal, relative to the action range scaled to [0, 1]."""
         sigma_decay: float = 0.95
@@ -156,6 +186,9 @@ class DdpgSearcher(Searcher):
                 raise ConfigError(f"searcher.episodes and searcher.warmup must be multiples of parallel_episodes "
                                   f"({n}) and replay_episodes >= it")
             make_reward(self.reward, self.reward_kwargs)
+            if self.warmup_sampling not in ("budget", "actions"):
+                raise ConfigError(f"searcher.warmup_sampling must be 'budget' or 'actions' "
+                                  f"(got {self.warmup_sampling!r})")
             if self.tensorboard:
                 try:
                     import tensorboard  # noqa: F401
@@ -177,6 +210,12 @@ class DdpgSearcher(Searcher):
                 ctx.recorder.rows.clear()
             self.model = self._new_model(vec)
         done = state["episodes"] if state else 0
+        self.warmup_rng = np.random.default_rng(ctx.seed + 2)
+        if state and "warmup" in state["rng"]:
+            self.warmup_rng.bit_generator.state = state["rng"]["warmup"]
+        self.warmup_plans: list[np.ndarray | None] = [None] * len(self.envs)
+        if opts.warmup_sampling == "budget":
+            self.model.warmup_policy = self._warmup_actions
         self.model.action_noise.mean_fn = lambda: self.model.predict(self.model._last_obs, deterministic=True)[0]
         callback = AMCEpisodes(self, done, state["baseline"] if state else None)
         remaining = opts.episodes - done
@@ -191,7 +230,21 @@ class DdpgSearcher(Searcher):
     def _make_env(self) -> ChannelPruningEnv:
         ctx, p = self.ctx, self.ctx.pruning
         return ChannelPruningEnv(ctx.graph, ctx.evaluator, ctx.budget, self.options.reward, self.options.reward_kwargs,
-                                 p.min_ratio, p.max_ratio, p.round_to, ctx.costs, defer_evaluation=True)
+                                 p.min_ratio, p.max_ratio, p.round_to, ctx.costs, defer_evaluation=True,
+                                 fill_budget=self.options.fill_budget)
+
+    def _warmup_actions(self) -> np.ndarray:
+        """One action per env: each env plays a random-search plan (channel counts) drawn when its
+        episode starts."""
+        ctx, actions = self.ctx, []
+        for i, env in enumerate(self.envs):
+            t = env.unit_index
+            if t == 0 or self.warmup_plans[i] is None:
+                draw = self.warmup_rng.uniform(ctx.pruning.min_ratio, ctx.pruning.max_ratio, size=len(ctx.graph))
+                self.warmup_plans[i] = np.array(ctx.counts(ctx.fit_to_budget(draw)))
+            # aim at the middle of the count's rounding interval: float32 actions cannot tip it over
+            actions.append(env.ratio_to_action(self.warmup_plans[i][t] / ctx.graph.units[t].out_channels))
+        return np.stack(actions)
 
     def _new_model(self, vec: DummyVecEnv) -> AMCDDPG:
         ctx, opts = self.ctx, self.options
@@ -232,7 +285,8 @@ class DdpgSearcher(Searcher):
         state = {"episodes": callback.episodes, "baseline": callback.baseline, "steps": self.steps,
                  "rng": {"numpy": np.random.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
                          "action_space": self.model.action_space.np_random.bit_generator.state,
-                         "noise": self.model.action_noise.rng.bit_generator.state}}
+                         "noise": self.model.action_noise.rng.bit_generator.state,
+                         "warmup": self.warmup_rng.bit_generator.state}}
         blob = {"format": CHECKPOINT_FORMAT, "agent": agent.getvalue(), "replay": replay.getvalue(), "state": state}
         atomic_write_with(self.ckpt_path, lambda buf: pickle.dump(blob, buf, protocol=pickle.HIGHEST_PROTOCOL))
         callback.due = False

@@ -58,6 +58,7 @@ class WidthModel:
         self.weight_params = np.array([m.weight_params for m in graph.modules], dtype=np.float64)
         self.out_params = np.array([m.out_params for m in graph.modules], dtype=np.float64)
         self.fixed_params = float(sum(m.fixed_params for m in graph.modules))
+        self.out_elements = np.array([m.out_ch * m.out_spatial for m in graph.modules], dtype=np.float64)
 
     def ratios(self, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         removed = self.full - np.asarray(counts, dtype=np.float64)
@@ -69,6 +70,12 @@ class WidthModel:
         in_k, out_k = self.ratios(counts)
         scale = np.where(self.dense > 0, in_k * out_k, out_k)
         return float(np.rint(self.macs @ scale))
+
+    def activations(self, counts: Sequence[int]) -> float:
+        """Output elements (per sample) of every conv/linear at the kept widths: the work of the
+        elementwise layers that follow them (norm, activation, residual add) scales with it."""
+        _, out_k = self.ratios(counts)
+        return float(self.out_elements @ out_k)
 
     def params(self, counts: Sequence[int]) -> float:
         in_k, out_k = self.ratios(counts)

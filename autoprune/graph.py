@@ -55,6 +55,7 @@ class ModuleInfo:
     weight_params: int  # params scaling with in x out (conv/linear weight)
     out_params: int  # params scaling with out only (bias, norm affine, depthwise weight)
     fixed_params: int = 0  # params no unit changes
+    out_spatial: int = 0  # output elements per output channel (H x W of a conv), 0 if not run
 
 
 @dataclass
@@ -151,17 +152,18 @@ def _module_info(name: str, module: nn.Module, in_shape: tuple | None, out_shape
         if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
             w = module.weight.numel()
             return ModuleInfo(name, "depthwise", module.in_channels, module.out_channels,
-                              spatial * w, 0, w + bias)
+                              spatial * w, 0, w + bias, out_spatial=spatial if out_shape else 0)
         macs = spatial * module.weight.numel()
         return ModuleInfo(name, "conv", module.in_channels, module.out_channels, macs,
-                          module.weight.numel(), bias)
+                          module.weight.numel(), bias, out_spatial=spatial if out_shape else 0)
     if isinstance(module, nn.Linear):
         lead = 1
         for s in (out_shape or (1, 1))[1:-1]:
             lead *= s
         bias = module.out_features if module.bias is not None else 0
         return ModuleInfo(name, "linear", module.in_features, module.out_features,
-                          lead * module.weight.numel(), module.weight.numel(), bias)
+                          lead * module.weight.numel(), module.weight.numel(), bias,
+                          out_spatial=lead if out_shape else 0)
     channels = getattr(module, "num_features", None) or getattr(module, "num_channels", None)
     if channels:
         return ModuleInfo(name, "norm", channels, channels, 0, 0, direct)

@@ -5,7 +5,7 @@ A LUT is a JSON document (schema ``autoprune.lut/v1``, no pickle)::
     {"header": {"schema": "autoprune.lut/v1", "device": "...", "torch": "2.13.0", "threads": 1,
                 "batch": 1, "dtype": "float32", "input_shape": [3, 32, 32],
                 "model_signature": "<sha256 or null>", "remainder_ms": 0.41,
-                "calibration": {"scale": 1.12, "offset_ms": 0.2}, ...},
+                "calibration": {"scale": 1.12, "ms_per_melement": 1.9, "offset_ms": 0.2}, ...},
      "modules": [{"name": "layer1.0.conv1", "kind": "conv", "in": [1, 8, 16], "out": [1, 8, 16],
                   "ms": [[...], [...], [...]]}, ...]}
 
@@ -18,9 +18,11 @@ Prediction for a count vector: every module's kept (in, out) widths come from
 :class:`~autoprune.cost.WidthModel`; each is looked up **bilinearly** between the four
 surrounding grid points (exact on grid points, and always between the smallest and largest of
 its neighbours); a width outside a table's grid is an error (never extrapolated). Then
-``predicted = scale * sum + offset_ms`` with the header's ``calibration``; without one,
-``scale = 1`` and ``offset_ms = remainder_ms`` (plain NetAdapt: sum plus the measured rest of the
-model). ``model_signature`` pins the LUT to one architecture and input shape; ``null`` skips that
+``predicted = scale * sum + ms_per_melement * elements / 1e6 + offset_ms`` with the header's
+``calibration``, where ``elements`` is the number of output elements of every conv/linear at the
+kept widths (the work of the norm, activation and residual-add layers between them, which no
+table holds; ``ms_per_melement`` is optional, default 0). Without a calibration, ``scale = 1``
+and ``offset_ms = remainder_ms`` (plain NetAdapt: sum plus the measured rest of the model). ``model_signature`` pins the LUT to one architecture and input shape; ``null`` skips that
 check (a third-party LUT), but module names and full widths are still checked.
 """
 
@@ -107,6 +109,10 @@ class Lut:
         return float((self.header.get("calibration") or {}).get("scale", 1.0))
 
     @property
+    def ms_per_melement(self) -> float:
+        return float((self.header.get("calibration") or {}).get("ms_per_melement", 0.0))
+
+    @property
     def offset_ms(self) -> float:
         cal = self.header.get("calibration")
         return float(cal["offset_ms"]) if cal else float(self.header["remainder_ms"])
@@ -132,8 +138,10 @@ class Lut:
         if cal is not None and not (isinstance(cal, dict) and {"scale", "offset_ms"} <= set(cal)):
             raise AutopruneError(f"{source}: header 'calibration' must be {{\"scale\": a, \"offset_ms\": b}} or absent")
         numbers = [header["remainder_ms"]] + list((cal or {}).values())
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers) or (cal and cal["scale"] <= 0):
-            raise AutopruneError(f"{source}: remainder_ms and calibration must be finite numbers (scale > 0)")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers) or \
+                (cal and (cal["scale"] <= 0 or cal.get("ms_per_melement", 0) < 0)):
+            raise AutopruneError(f"{source}: remainder_ms and calibration must be finite numbers "
+                                 "(scale > 0, ms_per_melement >= 0)")
         return cls(header, [_table(raw, source) for raw in data["modules"]])
 
     def check(self, graph: UnitGraph, source: str = "LUT") -> None:
@@ -218,7 +226,8 @@ def load_lut(path: str | Path, graph: UnitGraph | None = None) -> Lut:
 
 
 class LutCost:
-    """The ``latency`` cost model from a LUT: calibrated sum of interpolated module latencies (ms)."""
+    """The ``latency`` cost model from a LUT: calibrated sum of interpolated module latencies (ms)
+    plus the calibrated elementwise term (see the module docstring)."""
 
     kind = "latency"
     source = "lut"
@@ -238,7 +247,9 @@ class LutCost:
         return self.lut.raw_sum(self.graph, self.widths, counts)
 
     def __call__(self, counts: Sequence[int]) -> float:
-        return self.lut.scale * self.raw(counts) + self.lut.offset_ms
+        lut = self.lut
+        elementwise = lut.ms_per_melement * self.widths.activations(counts) / 1e6 if lut.ms_per_melement else 0.0
+        return lut.scale * self.raw(counts) + elementwise + lut.offset_ms
 
 
 # ------------------------------------------------------------------------------------ the grid

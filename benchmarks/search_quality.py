@@ -7,7 +7,7 @@ evaluations as DDPG has episodes), sensitivity, netadapt, ddpg, and Torch-Prunin
 would pick). Every plan gets the same fine-tune (2 epochs at lr x 0.1). Reports val
 accuracy before fine-tune (adaptive BN) and test accuracy after, mean +- std over seeds.
 
-    python -m benchmarks.search_quality [--seeds 0 1] [--episodes 50] [--workers 2] [--latency]
+    python -m benchmarks.search_quality [--seeds 0 1 2] [--episodes 100] [--workers 2] [--latency]
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def searchers(episodes: int) -> dict[str, dict]:
         "uniform": {"name": "uniform"},
         "random": {"name": "random", "evaluations": episodes},
         "sensitivity": {"name": "sensitivity", "ratios": [0.25, 0.5, 0.75]},
-        "netadapt": {"name": "netadapt", "initial_reduction": 0.15, "decay": 0.9, "short_term_batches": 5},
-        "ddpg": {"name": "ddpg", "episodes": episodes, "warmup": max(2, episodes // 3) // 2 * 2,
+        "netadapt": {"name": "netadapt", "initial_reduction": 0.08, "decay": 0.95, "short_term_batches": 5},
+        "ddpg": {"name": "ddpg", "episodes": episodes, "warmup": max(2, episodes // 4) // 2 * 2,
                  "parallel_episodes": 2},
     }
 
@@ -110,8 +110,8 @@ def _row(label: str, kind: str, value: float, seed: int, s: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--latency", action="store_true", help="add a latency=0.6 budget (needs --lut)")
     parser.add_argument("--lut", default=str(ROOT / "luts" / "resnet20_b1_t1.json"))

@@ -17,6 +17,12 @@ candidate, later units at their minimum counts), so it works for any cost model 
 latency) without a special case. Because the minimum count always passes (it is the vector that
 passed at the previous step), the final plan always meets the budget.
 
+**Budget fill** (``fill_budget=True``, an addition to AMC): the count is also raised, if needed,
+to the smallest candidate for which the budget can still be used up with every later unit at
+``max_ratio``. With both walls every episode ends close to the budget, so no episode is spent on
+a plan that leaves budget unused (under an accuracy reward such a plan can only be worse).
+Leave it off with a reward that pays for cutting below the budget (``acc_flops``, ``blend``).
+
 **Observation** (AMC's embedding, float32 ``Box(0, 1, (12,))``): unit index, kind (conv 0,
 depthwise 0.5, linear 1), in channels, out channels, kernel, stride, input H, input W (each
 divided by its maximum over units), this unit's FLOPs, FLOPs already removed, FLOPs of the
@@ -58,6 +64,7 @@ class ChannelPruningEnv(gym.Env):
     :param round_to: kept channel counts are rounded to a multiple of this.
     :param costs: cost models by kind, reported in ``info`` and given to the reward; the
         ``flops`` one also builds the observation. Defaults to FLOPs, params and the budget's.
+    :param fill_budget: also apply the lower wall described above.
     :param defer_evaluation: if true, the last step does not evaluate: it returns reward 0 and
         the plan in ``info`` for the caller to score in a batch (see :meth:`reward_of`).
     """
@@ -76,6 +83,7 @@ class ChannelPruningEnv(gym.Env):
         round_to: int = 1,
         costs: Mapping[str, CostModel] | None = None,
         defer_evaluation: bool = False,
+        fill_budget: bool = False,
     ) -> None:
         if not 0 < min_ratio <= max_ratio <= 1:
             raise ConfigError(f"need 0 < min_ratio <= max_ratio <= 1 (got {min_ratio}, {max_ratio})")
@@ -83,7 +91,7 @@ class ChannelPruningEnv(gym.Env):
             raise ConfigError(f"round_to must be >= 1 (got {round_to})")
         self.graph, self.evaluator, self.budget = graph, evaluator, budget
         self.min_ratio, self.max_ratio, self.round_to = float(min_ratio), float(max_ratio), int(round_to)
-        self.defer_evaluation = defer_evaluation
+        self.defer_evaluation, self.fill_budget = defer_evaluation, bool(fill_budget)
         costs = dict(costs or {})
         costs.setdefault("flops", FlopsCost(graph))
         costs.setdefault("params", ParamsCost(graph))
@@ -93,6 +101,7 @@ class ChannelPruningEnv(gym.Env):
         self.reward_fn = make_reward(reward, reward_kwargs)
         self.n_units = len(graph)
         self.min_counts = [resolve_count(min_ratio, u.out_channels, round_to) for u in graph.units]
+        self.max_counts = [resolve_count(max_ratio, u.out_channels, round_to) for u in graph.units]
         self.candidates = [self._candidate_counts(u.out_channels) for u in graph.units]
         budget.check_reachable(self.min_counts)
         self.reward_fn(self.outcome(self.min_counts, 1.0))  # fail now if the reward lacks a cost model
@@ -165,26 +174,43 @@ class ChannelPruningEnv(gym.Env):
         x = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
         return self.min_ratio + (x + 1.0) / 2.0 * (self.max_ratio - self.min_ratio)
 
-    def wall(self, t: int, desired: int) -> tuple[int, bool]:
-        """AMC's action wall: the largest candidate count <= ``desired`` that keeps the budget
-        reachable (earlier units as chosen, later units at their minimum). Returns (count, clipped).
-        """
-        def fits(count: int) -> bool:
-            return self.budget.fits(self._counts + [int(count)] + self.min_counts[t + 1:])
+    def ratio_to_action(self, ratio: float) -> np.ndarray:
+        """The action that :meth:`action_to_ratio` maps to ``ratio`` (the inverse map)."""
+        span = self.max_ratio - self.min_ratio
+        x = 0.0 if span <= 0 else 2.0 * (float(ratio) - self.min_ratio) / span - 1.0
+        return np.array([np.clip(x, -1.0, 1.0)], dtype=np.float32)
 
-        if fits(desired):
-            return int(desired), False
+    @property
+    def unit_index(self) -> int:
+        """The unit the next step decides (0 right after ``reset``)."""
+        return self._t or 0
+
+    def wall(self, t: int, desired: int) -> tuple[int, bool]:
+        """The walls on unit ``t``'s count. Returns (count, clipped).
+
+        Lower (``fill_budget`` only): ``desired`` is raised to the smallest candidate with which
+        the budget can still be used up, later units at their maximum. Upper (AMC): the count is
+        then lowered to the largest candidate that keeps the budget reachable, later units at
+        their minimum; the upper wall wins (the budget is a hard limit).
+        """
         cand = self.candidates[t]
-        lo, hi = 0, int(np.searchsorted(cand, desired, side="left"))  # cand[lo] fits, cand[hi] does not
-        if hi == 0:  # the minimum count is the one that passed at the previous step
-            return int(cand[0]), True
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if fits(int(cand[mid])):
-                lo = mid
+
+        def fits(count: int, later: list[int]) -> bool:
+            return self.budget.fits(self._counts + [int(count)] + later[t + 1:])
+
+        target = int(desired)
+        if self.fill_budget and fits(target, self.max_counts):  # would leave budget nothing later can use
+            if fits(int(cand[-1]), self.max_counts):
+                target = int(cand[-1])
             else:
-                hi = mid
-        return int(cand[lo]), True
+                i = int(np.searchsorted(cand, target))
+                target = int(cand[_last(i, len(cand) - 1, lambda k: fits(int(cand[k]), self.max_counts)) + 1])
+        if fits(target, self.min_counts):
+            return target, target != desired
+        # cand[0] fits (it is the vector that passed at the previous step); cand[i] does not
+        i = int(np.searchsorted(cand, target))
+        count = int(cand[_last(0, i, lambda k: fits(int(cand[k]), self.min_counts))])
+        return count, count != desired
 
     def plan(self) -> PruningPlan:
         """The plan chosen so far (complete once the episode has terminated)."""
@@ -219,3 +245,15 @@ class ChannelPruningEnv(gym.Env):
         static = self._static[t]
         obs = np.concatenate([static[:9], [reduced, static[9], prev]])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
+
+
+def _last(lo: int, hi: int, pred) -> int:
+    """Bisection: the last index in [lo, hi) where ``pred`` holds, given that it holds at ``lo``,
+    fails at ``hi`` and is monotone (true, then false)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo

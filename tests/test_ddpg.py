@@ -136,6 +136,34 @@ def test_short_run_returns_within_budget_plan_and_fills_trials(tiny_session, tmp
     assert (tmp_path / "run" / "ddpg" / "checkpoint.pkl").is_file()
 
 
+def test_warmup_episodes_play_random_search_plans(tiny_session, tmp_path):
+    ctx = make_ctx(tiny_session, tmp_path / "run")
+    run(ctx, replay_episodes=10, episodes=4, warmup=4, fill_budget=False)  # no lower wall: the plans as drawn
+    df = read_trials(tmp_path / "run" / "trials.parquet")
+    counts = [[int(r[f"channels/{n}"]) for n in ctx.graph.names] for _, r in df.iterrows()]
+    rng = np.random.default_rng(ctx.seed + 2)  # the random searcher's draw: uniform ratios scaled to the budget
+    lo, hi = ctx.pruning.min_ratio, ctx.pruning.max_ratio
+    assert counts == [ctx.counts(ctx.fit_to_budget(rng.uniform(lo, hi, size=len(ctx.graph)))) for _ in range(4)]
+
+
+def test_with_fill_budget_every_episode_ends_at_the_budget(tiny_session, tmp_path):
+    ctx = make_ctx(tiny_session, tmp_path / "run")
+    run(ctx, replay_episodes=10, episodes=8, warmup=4)
+    df = read_trials(tmp_path / "run" / "trials.parquet")
+    top = ctx.counts([ctx.pruning.max_ratio] * len(ctx.graph))[-1]
+    for _, r in df.iterrows():  # the last unit is at its maximum or could not grow by one channel
+        c = [int(r[f"channels/{n}"]) for n in ctx.graph.names]
+        assert ctx.budget.fits(c) and (c[-1] == top or not ctx.budget.fits(c[:-1] + [c[-1] + 1]))
+
+
+def test_amc_warmup_and_upper_wall_only_are_options(tiny_session, tmp_path):
+    ctx = make_ctx(tiny_session, tmp_path / "run")
+    searcher, plan = run(ctx, replay_episodes=10, episodes=4, warmup=4, warmup_sampling="actions", fill_budget=False)
+    assert searcher.model.warmup_policy is None and not searcher.envs[0].fill_budget and ctx.fits(plan)
+    with pytest.raises(ConfigError, match="warmup_sampling"):
+        DdpgSearcher.parse_options({"warmup_sampling": "gaussian"})
+
+
 def test_parallel_episodes_are_scored_in_batches_and_rewritten_per_env(tiny_session, tmp_path):
     ctx = make_ctx(tiny_session, tmp_path / "run")
     searcher, plan = run(ctx, parallel_episodes=2, replay_episodes=10)

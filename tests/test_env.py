@@ -21,6 +21,7 @@ from autoprune.errors import AutopruneError, BudgetError, ConfigError
 from autoprune.evaluate import EvalResult
 from autoprune.graph import build_unit_graph
 from autoprune.models import build_model
+from autoprune.plan import resolve_count
 
 
 class ConstantEvaluator:
@@ -128,26 +129,47 @@ def test_actions_map_to_ratio_range_without_budget_pressure():
     min_ratio=st.sampled_from([0.1, 0.2, 0.3]),
     round_to=st.sampled_from([1, 2, 4]),
     actions=st.lists(st.floats(-1.0, 1.0), min_size=8, max_size=8),
+    fill=st.booleans(),
 )
-def test_action_wall_never_lets_an_over_budget_plan_through(graph, kind, fraction, min_ratio, round_to, actions):
+def test_action_wall_never_lets_an_over_budget_plan_through(graph, kind, fraction, min_ratio, round_to, actions,
+                                                            fill):
     g = GRAPHS[graph]
     cost = ToyLatency(g) if kind == "latency" else make_budget(g, kind, 1.0).cost
     budget = Budget(cost, fraction * cost.base)
     try:
-        env = ChannelPruningEnv(g, ConstantEvaluator(), budget, min_ratio=min_ratio, round_to=round_to)
+        env = ChannelPruningEnv(g, ConstantEvaluator(), budget, min_ratio=min_ratio, round_to=round_to,
+                                fill_budget=fill)
     except BudgetError:
         assume(False)
     _, infos = run_episode(env, actions[: len(g)])
     counts = infos[-1]["plan"].counts(g)
     assert budget.fits(counts)
     assert infos[-1]["costs"][kind] <= budget.target * (1 + 1e-9)
-    for t, info in enumerate(infos):  # the wall is exact: it clips only as far as it must
+    for t, info in enumerate(infos):  # the walls are exact: they clip only as far as they must
         assert info["count"] in env.candidates[t]
-        if info["clipped"]:
+        desired = resolve_count(env.action_to_ratio(actions[t]), g.units[t].out_channels, round_to)
+        if info["count"] < desired:  # upper wall: one candidate more would make the budget unreachable
             higher = env.candidates[t][env.candidates[t] > info["count"]]
             assert len(higher)
-            trial = counts[:t] + [int(higher[0])] + env.min_counts[t + 1:]
-            assert not budget.fits(trial)
+            assert not budget.fits(counts[:t] + [int(higher[0])] + env.min_counts[t + 1:])
+        elif info["count"] > desired:  # lower wall: one candidate less would leave budget unusable
+            assert fill
+            lower = env.candidates[t][env.candidates[t] < info["count"]]
+            assert budget.fits(counts[:t] + [int(lower[-1])] + env.max_counts[t + 1:])
+        assert info["clipped"] == (info["count"] != desired)
+    if fill:  # the budget is used up: the last unit is at its maximum or could not grow by one candidate
+        higher = env.candidates[-1][env.candidates[-1] > counts[-1]]
+        assert not len(higher) or not budget.fits(counts[:-1] + [int(higher[0])])
+
+
+def test_fill_budget_turns_all_minimum_actions_into_a_plan_at_the_budget():
+    g = GRAPHS["cnn"]
+    budget = make_budget(g, "flops", 0.5)
+    plain = ChannelPruningEnv(g, ConstantEvaluator(), budget)
+    filled = ChannelPruningEnv(g, ConstantEvaluator(), budget, fill_budget=True)
+    low = run_episode(plain, [-1.0] * len(g))[1][-1]["costs"]["flops_kept"]
+    high = run_episode(filled, [-1.0] * len(g))[1][-1]["costs"]["flops_kept"]
+    assert low < 0.3 and 0.4 < high <= 0.5 + 1e-9
 
 
 def test_unreachable_budget_is_a_budget_error():
