@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
 import torch
+from scipy.optimize import nnls
 from torch import nn
 
 from autoprune.cost import COST_MODELS, WidthModel
@@ -304,7 +304,7 @@ class LayerProfiler:
 
 
 def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, threads: int = 1, step: int = 8,
-              device: str | None = None, repeats: int = 15, calibration_plans: int = 6, seed: int = 0,
+              device: str | None = None, repeats: int = 15, calibration_plans: int = 12, seed: int = 0,
               progress: bool = True, model_name: str | None = None, clock: str = "wall") -> Lut:
     """Profile ``model``'s modules over a (in, out) grid and calibrate: a ready :class:`Lut`.
 
@@ -336,30 +336,56 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
     return lut
 
 
-def _timed_plans(graph: UnitGraph, model: nn.Module, plans: list[list[int]], header: dict[str, Any],
-                 repeats: int, desc: str, progress: bool, rounds: int = 5) -> list[float]:
-    """Latency of each plan's pruned model: the fastest of ``rounds`` interleaved passes.
+@dataclass
+class TimedPlans:
+    """Latencies of models timed against a base model (see :func:`time_against_base`)."""
 
-    Every pass times every plan a few samples (their median), so a slow spell of the machine
-    lands on one pass of many plans rather than on every sample of a few; the fastest pass is
-    the one least disturbed (on a shared VM, interference only ever adds time). Measured here:
-    two checks of the same 50 plans agreed to 4% MAPE this way, against 8% for the median
-    of all samples (benchmarks/README: lut_accuracy).
+    ms: list[float]
+    """Each model's latency (ms)."""
+    relative: list[float]
+    """Each model's latency as a fraction of the base model's, timed alongside it."""
+    base_ms: float
+    """The base model's latency, timed in the same passes."""
+
+
+def time_plans(graph: UnitGraph, model: nn.Module, plans: list[list[int]], batch: int = 1, threads: int = 1,
+               repeats: int = 15, clock: str = "wall", desc: str = "timing", progress: bool = False,
+               **kwargs: Any) -> TimedPlans:
+    """Prune ``model`` to each count vector of ``plans`` and time them with :func:`time_against_base`."""
+    from tqdm.auto import tqdm
+
+    models = [apply_plan(model, graph, PruningPlan.from_counts(graph, c)) if list(c) != list(graph.channels) else model
+              for c in tqdm(plans, desc=f"{desc}: pruning", unit="plan", disable=not progress or None)]
+    return time_against_base(model, models, graph.input_shape, batch, threads, repeats, clock, desc=desc,
+                             progress=progress, **kwargs)
+
+
+def time_against_base(base: nn.Module, models: Sequence[nn.Module], input_shape: Sequence[int], batch: int = 1,
+                      threads: int = 1, repeats: int = 15, clock: str = "wall", rounds: int = 5,
+                      desc: str = "timing", progress: bool = False) -> TimedPlans:
+    """Time ``base`` and each of ``models`` in ``rounds`` interleaved passes; keep each one's fastest.
+
+    Every pass times every model a few samples (their median), so a slow spell of the machine
+    lands on one pass of many models instead of on every sample of a few; the fastest pass is
+    the least disturbed one (on a shared machine interference only ever adds time). On this
+    project's 2-core VM two checks of the same 50 plans agreed to 4% mean error this way, against
+    8% for the median of all samples (README: lut_accuracy). The base model is timed in the same
+    passes, so ``relative`` compares models measured under the same conditions.
     """
     from tqdm.auto import tqdm
 
-    models = [model if list(c) == list(graph.channels) else apply_plan(model, graph, PruningPlan.from_counts(graph, c))
-              for c in tqdm(plans, desc=f"{desc}: pruning", unit="plan", disable=not progress or None)]
     per_round = max(3, -(-repeats // rounds))
-    medians = np.zeros((rounds, len(models)))
-    with tqdm(total=rounds * len(models), desc=f"{desc}: timing", unit="run", disable=not progress or None) as bar:
+    everything = [base, *models]
+    medians = np.zeros((rounds, len(everything)))
+    with tqdm(total=rounds * len(everything), desc=f"{desc}: timing", unit="run",
+              disable=not progress or None) as bar:
         for r in range(rounds):
-            for k, m in enumerate(models):
-                medians[r, k] = measure_latency(m, graph.input_shape, int(header["batch"]), int(header["threads"]),
-                                                warmup=2 if r else 5, repeats=per_round,
-                                                clock=header.get("clock", "wall")).median_ms
+            for k, m in enumerate(everything):
+                medians[r, k] = measure_latency(m, input_shape, batch, threads, warmup=5 if r == 0 else 2,
+                                                repeats=per_round, clock=clock).median_ms
                 bar.update(1)
-    return medians.min(axis=0).tolist()
+    fastest = medians.min(axis=0)
+    return TimedPlans(fastest[1:].tolist(), (fastest[1:] / fastest[0]).tolist(), float(fastest[0]))
 
 
 def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 6, seed: int = 0, repeats: int = 15,
@@ -368,11 +394,14 @@ def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 6, seed
     widths = WidthModel(graph)
     rng = np.random.default_rng([seed, 1])
     counts = [list(graph.channels)] + [random_counts(graph, rng) for _ in range(plans)]
-    measured = np.array(_timed_plans(graph, model, counts, lut.header, max(repeats, 30), "calibrating", progress))
+    h = lut.header
+    timing = time_plans(graph, model, counts, int(h["batch"]), int(h["threads"]), max(repeats, 30),
+                        h.get("clock", "wall"), desc="calibrating", progress=progress)
+    measured = np.array(timing.ms)
     raw = np.array([lut.raw_sum(graph, widths, c) for c in counts])
     elements = np.array([widths.activations(c) / 1e6 for c in counts])
-    lut.header["base_measured_ms"] = float(measured[0])
-    lut.header["remainder_ms"] = float(measured[0] - raw[0])
+    lut.header["base_measured_ms"] = timing.base_ms
+    lut.header["remainder_ms"] = float(timing.base_ms - raw[0])
     lut.header.pop("calibration", None)
     if plans < 1 or np.ptp(raw) <= 0:
         return
@@ -395,8 +424,12 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
               progress: bool = True) -> dict[str, Any]:
     """Time ``plans`` random pruned variants of ``model`` and compare with the LUT's predictions.
 
-    The plans come from a random stream separate from the build's calibration plans. Returns
-    ``plans``, ``mape`` (mean absolute % error), ``within_10pct`` (fraction) and the points.
+    The plans come from a random stream separate from the build's calibration plans and are
+    timed with :func:`time_plans` (against the base model). Returns ``plans``, ``mape`` (mean
+    absolute % error), ``within_10pct`` (fraction), ``max_abs_pct``, the points, and the same
+    three numbers ``*_drift_corrected``: measured latencies rescaled by ``drift`` (the base
+    model's latency now / at build time), i.e. the check at the machine speed the LUT was built
+    at. Fractional latency budgets depend only on those relative predictions.
     """
     if plans < 1:
         raise AutopruneError(f"--plans must be >= 1 (got {plans})")
@@ -406,9 +439,16 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
     rng = np.random.default_rng([seed, 2])
     counts = [random_counts(graph, rng) for _ in range(plans)]
     predicted = np.array([cost(c) for c in counts])
-    measured = np.array(_timed_plans(graph, model, counts, lut.header, repeats, "checking", progress))
-    err = np.abs(predicted - measured) / measured
-    return {"plans": int(plans), "mape": float(err.mean() * 100), "within_10pct": float((err <= 0.10).mean()),
-            "max_abs_pct": float(err.max() * 100), "predicted_ms": predicted.tolist(),
-            "measured_ms": measured.tolist(), "batch": cost.batch, "threads": cost.threads,
-            "clock": lut.header.get("clock", "wall")}
+    timing = time_plans(graph, model, counts, cost.batch, cost.threads, repeats, cost.clock, desc="checking",
+                        progress=progress)
+    measured = np.array(timing.ms)
+    built = float(lut.header.get("base_measured_ms") or timing.base_ms)
+    drift = timing.base_ms / built
+    out: dict[str, Any] = {"plans": int(plans), "predicted_ms": predicted.tolist(), "measured_ms": measured.tolist(),
+                           "base_ms_now": timing.base_ms, "base_ms_at_build": built, "drift": drift,
+                           "batch": cost.batch, "threads": cost.threads, "clock": cost.clock}
+    for suffix, m in (("", measured), ("_drift_corrected", measured / drift)):
+        err = np.abs(predicted - m) / m
+        out.update({f"mape{suffix}": float(err.mean() * 100), f"within_10pct{suffix}": float((err <= 0.10).mean()),
+                    f"max_abs_pct{suffix}": float(err.max() * 100)})
+    return out

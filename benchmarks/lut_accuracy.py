@@ -1,9 +1,12 @@
 """LUT accuracy: 50 random plans each for resnet20, resnet56, mobilenetv2_small.
 
 For each model: build a LUT (batch 1, 1 thread, step-4 grid for the ResNets and step 8
-for MobileNetV2, calibrated on 12 random variants), then time 50 random
-pruned variants (a random stream separate from the calibration plans) and compare with the
-LUT's predictions: mean absolute % error and the share within +-10%.
+for MobileNetV2, calibrated on random variants), then time 50 random pruned variants (a random
+stream separate from the calibration plans, timed against the base model: see
+``autoprune.latency.time_against_base``) and compare with the LUT's predictions: mean absolute
+% error and the share within +-10%, as measured and at the build-time machine speed (measured
+latencies divided by the base model's drift since the build; the target uses the latter, the
+table shows both).
 
     python -m benchmarks.lut_accuracy [--clock wall|cpu] [--plans 50]
 """
@@ -47,15 +50,21 @@ def main() -> None:
         start = time.perf_counter()
         res = check_lut(lut, model, plans=args.plans, progress=False)
         checked = time.perf_counter() - start
-        rows.append({"model": name, "step": step, "plans": res["plans"], "mape": res["mape"], "within_10pct": res["within_10pct"],
-                     "max_abs_pct": res["max_abs_pct"], "base_ms": lut.header.get("base_measured_ms"),
-                     "build_s": built, "check_s": checked})
-        targets.append(target(f"{name}: share within +-10%", ">= 0.95", round(res["within_10pct"], 3),
-                              res["within_10pct"] >= 0.95))
-    table = ["| model | grid step | plans | MAPE % | within +-10% | max abs % | base ms | build s | check s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    table += [f"| {r['model']} | {r['step']} | {r['plans']} | {r['mape']:.2f} | {r['within_10pct']:.2f} | {r['max_abs_pct']:.1f} | "
-              f"{r['base_ms']:.2f} | {r['build_s']:.0f} | {r['check_s']:.0f} |" for r in rows]
+        keys = [k + sfx for sfx in ("", "_drift_corrected") for k in ("mape", "within_10pct", "max_abs_pct")]
+        rows.append({"model": name, "step": step, "plans": res["plans"], **{k: res[k] for k in keys},
+                     "drift": res["drift"], "base_ms": lut.header.get("base_measured_ms"),
+                     "calibration": lut.header.get("calibration"), "build_s": built, "check_s": checked})
+        targets.append(target(f"{name}: share within +-10% (at build-time speed)", ">= 0.95",
+                              round(res["within_10pct_drift_corrected"], 3), res["within_10pct_drift_corrected"] >= 0.95))
+        targets.append(target(f"{name}: share within +-10% (as measured, informative)", ">= 0.95",
+                              round(res["within_10pct"], 3), res["within_10pct"] >= 0.95))
+    table = ["| model | grid step | plans | MAPE % | within +-10% | max abs % | speed drift | MAPE % at build speed | "
+             "within +-10% at build speed | base ms | build s | check s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    table += [f"| {r['model']} | {r['step']} | {r['plans']} | {r['mape']:.2f} | {r['within_10pct']:.2f} | "
+              f"{r['max_abs_pct']:.1f} | {r['drift']:.3f} | {r['mape_drift_corrected']:.2f} | "
+              f"{r['within_10pct_drift_corrected']:.2f} | {r['base_ms']:.2f} | {r['build_s']:.0f} | {r['check_s']:.0f} |"
+              for r in rows]
     write_results("lut_accuracy", "\n".join(table) + f"\n\nbatch 1, 1 thread, "
                   f"{args.calibration_plans} calibration plans, clock `{args.clock}`",
                   {"rows": rows, "clock": args.clock}, targets,

@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--latency", action="store_true", help="add a latency=0.6 budget (needs --lut)")
-    parser.add_argument("--lut", default=str(ROOT / "luts" / "resnet20_b1_t1.json"))
+    parser.add_argument("--lut", default=str(ROOT / "luts" / "search_quality_resnet20_b1_t1.json"))
     args = parser.parse_args()
     ensure_checkpoint()
     import pandas as pd

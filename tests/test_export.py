@@ -34,6 +34,34 @@ def test_export_torch_loads_and_matches(run_dir, tiny_session):
     assert n_exported < sum(p.numel() for p in tiny_session.model.parameters())  # physically smaller
 
 
+def test_fold_bn_export_has_no_batchnorm_and_matches(run_dir, tiny_session, tmp_path):
+    out = tmp_path / "folded.pt2"
+    assert main(["export", str(run_dir), "--format", "torch", "--fold-bn", "--out", str(out)]) == 0
+    exported = torch.export.load(str(out)).module()
+    reference = load_pruned(run_dir / "pruned_model.pt").eval()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in reference.modules())
+    assert not any("batch_norm" in str(n.target) for n in exported.graph.nodes)
+    x = tiny_session.data.test.tensors[0][:7]
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_fold_bn_on_an_untraceable_model_is_a_clear_error():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    from autoprune.commands.export import fold_batchnorm
+    from autoprune.errors import AutopruneError
+
+    with pytest.raises(AutopruneError, match="not traceable by torch.fx"):
+        fold_batchnorm(Branchy())
+
+
 def test_export_onnx_matches_pytorch(run_dir, tiny_session, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -133,6 +133,9 @@ def _mutations():
     def bad_calibration(d):
         d["header"]["calibration"] = {"scale": 1.0}
 
+    def negative_elementwise(d):
+        d["header"]["calibration"] = {"scale": 1.0, "offset_ms": 0.1, "ms_per_melement": -2.0}
+
     def signature(d):
         d["header"]["model_signature"] = "0" * 64
 
@@ -140,7 +143,8 @@ def _mutations():
         d["modules"][1]["out"][-1] = 17
 
     return [(f.__name__, f) for f in (wrong_schema, missing_header_field, missing_module, missing_entry, ragged,
-                                      negative, nan, bad_calibration, signature, grid_end)]
+                                      negative, nan, bad_calibration, negative_elementwise, signature,
+                                      grid_end)]
 
 
 @pytest.mark.parametrize("label,mutate", _mutations(), ids=[m[0] for m in _mutations()])
@@ -197,8 +201,32 @@ def test_build_lut_profiles_every_dense_module_and_calibrates(graph):
     assert math.isfinite(h["remainder_ms"]) and h["base_measured_ms"] > 0
     if "calibration" in h:  # fitted on the base + 2 random variants
         assert h["calibration"]["plans"] == 3 and h["calibration"]["scale"] > 0
+        assert h["calibration"]["ms_per_melement"] >= 0 and h["calibration"]["offset_ms"] >= 0
     else:  # on a tiny model timing noise can make the fit useless: plain sum + remainder
         assert LutCost(lut, graph).base == pytest.approx(h["base_measured_ms"])
+
+
+def test_prediction_adds_the_elementwise_term_for_the_kept_output_elements(graph):
+    plain = synthetic_lut(graph, calibration={"scale": 1.0, "offset_ms": 0.2})
+    withelem = synthetic_lut(graph, calibration={"scale": 1.0, "offset_ms": 0.2, "ms_per_melement": 50.0})
+    a, b = LutCost(plain, graph), LutCost(withelem, graph)
+    widths = WidthModel(graph)
+    # TinyCNN at 1x8x8: conv1 8 x 8x8, conv2 16 x 8x8, fc 10 outputs
+    assert widths.activations(graph.channels) == 8 * 64 + 16 * 64 + 10
+    assert [m.out_spatial for m in graph.modules if m.kind in ("conv", "linear")] == [64, 64, 1]
+    for counts in (graph.channels, [4, 8], [1, 1]):
+        assert b(counts) - a(counts) == pytest.approx(50.0 * widths.activations(counts) / 1e6)
+    assert widths.activations([4, 8]) == 4 * 64 + 8 * 64 + 10
+
+
+def test_time_against_base_times_the_base_in_the_same_passes(graph):
+    from autoprune.latency import time_against_base, time_plans
+
+    t = time_against_base(graph.model, [graph.model, TinyCNN().eval()], SHAPE, repeats=3, rounds=2, clock="cpu")
+    assert t.base_ms > 0 and len(t.ms) == len(t.relative) == 2
+    assert t.ms == pytest.approx([r * t.base_ms for r in t.relative])
+    small = time_plans(graph, graph.model, [list(graph.channels), [1, 1]], repeats=3, rounds=2, clock="cpu")
+    assert small.relative[1] < 1.5 and small.ms[1] > 0
 
 
 def test_layer_profiler_shares_measurements_between_same_shaped_modules():
@@ -222,6 +250,11 @@ def test_cli_lut_build_and_check_json(tmp_path, capsys):
     assert result["plans"] == 4 and result["mape"] >= 0 and 0 <= result["within_10pct"] <= 1
     errors = np.abs(np.array(result["predicted_ms"]) - result["measured_ms"]) / np.array(result["measured_ms"])
     assert result["mape"] == pytest.approx(errors.mean() * 100)
+    assert result["base_ms_now"] > 0 and result["drift"] == pytest.approx(result["base_ms_now"] / result["base_ms_at_build"])
+    corrected = np.array(result["measured_ms"]) / result["drift"]
+    errors = np.abs(np.array(result["predicted_ms"]) - corrected) / corrected
+    assert result["mape_drift_corrected"] == pytest.approx(errors.mean() * 100)
+    assert "build-time latency" in capsys.readouterr().out
     assert (tmp_path / "check.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     code = main(["lut", "check", "--lut", str(lut), "--model", "factories:tiny_residual", "--plans", "2"])

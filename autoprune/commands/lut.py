@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device-name", help="name stored in the header (default: the CPU's model name)")
     b.add_argument("--step", type=int, default=8, help="grid spacing in channels; 1 = every count (default 8)")
     b.add_argument("--repeats", type=int, default=15, help="timed samples per measurement (default 15)")
-    b.add_argument("--calibration-plans", type=int, default=6,
-                   help="random pruned variants timed to calibrate the sum (default 6; 0 = sum + remainder)")
+    b.add_argument("--calibration-plans", type=int, default=12,
+                   help="random pruned variants timed to calibrate the prediction (default 12; 0 = sum + remainder)")
     b.add_argument("--seed", type=int, default=0, help="seed of the calibration plans")
     b.add_argument("--out", required=True, help="where to write the LUT (JSON)")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -126,15 +126,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         plot = Path(args.lut).with_suffix(".check.png")
     scatter(result["predicted_ms"], result["measured_ms"], plot, lut.header.get("device", ""))
-    summary = {"plans": result["plans"], "mape": result["mape"], "within_10pct": result["within_10pct"],
-               "max_abs_pct": result["max_abs_pct"], "batch": result["batch"], "threads": result["threads"],
-               "clock": result["clock"],
-               "plot": str(plot), "predicted_ms": result["predicted_ms"], "measured_ms": result["measured_ms"]}
+    summary = {**result, "plot": str(plot)}
     if args.json_out:
         atomic_write_json(args.json_out, summary)
-    print(f"{result['plans']} plans: mean abs error {result['mape']:.2f}%, "
-          f"{result['within_10pct']:.0%} within +-10%, worst {result['max_abs_pct']:.1f}%; plot {plot}",
-          file=sys.stdout)
+    r = result
+    print(f"{r['plans']} plans: mean abs error {r['mape']:.2f}%, {r['within_10pct']:.0%} within +-10%, "
+          f"worst {r['max_abs_pct']:.1f}%; plot {plot}", file=sys.stdout)
+    print(f"the base model runs at {r['drift']:.0%} of its build-time latency ({r['base_ms_now']:.3f} vs "
+          f"{r['base_ms_at_build']:.3f} ms); at the build-time speed: mean abs error "
+          f"{r['mape_drift_corrected']:.2f}%, {r['within_10pct_drift_corrected']:.0%} within +-10%", file=sys.stdout)
+    if abs(r["drift"] - 1) > 0.05:
+        print("note: the machine's speed moved more than 5% since the LUT was built; fractional latency budgets "
+              "only use relative predictions, absolute (ms) budgets need a rebuilt LUT", file=sys.stdout)
     return 0
 
 
