@@ -183,6 +183,8 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         self.budget.validate()
+        if not self.name or any(c in self.name for c in '/\\\0') or self.name in (".", ".."):
+            raise ConfigError(f"name {self.name!r} must be a non-empty file-name part (no '/', '\\')")
         if "name" not in self.searcher:
             raise ConfigError("searcher.name is required, e.g. searcher: {name: random}")
         if (self.model.name is None) == (self.model.factory is None):

@@ -106,6 +106,11 @@ def case_config_not_a_mapping(env):
 
 
 @case
+def case_run_name_with_a_slash(env):
+    return search(env, r"name 'a/b' must be a non-empty file-name part", name="a/b")
+
+
+@case
 def case_misspelled_key(env):
     return search(env, r"unknown config key pruning\.'critrion' \(did you mean pruning\.'criterion'\?\)",
                   pruning={"critrion": "l1"})
