@@ -15,19 +15,15 @@ Nothing of DDPG is written here: the agent is SB3's ``DDPG``, extended only thro
   ``_sample_action`` hook can take warm-up actions from a policy of ours instead of SB3's uniform
   samples (``warmup_sampling: budget``, below).
 
-Two departures from AMC, both options (measured in benchmarks/search_quality):
+Two optional departures from AMC, off by default (measured in benchmarks/search_quality
+``--ablation``: better plans on average at a 50% FLOPs budget, worse at 25%, best plan no better):
 
-- ``fill_budget`` (default on): the env's lower wall raises a count that would leave budget no
-  later unit can use, so every episode ends at the budget.
-- ``warmup_sampling: budget`` (default): a warm-up episode plays a random-search plan (one uniform
-  ratio per unit, the vector scaled to use the budget, as the ``random`` searcher draws them).
-  AMC's per-step uniform actions (``warmup_sampling: actions``) spend the budget on the first
-  units and leave the action wall to crush the last ones, so those episodes are poor plans and a
-  poor start for the replay buffer.
-
-One rollout is ``parallel_episodes`` episodes played in lock-step by as many env copies (all
-episodes have the same length, one step per unit), so the replay buffer's episode rows are the
-last ``T`` rows for every env column.
+- ``fill_budget: true``: the env's lower wall raises a count that would leave budget no later unit
+  can use, so every episode ends at the budget.
+- ``warmup_sampling: budget``: a warm-up episode plays a random-search plan (one uniform ratio per
+  unit, the vector scaled to use the budget, as the ``random`` searcher draws them) instead of
+  AMC's per-step uniform actions (``actions``), which spend the budget on the first units and
+  leave the action wall to crush the last ones.
 """
 
 from __future__ import annotations
@@ -136,12 +132,12 @@ class DdpgSearcher(Searcher):
         """Episodes in total (one plan evaluation each), warm-up included."""
         warmup: int = 100
         """Episodes of random plans before the agent acts and learns."""
-        warmup_sampling: str = "budget"
-        """How warm-up episodes are drawn: ``budget`` (random-search plans that use the budget) or
-        ``actions`` (AMC: uniform per-step actions)."""
-        fill_budget: bool = True
-        """Raise a unit's count when the rest could not use the budget up (off: AMC's upper wall only).
-        Turn it off with a reward that pays for cutting below the budget (acc_flops, blend)."""
+        warmup_sampling: str = "actions"
+        """How warm-up episodes are drawn: ``actions`` (AMC: uniform per-step actions) or ``budget``
+        (random-search plans that use the budget)."""
+        fill_budget: bool = False
+        """Raise a unit's count when the rest could not use the budget up (the env's lower wall; off:
+        AMC's upper wall only). Leave it off with a reward that pays for cutting below the budget."""
         sigma: float = 0.5
         """Exploration noise of the truncated normal, relative to the action range scaled to [0, 1]."""
         sigma_decay: float = 0.95

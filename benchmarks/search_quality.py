@@ -7,7 +7,10 @@ evaluations as DDPG has episodes), sensitivity, netadapt, ddpg, and Torch-Prunin
 would pick). Every plan gets the same fine-tune (2 epochs at lr x 0.1). Reports val
 accuracy before fine-tune (adaptive BN) and test accuracy after, mean +- std over seeds.
 
-    python -m benchmarks.search_quality [--seeds 0 1 2] [--episodes 100] [--workers 2] [--latency]
+    python -m benchmarks.search_quality [--seeds 0 1 2] [--episodes 100] [--workers 2] [--latency] [--ablation]
+
+``--ablation`` adds ``ddpg_fill``: the same DDPG with ``warmup_sampling: budget`` (random-search
+warm-up plans) and ``fill_budget: true`` (the env's lower wall), the two optional departures from AMC.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ from autoprune.train import dataset_accuracy
 from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, write_results
 
 RUNS = ROOT / "runs" / "search_quality"
+
+
+def ablation(episodes: int) -> dict[str, dict]:
+    """DDPG with the two optional departures from AMC: random-search warm-up plans, budget-filling wall."""
+    return {"ddpg_fill": {**searchers(episodes)["ddpg"], "warmup_sampling": "budget", "fill_budget": True}}
 
 
 def searchers(episodes: int) -> dict[str, dict]:
@@ -81,7 +89,8 @@ def run_all(args) -> list[dict]:
     for kind, value in budgets:
         seeds = args.seeds if kind == "flops" else args.seeds[:1]
         for seed in seeds:
-            for label, searcher in searchers(args.episodes).items():
+            extra = ablation(args.episodes) if args.ablation and kind == "flops" else {}
+            for label, searcher in {**searchers(args.episodes), **extra}.items():
                 if kind == "latency" and label != "netadapt":  # the latency budget: LUT-guided NetAdapt
                     continue
                 out = RUNS / f"{kind}{value}__{label}__{seed}"
@@ -101,6 +110,32 @@ def run_all(args) -> list[dict]:
     return rows
 
 
+def episode_table(args) -> list[str]:
+    """Val accuracy (before FT) of the plans each episode-based searcher evaluated, by phase, over seeds."""
+    import pandas as pd
+
+    lines = ["Every evaluated plan, mean val accuracy before FT over all seeds (DDPG: warm-up episodes, then",
+             "the learning episodes in thirds; random: its samples in thirds); best: mean over seeds of the best:", "",
+             "| budget | searcher | warm-up | learning 1/3 | 2/3 | 3/3 | best |", "|---|---|---|---|---|---|---|"]
+    labels = ["random", "ddpg"] + (["ddpg_fill"] if args.ablation else [])
+    for budget in ("flops0.5", "flops0.25"):
+        for label in labels:
+            trials = [pd.read_parquet(p) for p in sorted(RUNS.glob(f"{budget}__{label}__*/trials.parquet"))]
+            if not trials:
+                continue
+            phases = [[], [], [], []]
+            for t in trials:
+                acc = t["val_accuracy"].to_numpy()
+                warm = t["warmup"].to_numpy(bool) if "warmup" in t else np.zeros(len(t), bool)
+                phases[0] += list(acc[warm])
+                for k, part in enumerate(np.array_split(acc[~warm], 3)):
+                    phases[k + 1] += list(part)
+            cells = [f"{np.mean(v):.3f}" if v else "-" for v in phases]
+            best = np.mean([t["val_accuracy"].max() for t in trials])
+            lines.append(f"| {budget} | {label} | " + " | ".join(cells) + f" | {best:.4f} |")
+    return lines
+
+
 def _row(label: str, kind: str, value: float, seed: int, s: dict) -> dict:
     p = s["pruned"]
     return {"searcher": label, "budget": f"{kind}={value}", "seed": seed, "flops_kept": p["flops_kept"],
@@ -114,6 +149,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--latency", action="store_true", help="add a latency=0.6 budget (needs --lut)")
+    parser.add_argument("--ablation", action="store_true", help="add ddpg_fill: DDPG with budget warm-up and fill")
     parser.add_argument("--lut", default=str(ROOT / "luts" / "search_quality_resnet20_b1_t1.json"))
     args = parser.parse_args()
     ensure_checkpoint()
@@ -137,6 +173,7 @@ def main() -> None:
                      f"{r[('val_before', 'mean')]:.4f} +- {np.nan_to_num(r[('val_before', 'std')]):.4f} | "
                      f"{r[('test_after', 'mean')]:.4f} +- {np.nan_to_num(r[('test_after', 'std')]):.4f} | "
                      f"{r[('evaluations', 'mean')]:.0f} | {r[('wall_s', 'mean')]:.0f} |")
+    lines += ["", *episode_table(args)]
     m = df.groupby(["budget", "searcher"]).mean(numeric_only=True)
     ours = [s for s in searchers(args.episodes)]
     b25, b50 = m.loc["flops=0.25"], m.loc["flops=0.5"]
@@ -163,7 +200,8 @@ def main() -> None:
     write_results("search_quality", "\n".join(lines), {"rows": df.to_dict("records"), "base": base}, targets,
                   "python -m benchmarks.search_quality " + " ".join(
                       [f"--seeds {' '.join(map(str, args.seeds))}", f"--episodes {args.episodes}",
-                       f"--workers {args.workers}"] + (["--latency"] if args.latency else [])))
+                       f"--workers {args.workers}"] + (["--latency"] if args.latency else [])
+                      + (["--ablation"] if args.ablation else [])))
 
 
 if __name__ == "__main__":

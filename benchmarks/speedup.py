@@ -15,6 +15,10 @@ form the LUT was built for).
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
 
 import autoprune
 from autoprune.commands.export import fold_batchnorm
@@ -30,6 +34,33 @@ BATCHES = (1, 32)
 
 def timed(base, models, batch: int):
     return time_against_base(base, models, SHAPE, batch=batch, threads=1, repeats=15, clock="cpu")
+
+
+LEAVES = {"conv": ("mkldnn_convolution", "thnn_conv", "_slow_conv", "convolution_overrideable"),
+          "batch norm": ("native_batch_norm", "_native_batch_norm_legit"),
+          "relu / add": ("aten::relu", "aten::add")}
+
+
+def op_profile(model, batch: int, iters: int = 20) -> dict[str, float]:
+    """ms per forward spent in conv kernels, batch norm, relu/add and everything else (torch.profiler,
+    self CPU time of leaf ops, 1 thread)."""
+    x = torch.randn(batch, *SHAPE)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            for _ in range(5):
+                model(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(iters):
+                    model(x)
+    finally:
+        torch.set_num_threads(old)
+    out: dict[str, float] = defaultdict(float)
+    for e in prof.key_averages():
+        group = next((g for g, keys in LEAVES.items() if any(k in e.key for k in keys)), "other")
+        out[group] += e.self_cpu_time_total / iters / 1000
+    return dict(out)
 
 
 def main() -> None:
@@ -66,7 +97,21 @@ def main() -> None:
         t = timed(base, pair, 1)
         comparison = {"latency_guided": {"flops_kept": kept, "ms_b1": t.ms[0]},
                       "flops_guided": {"flops_kept": kept_f, "ms_b1": t.ms[1]}}
+    profiles = {}
+    quarter = [m for (b, label, _), m in zip(runs, models, strict=True) if (b, label) == ("flops0.25", "uniform")]
+    for batch in BATCHES if quarter else ():
+        profiles[f"b{batch}"] = {"base": op_profile(base, batch), "uniform 25%": op_profile(quarter[0], batch)}
     table = [", ".join(f"base {k.replace('_b', ' batch ')}: {v:.2f} ms" for k, v in base_ms.items()), ""]
+    if profiles:
+        groups = ["conv", "batch norm", "relu / add", "other"]
+        table += ["Where the time goes (eager, torch.profiler self CPU time, ms per forward, 1 thread):", "",
+                  "| batch | model | " + " | ".join(groups) + " | conv speed-up |", "|---" * (len(groups) + 3) + "|"]
+        for b, prof in profiles.items():
+            for name, g in prof.items():
+                speed = prof["base"].get("conv", 0) / max(g.get("conv", 1e-9), 1e-9)
+                table.append(f"| {b[1:]} | {name} | " + " | ".join(f"{g.get(k, 0):.2f}" for k in groups)
+                             + f" | {speed:.2f} |")
+        table.append("")
     for form in ("folded", "eager"):
         table += [f"**{form}**", "",
                   "| budget | searcher | kept FLOPs | ms b1 | speed-up b1 | x kept FLOPs | ms b32 | speed-up b32 | x kept FLOPs |",
@@ -92,7 +137,8 @@ def main() -> None:
         targets.append(target("latency-LUT NetAdapt faster than FLOPs NetAdapt at equal FLOPs", "measurably (>5%)",
                               [round(float(comparison["latency_guided"]["ms_b1"]), 2),
                                round(float(comparison["flops_guided"]["ms_b1"]), 2)], faster))
-    write_results("speedup", "\n".join(table), {"base_ms": base_ms, "rows": rows, "netadapt": comparison}, targets,
+    write_results("speedup", "\n".join(table), {"base_ms": base_ms, "rows": rows, "netadapt": comparison,
+                                                 "op_profile": profiles}, targets,
                   "python -m benchmarks.speedup")
 
 

@@ -138,7 +138,7 @@ def test_short_run_returns_within_budget_plan_and_fills_trials(tiny_session, tmp
 
 def test_warmup_episodes_play_random_search_plans(tiny_session, tmp_path):
     ctx = make_ctx(tiny_session, tmp_path / "run")
-    run(ctx, replay_episodes=10, episodes=4, warmup=4, fill_budget=False)  # no lower wall: the plans as drawn
+    run(ctx, replay_episodes=10, episodes=4, warmup=4, warmup_sampling="budget")  # no lower wall: the plans as drawn
     df = read_trials(tmp_path / "run" / "trials.parquet")
     counts = [[int(r[f"channels/{n}"]) for n in ctx.graph.names] for _, r in df.iterrows()]
     rng = np.random.default_rng(ctx.seed + 2)  # the random searcher's draw: uniform ratios scaled to the budget
@@ -148,7 +148,7 @@ def test_warmup_episodes_play_random_search_plans(tiny_session, tmp_path):
 
 def test_with_fill_budget_every_episode_ends_at_the_budget(tiny_session, tmp_path):
     ctx = make_ctx(tiny_session, tmp_path / "run")
-    run(ctx, replay_episodes=10, episodes=8, warmup=4)
+    run(ctx, replay_episodes=10, episodes=8, warmup=4, warmup_sampling="budget", fill_budget=True)
     df = read_trials(tmp_path / "run" / "trials.parquet")
     top = ctx.counts([ctx.pruning.max_ratio] * len(ctx.graph))[-1]
     for _, r in df.iterrows():  # the last unit is at its maximum or could not grow by one channel
@@ -156,9 +156,9 @@ def test_with_fill_budget_every_episode_ends_at_the_budget(tiny_session, tmp_pat
         assert ctx.budget.fits(c) and (c[-1] == top or not ctx.budget.fits(c[:-1] + [c[-1] + 1]))
 
 
-def test_amc_warmup_and_upper_wall_only_are_options(tiny_session, tmp_path):
+def test_amc_warmup_and_upper_wall_only_are_the_defaults(tiny_session, tmp_path):
     ctx = make_ctx(tiny_session, tmp_path / "run")
-    searcher, plan = run(ctx, replay_episodes=10, episodes=4, warmup=4, warmup_sampling="actions", fill_budget=False)
+    searcher, plan = run(ctx, replay_episodes=10, episodes=4, warmup=4)
     assert searcher.model.warmup_policy is None and not searcher.envs[0].fill_budget and ctx.fits(plan)
     with pytest.raises(ConfigError, match="warmup_sampling"):
         DdpgSearcher.parse_options({"warmup_sampling": "gaussian"})
@@ -177,18 +177,20 @@ def test_parallel_episodes_are_scored_in_batches_and_rewritten_per_env(tiny_sess
     assert searcher.model._n_updates == 2 * 2 * T  # one gradient step per transition after warm-up
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_session, tmp_path):
+@pytest.mark.parametrize("options", [{}, {"warmup": 4, "warmup_sampling": "budget", "fill_budget": True}],
+                         ids=["amc", "budget-warmup-resumed-inside-warmup"])
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_session, tmp_path, options):
     whole = make_ctx(tiny_session, tmp_path / "whole")
-    run(whole)
+    run(whole, **options)
     full = read_trials(tmp_path / "whole" / "trials.parquet")
 
     crashing = make_ctx(tiny_session, tmp_path / "cut", CountingEvaluator(tiny_session.evaluator(), crash_at=4))
     with pytest.raises(Crash):  # dies while scoring episode 3; the last checkpoint is at episode 2
-        run(crashing)
+        run(crashing, **options)
     assert list(read_trials(tmp_path / "cut" / "trials.parquet")["episode"]) == [0, 1, 2]
 
     resumed = make_ctx(tiny_session, tmp_path / "cut", resume=True)
-    _, plan = run(resumed)
+    _, plan = run(resumed, **options)
     cut = read_trials(tmp_path / "cut" / "trials.parquet")
     assert list(cut["episode"]) == list(range(6)) and list(cut["index"]) == list(range(6))
     assert resumed.evaluator.batches == [1, 1, 1, 1]  # episodes 2..5 (episode 2's row was past the checkpoint)
@@ -197,7 +199,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_session, tm
     assert resumed.fits(plan)
 
     again = make_ctx(tiny_session, tmp_path / "cut", resume=True)  # resuming a finished search: no new episode
-    run(again)
+    run(again, **options)
     assert again.evaluator.batches == [] and len(read_trials(tmp_path / "cut" / "trials.parquet")) == 6
 
 
