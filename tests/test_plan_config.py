@@ -70,3 +70,14 @@ def test_overrides_and_budget_short_form():
     assert parse_budget("latency=0.6") == {"latency": 0.6}
     with pytest.raises(ConfigError):
         parse_budget("flops")
+
+
+def test_shipped_experiment_files_are_valid_and_the_quickstart_runs_on_local_ray():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+    assert files
+    configs = {f.stem: load_config(str(f)) for f in files}  # strict: a stale key would raise
+    quick = configs["quickstart"]
+    assert quick.ray.workers > 0 and quick.ray.address is None  # a local Ray started for the run
+    assert quick.model.name == "mnist_cnn" and quick.data.name == "mnist5k"
