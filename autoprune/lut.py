@@ -289,7 +289,7 @@ def module_axes(graph: UnitGraph, step: int) -> dict[str, tuple[list[int], list[
 def tabulate(graph: UnitGraph, fn: Callable[[str, int, int], float], step: int = 8) -> list[ModuleTable]:
     """Tables for every dense module with ``fn(module name, in width, out width) -> ms``.
 
-    ``fn`` is the profiler in :func:`autoprune.latency.build_lut`; tests and users may pass any
+    ``fn`` is the profiler in :func:`autoprune.lut_build.build_lut`; tests and users may pass any
     function (a synthetic LUT, numbers from another device ...).
     """
     kinds = {m.name: m.kind for m in graph.modules}

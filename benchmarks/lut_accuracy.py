@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from autoprune.latency import build_lut, check_lut
 from autoprune.lut import Lut
+from autoprune.lut_build import build_lut, check_lut
 from autoprune.models import build_model
 from autoprune.runs import atomic_write_text
 from benchmarks.common import ROOT, target, write_results

@@ -17,8 +17,9 @@ from autoprune.cli import main
 from autoprune.cost import WidthModel, make_budget
 from autoprune.errors import AutopruneError
 from autoprune.graph import build_unit_graph
-from autoprune.latency import LayerProfiler, build_lut, measure_latency
+from autoprune.latency import measure_latency
 from autoprune.lut import Lut, LutCost, ModuleTable, load_lut, make_header, model_signature, tabulate
+from autoprune.lut_build import LayerProfiler, build_lut
 
 SHAPE = (1, 8, 8)
 

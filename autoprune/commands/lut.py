@@ -86,7 +86,7 @@ def load_model(args: argparse.Namespace, input_shape: tuple[int, ...]):
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from autoprune.latency import build_lut
+    from autoprune.lut_build import build_lut
     from autoprune.runs import atomic_write_text, check_writable
 
     shape = parse_shape(args.input_shape)
@@ -111,8 +111,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from autoprune.latency import check_lut
     from autoprune.lut import load_lut
+    from autoprune.lut_build import check_lut
     from autoprune.runs import atomic_write_json
 
     lut = load_lut(args.lut)
