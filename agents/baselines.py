@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from autoprune.plan import PruningPlan
-from autoprune.search import Searcher, best_of, plan_from_row, positive, register_searcher
+from autoprune.core.plan import PruningPlan
+from autoprune.search.base import Searcher, best_of, plan_from_row, positive, register_searcher
 
 log = logging.getLogger(__name__)
 

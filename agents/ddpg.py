@@ -46,12 +46,12 @@ from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm.auto import tqdm
 
+from autoprune.atomic import atomic_write_with
+from autoprune.core.plan import PruningPlan
 from autoprune.envs.pruning_env import ChannelPruningEnv
 from autoprune.envs.rewards import make_reward
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.plan import PruningPlan
-from autoprune.runs import atomic_write_with
-from autoprune.search import Searcher, best_of, plan_from_row, positive, register_searcher
+from autoprune.search.base import Searcher, best_of, plan_from_row, positive, register_searcher
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "autoprune.ddpg-checkpoint/v1"

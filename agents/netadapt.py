@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from autoprune.core.plan import PruningPlan, resolve_count
 from autoprune.errors import BudgetError, ConfigError
-from autoprune.plan import PruningPlan, resolve_count
-from autoprune.search import Searcher, plan_from_row, positive, register_searcher
+from autoprune.search.base import Searcher, plan_from_row, positive, register_searcher
 
 log = logging.getLogger(__name__)
 

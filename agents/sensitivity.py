@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from autoprune.core.plan import PruningPlan
 from autoprune.errors import ConfigError
-from autoprune.evaluate import EvalResult
-from autoprune.plan import PruningPlan
-from autoprune.search import SearchContext, Searcher, positive, register_searcher
+from autoprune.search.base import SearchContext, Searcher, positive, register_searcher
+from autoprune.search.evaluate import EvalResult
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,6 @@ __all__ = ["load_pruned", "__version__"]
 
 def load_pruned(path):
     """Load a ``pruned_model.pt`` written by ``autoprune search`` (see :func:`autoprune.runner.load_pruned`)."""
-    from autoprune.runner import load_pruned as _load
+    from autoprune.pipeline.runner import load_pruned as _load
 
     return _load(path)

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from autoprune.atomic import atomic_write_json, atomic_write_text
 from autoprune.config import ExperimentConfig, load_config
-from autoprune.runs import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -45,9 +45,9 @@ def ensure_checkpoint() -> Path:
     """Train the benchmark base model once (deterministic, seed 0) and cache it."""
     if CHECKPOINT.exists():
         return CHECKPOINT
-    from autoprune.data import load_data
-    from autoprune.runner import base_model
-    from autoprune.runs import atomic_write_with
+    from autoprune.atomic import atomic_write_with
+    from autoprune.data.datasets import load_data
+    from autoprune.pipeline.runner import base_model
 
     cfg = load_config(json.loads(json.dumps(BASE)))
     model, _, _ = base_model(cfg, load_data(cfg.data))

@@ -14,8 +14,8 @@ import argparse
 import os
 import time
 
-from autoprune.runner import prepare
-from autoprune.runs import TrialRecorder
+from autoprune.pipeline.runner import prepare
+from autoprune.search.records import TrialRecorder
 from benchmarks.common import base_config, ensure_checkpoint, target, write_results
 
 

@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 
-from autoprune.lut import Lut
-from autoprune.lut_build import build_lut, check_lut
-from autoprune.models import build_model
-from autoprune.runs import atomic_write_text
+from autoprune.atomic import atomic_write_text
+from autoprune.latency.build import build_lut, check_lut
+from autoprune.latency.lut import Lut
+from autoprune.models.zoo import build_model
 from benchmarks.common import ROOT, target, write_results
 
 MODELS = ("resnet20", "resnet56", "mobilenetv2_small")

@@ -14,8 +14,8 @@ import argparse
 import resource
 import time
 
-from autoprune.runner import prepare
-from autoprune.runs import TrialRecorder
+from autoprune.pipeline.runner import prepare
+from autoprune.search.records import TrialRecorder
 from benchmarks.common import base_config, target, write_results
 
 

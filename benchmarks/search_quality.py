@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch_pruning as tp
 
-from autoprune.cost import measure_model
-from autoprune.runner import prepare, run_search, seed_everything, train_model
-from autoprune.runs import atomic_write_json
-from autoprune.train import dataset_accuracy
+from autoprune.atomic import atomic_write_json
+from autoprune.core.cost import measure_model
+from autoprune.core.train import dataset_accuracy
+from autoprune.pipeline.runner import prepare, run_search, seed_everything, train_model
 from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, write_results
 
 RUNS = ROOT / "runs" / "search_quality"

@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from autoprune.distributed import RayEvaluatorPool
-from autoprune.runner import prepare
+from autoprune.pipeline.pool import RayEvaluatorPool
+from autoprune.pipeline.runner import prepare
 from benchmarks.common import base_config, ensure_checkpoint, target, write_results
 
 

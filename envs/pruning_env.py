@@ -38,11 +38,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from autoprune.cost import Budget, CostModel, FlopsCost, ParamsCost
+from autoprune.core.cost import Budget, CostModel, FlopsCost, ParamsCost
+from autoprune.core.graph import UnitGraph
+from autoprune.core.plan import PruningPlan, resolve_count
 from autoprune.envs.rewards import Outcome, RewardFn, make_reward
 from autoprune.errors import ConfigError
-from autoprune.graph import UnitGraph
-from autoprune.plan import PruningPlan, resolve_count
 
 KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
 OBS_FEATURES = ("index", "kind", "in_channels", "out_channels", "kernel", "stride", "in_h", "in_w",

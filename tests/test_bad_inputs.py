@@ -288,7 +288,7 @@ def case_missing_checkpoint(env):
 
 @case
 def case_checkpoint_for_another_model(env):
-    from autoprune.models import build_model
+    from autoprune.models.zoo import build_model
 
     ckpt = env.tmp / "wide.pt"
     torch.save(build_model("mnist_cnn", kwargs={"width": 16}, in_channels=1, num_classes=10).state_dict(), ckpt)
@@ -336,9 +336,9 @@ def case_checkpoint_with_a_malicious_pickle(env):
 
 def lut_file(env: Env, mutate: Callable[[dict], None] | None = None, model=None) -> str:
     """A synthetic LUT (MAC-proportional entries) for the tiny config's model, optionally broken."""
-    from autoprune.graph import build_unit_graph
-    from autoprune.lut import Lut, make_header, tabulate
-    from autoprune.models import build_model
+    from autoprune.core.graph import build_unit_graph
+    from autoprune.latency.lut import Lut, make_header, tabulate
+    from autoprune.models.zoo import build_model
 
     model = model or build_model("mnist_cnn", kwargs={"width": 8}, in_channels=1, num_classes=10)
     graph = build_unit_graph(model.eval(), SHAPE)
@@ -775,7 +775,7 @@ def test_debug_shows_the_traceback(tmp_path, request):
 def test_nan_loss_in_finetuning_leaves_a_complete_run_dir(tmp_path, capsys):
     """The documented exception to "untouched": the search finished, so its results are kept."""
     from autoprune import load_pruned
-    from autoprune.train import dataset_accuracy
+    from autoprune.core.train import dataset_accuracy
 
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump(base(finetune={"epochs": 1, "lr_scale": 1e32})))
@@ -793,7 +793,7 @@ def test_nan_loss_in_finetuning_leaves_a_complete_run_dir(tmp_path, capsys):
     model = load_pruned(out / "pruned_model.pt")  # the last good weights: the pruned model before fine-tuning
     assert all(torch.isfinite(p).all() for p in model.parameters())
     from autoprune.config import load_config
-    from autoprune.data import load_data
+    from autoprune.data.datasets import load_data
 
     test = load_data(load_config(str(cfg)).data).test
     assert dataset_accuracy(model, test) == summary["pruned"]["test_accuracy_before_finetune"]

@@ -8,10 +8,10 @@ from factories import TinyCNN
 from torch import nn
 
 from autoprune.config import PruningConfig
-from autoprune.criteria import CRITERIA, get_criterion
-from autoprune.graph import build_unit_graph
-from autoprune.plan import PruningPlan
-from autoprune.prune import channel_prune
+from autoprune.core.criteria import CRITERIA, get_criterion
+from autoprune.core.graph import build_unit_graph
+from autoprune.core.plan import PruningPlan
+from autoprune.core.prune import channel_prune
 
 SHAPE = (1, 8, 8)
 USELESS = 3
@@ -110,7 +110,7 @@ def conv2_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_reconstruction_removes_duplicate_and_refit_lowers_error():
-    from autoprune.criteria_data import Reconstruction
+    from autoprune.core.criteria_data import Reconstruction
 
     class NoRefit(Reconstruction):
         def after_prune(self, model, batches):

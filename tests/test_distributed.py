@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import tiny_config
 
-from autoprune.distributed import RayEvaluatorPool, ensure_ray
 from autoprune.errors import AutopruneError
-from autoprune.evaluate import Evaluator
+from autoprune.pipeline.pool import RayEvaluatorPool, ensure_ray
+from autoprune.search.evaluate import Evaluator
 
 ray = pytest.importorskip("ray")
 

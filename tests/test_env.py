@@ -13,15 +13,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from autoprune.cost import Budget, make_budget
+from autoprune.core.cost import Budget, make_budget
+from autoprune.core.graph import build_unit_graph
+from autoprune.core.plan import resolve_count
 from autoprune.envs import ENV_ID
 from autoprune.envs.pruning_env import OBS_FEATURES, ChannelPruningEnv
 from autoprune.envs.rewards import REWARDS, Outcome, make_reward
 from autoprune.errors import AutopruneError, BudgetError, ConfigError
-from autoprune.evaluate import EvalResult
-from autoprune.graph import build_unit_graph
-from autoprune.models import build_model
-from autoprune.plan import resolve_count
+from autoprune.models.zoo import build_model
+from autoprune.search.evaluate import EvalResult
 
 
 class ConstantEvaluator:

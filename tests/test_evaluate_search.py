@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from autoprune.agents.baselines import RandomSearcher, UniformSearcher
 from autoprune.config import DataConfig
-from autoprune.data import load_data
-from autoprune.evaluate import recalibrate_bn
-from autoprune.plan import PruningPlan
-from autoprune.runs import TrialRecorder
-from autoprune.train import accuracy
+from autoprune.core.plan import PruningPlan
+from autoprune.core.train import accuracy
+from autoprune.data.datasets import load_data
+from autoprune.search.evaluate import recalibrate_bn
+from autoprune.search.records import TrialRecorder
 
 
 def test_splits_are_deterministic_disjoint_and_val_comes_from_training_data():
@@ -74,7 +74,7 @@ def test_uniform_uses_one_ratio_within_budget(tiny_session):
 @settings(max_examples=15, deadline=None)
 @given(st.floats(0.05, 0.9), st.integers(0, 10_000))
 def test_fit_to_budget_never_exceeds_the_budget(tiny_session, fraction, seed):
-    from autoprune.cost import Budget
+    from autoprune.core.cost import Budget
 
     ctx = _context(tiny_session)
     ctx.budget = Budget(ctx.costs["flops"], fraction * ctx.costs["flops"].base)

@@ -9,12 +9,12 @@ import torch
 from conftest import tiny_config
 
 from autoprune.config import PruningConfig, TrainConfig, load_config
-from autoprune.cost import COST_MODELS
+from autoprune.core.cost import COST_MODELS
+from autoprune.core.plan import PruningPlan
+from autoprune.core.prune import apply_plan
+from autoprune.core.sparsity import SparseCost, make_permanent, nm_groups_view, storage_report, tensor_storage
+from autoprune.core.train import train_model
 from autoprune.errors import ConfigError
-from autoprune.plan import PruningPlan
-from autoprune.prune import apply_plan
-from autoprune.sparsity import SparseCost, make_permanent, nm_groups_view, storage_report, tensor_storage
-from autoprune.train import train_model
 
 
 def finetuned(session, plan, pruning, steps=15):
@@ -105,7 +105,7 @@ def test_storage_accounting_on_known_tensor():
 
 
 def test_fine_run_writes_storage_and_meets_params_budget(tmp_path):
-    from autoprune.runner import load_pruned, run_search
+    from autoprune.pipeline.runner import load_pruned, run_search
 
     cfg = load_config(tiny_config(pruning={"granularity": "fine"}, budget={"params": 0.5}, searcher={"name": "uniform"},
                                   finetune={"epochs": 1, "lr_scale": 0.1, "schedule": {"steps": 2, "kind": "linear"}}))
@@ -119,7 +119,7 @@ def test_fine_run_writes_storage_and_meets_params_budget(tmp_path):
 
 
 def test_sparse_granularity_config_errors():
-    from autoprune.sparsity import cost_kind
+    from autoprune.core.sparsity import cost_kind
 
     with pytest.raises(ConfigError, match="granularity"):
         cost_kind("flops", PruningConfig(granularity="block"))

@@ -7,12 +7,12 @@ import pytest
 import torch
 from factories import TinyConcat, TinyResidual
 
-from autoprune.cost import FlopsCost, ParamsCost, measure_model
+from autoprune.core.cost import FlopsCost, ParamsCost, measure_model
+from autoprune.core.graph import build_unit_graph
+from autoprune.core.plan import PruningPlan
+from autoprune.core.prune import apply_plan
 from autoprune.errors import AutopruneError
-from autoprune.graph import build_unit_graph
-from autoprune.models import MODELS
-from autoprune.plan import PruningPlan
-from autoprune.prune import apply_plan
+from autoprune.models.zoo import MODELS
 
 BUILTINS = ["mnist_cnn", "resnet20", "resnet56", "vgg_small", "mobilenetv2_small"]
 

@@ -9,11 +9,11 @@ import torch
 from conftest import tiny_config
 
 from autoprune.config import PruningConfig, load_config
-from autoprune.criteria import get_criterion
+from autoprune.core.criteria import get_criterion
+from autoprune.core.iterative import Schedule, iterative_prune, recorded
+from autoprune.core.plan import PruningPlan
 from autoprune.errors import ConfigError
-from autoprune.iterative import Schedule, iterative_prune, recorded
-from autoprune.plan import PruningPlan
-from autoprune.runner import prepare
+from autoprune.pipeline.runner import prepare
 
 
 def expected_widths(full, final, steps, kind):
@@ -122,7 +122,7 @@ def test_rewind_needs_recorded_weights(tmp_path):
 
 
 def test_run_with_schedule_and_rewind(tmp_path):
-    from autoprune.runner import load_pruned, run_search
+    from autoprune.pipeline.runner import load_pruned, run_search
 
     cfg = load_config(tiny_config(searcher={"name": "uniform"},
                                   finetune={"epochs": 1, "lr_scale": 0.1, "rewind": "init",

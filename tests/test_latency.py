@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoprune.cli import main
-from autoprune.cost import WidthModel, make_budget
+from autoprune.core.cost import WidthModel, make_budget
+from autoprune.core.graph import build_unit_graph
 from autoprune.errors import AutopruneError
-from autoprune.graph import build_unit_graph
-from autoprune.latency import measure_latency
-from autoprune.lut import Lut, LutCost, ModuleTable, load_lut, make_header, model_signature, tabulate
-from autoprune.lut_build import LayerProfiler, build_lut
+from autoprune.latency.build import LayerProfiler, build_lut
+from autoprune.latency.lut import Lut, LutCost, ModuleTable, load_lut, make_header, model_signature, tabulate
+from autoprune.latency.timing import measure_latency
 
 SHAPE = (1, 8, 8)
 
@@ -221,7 +221,7 @@ def test_prediction_adds_the_elementwise_term_for_the_kept_output_elements(graph
 
 
 def test_time_against_base_times_the_base_in_the_same_passes(graph):
-    from autoprune.latency import time_against_base, time_plans
+    from autoprune.latency.timing import time_against_base, time_plans
 
     t = time_against_base(graph.model, [graph.model, TinyCNN().eval()], SHAPE, repeats=3, rounds=2, clock="cpu")
     assert t.base_ms > 0 and len(t.ms) == len(t.relative) == 2
@@ -265,7 +265,7 @@ def test_cli_lut_build_and_check_json(tmp_path, capsys):
 
 def test_search_with_a_latency_budget_lands_under_it_by_the_lut(tmp_path):
     """A LUT written by "another tool" (MAC-proportional numbers) drives a latency-budget search."""
-    from autoprune.models import build_model
+    from autoprune.models.zoo import build_model
 
     model_cfg = {"name": "mnist_cnn", "kwargs": {"width": 8}}
     graph = build_unit_graph(build_model("mnist_cnn", kwargs={"width": 8}, in_channels=1, num_classes=10), SHAPE)

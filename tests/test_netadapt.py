@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from autoprune.agents.netadapt import NetAdaptSearcher
-from autoprune.cost import Budget
+from autoprune.core.cost import Budget
 from autoprune.errors import ConfigError
-from autoprune.lut import Lut, LutCost, make_header, tabulate
-from autoprune.runs import TrialRecorder
+from autoprune.latency.lut import Lut, LutCost, make_header, tabulate
+from autoprune.search.records import TrialRecorder
 
 FAST = NetAdaptSearcher.Options(initial_reduction=0.15, decay=0.9, short_term_batches=1, max_iterations=30)
 

@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autoprune.config import ExperimentConfig, load_config, parse_budget
+from autoprune.core.graph import build_unit_graph
+from autoprune.core.plan import PruningPlan, resolve_count
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.graph import build_unit_graph
-from autoprune.models import MODELS
-from autoprune.plan import PruningPlan, resolve_count
+from autoprune.models.zoo import MODELS
 
 
 @given(st.floats(0.0, 1.0), st.integers(1, 512), st.sampled_from([1, 2, 4, 8]))

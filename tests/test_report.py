@@ -12,7 +12,7 @@ import yaml
 from conftest import tiny_config
 
 from autoprune.cli import main
-from autoprune.report import (
+from autoprune.pipeline.report import (
     aggregate,
     load_runs,
     pareto_front,

@@ -9,7 +9,7 @@ from conftest import tiny_config
 
 from autoprune.agents.sensitivity import SensitivitySearcher, analyse, ratios_for_drop
 from autoprune.cli import main
-from autoprune.runs import TrialRecorder
+from autoprune.search.records import TrialRecorder
 
 
 def test_curves_are_monotone_ish_on_trained_model(tiny_session):

@@ -7,10 +7,10 @@ import pytest
 import thirdparty_models
 import torch
 
-from autoprune.cost import FlopsCost, ParamsCost, measure_model
-from autoprune.graph import build_unit_graph
-from autoprune.plan import PruningPlan
-from autoprune.prune import apply_plan
+from autoprune.core.cost import FlopsCost, ParamsCost, measure_model
+from autoprune.core.graph import build_unit_graph
+from autoprune.core.plan import PruningPlan
+from autoprune.core.prune import apply_plan
 
 
 @pytest.mark.parametrize("name,kinds", [("resnet18", {"conv"}), ("mobilenetv2", {"conv", "depthwise"}),

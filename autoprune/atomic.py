@@ -1,0 +1,96 @@
+"""Atomic file writes and checked reads (run dirs, checkpoints, LUTs, reports).
+
+Every file is written to a temporary name in the same directory, flushed and fsynced, then
+renamed over the target (``os.replace`` is atomic on POSIX), so a crash leaves either the old
+file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from autoprune.errors import AutopruneError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def atomic_write_with(path: str | Path, writer: Callable[[io.BytesIO], None]) -> None:
+    """Serialise with ``writer(buffer)`` (e.g. ``torch.save``) and write atomically."""
+    buf = io.BytesIO()
+    writer(buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_parquet(path: str | Path, df: pd.DataFrame) -> None:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AutopruneError(f"{str(path)!r} is missing or not valid JSON ({type(exc).__name__})") from exc
+
+
+def read_trials(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame()
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:
+        raise AutopruneError(
+            f"{str(path)!r} is corrupted ({type(exc).__name__}); delete it to restart the search"
+        ) from exc
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def check_writable(path: Path) -> None:
+    """Fail early (before any work) if ``path`` cannot be created or written."""
+    probe_dir = path
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir() or not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise AutopruneError(f"output directory {str(path)!r} is not writable; choose another with --out")

@@ -1,0 +1,107 @@
+"""``autoprune search`` and ``autoprune train``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from autoprune.config import ExperimentConfig, load_config, read_yaml
+from autoprune.errors import AutopruneError
+
+
+def add_config_args(p: argparse.ArgumentParser, config_required: bool = True) -> None:
+    p.add_argument("config", nargs=None if config_required else "?", help="experiment YAML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set searcher.episodes=30 (repeatable)")
+    p.add_argument("--seed", type=int, help="override the seed")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str] | None = None,
+                     budget: str | None = None) -> ExperimentConfig:
+    overrides = list(extra or []) + list(args.overrides)  # --set wins over --searcher's reset
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"seed={args.seed}")
+    return load_config(args.config, overrides, budget)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search per-layer pruning ratios, prune, fine-tune, test")
+    add_config_args(p, config_required=False)
+    p.add_argument("--searcher", help="searcher name (overrides searcher.name)")
+    p.add_argument("--budget", help="budget short form, e.g. flops=0.5, params=0.3, latency=0.6")
+    p.add_argument("--out", help="run directory (default runs/<name>__<searcher>__<seed>__<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search in RUN_DIR")
+    p.add_argument("--workers", metavar="N|auto",
+                   help="evaluate on N Ray actors (auto: one per core; 0: in-process); default: ray.workers "
+                        "of the config (0)")
+    p.set_defaults(func=cmd_search)
+
+    t = sub.add_parser("train", help="train a base model and save its state_dict")
+    add_config_args(t)
+    t.add_argument("--out", required=True, help="where to write the state_dict (.pt)")
+    t.set_defaults(func=cmd_train)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from autoprune.pipeline.runner import read_summary, run_search
+
+    if args.config is None and not args.resume:
+        raise AutopruneError("give an experiment CONFIG (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
+    extra = [f"searcher.name={args.searcher}"] if args.searcher else []
+    if args.config is None:
+        args.config = str(Path(args.resume) / "config.yaml")
+        if not Path(args.config).is_file():
+            raise AutopruneError(f"--resume {args.resume!r}: not a run directory (no config.yaml)")
+    elif args.searcher:
+        raw = read_yaml(args.config).get("searcher") or {}
+        if raw.get("name") != args.searcher:  # a different searcher: drop the other one's keys
+            extra = [f"searcher={{name: {args.searcher}}}"]
+    if args.workers is not None:
+        workers = (os.cpu_count() or 1) if args.workers == "auto" else args.workers
+        extra.append(f"ray.workers={workers}")
+    cfg = config_from_args(args, extra, args.budget)
+    run_dir = run_search(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    print_summary(read_summary(run_dir), run_dir)
+    return 0
+
+
+def print_summary(s: dict, run_dir: Path) -> None:
+    b, p = s["base"], s["pruned"]
+    lines = [
+        f"searcher {s['searcher']}: {s['evaluations']} evaluations in {s['wall_seconds']:.1f} s",
+        f"budget   {s['budget']['kind']} <= {s['budget']['fraction']:.3g} of the base",
+        f"FLOPs    {b['flops']:,} -> {p['flops']:,} ({p['flops_kept']:.1%} kept)",
+        f"params   {b['params']:,} -> {p['params']:,} ({p['params_kept']:.1%} kept)",
+        f"val acc  base {b['val_accuracy']:.4f}, pruned before fine-tune {p['val_accuracy_before_finetune']:.4f}",
+        f"test acc base {b['test_accuracy']:.4f}, pruned {p['test_accuracy_before_finetune']:.4f}"
+        f" -> {p['test_accuracy_after_finetune']:.4f} after fine-tune",
+        f"run dir  {run_dir}",
+    ]
+    lat = s.get("latency") or {}
+    if lat.get("base_measured_ms") and lat.get("pruned_measured_ms"):
+        lines.insert(4, f"latency  {lat['base_measured_ms']:.2f} -> {lat['pruned_measured_ms']:.2f} ms measured "
+                        f"({lat['pruned_measured_ms'] / lat['base_measured_ms']:.1%} kept; predicted "
+                        f"{lat.get('pruned_predicted_ms', float('nan')):.2f} ms)")
+    print("\n".join(lines), file=sys.stdout)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from autoprune.atomic import atomic_write_with, check_writable
+    from autoprune.core.train import dataset_accuracy
+    from autoprune.data.datasets import load_data
+    from autoprune.pipeline.runner import base_model
+
+    cfg = config_from_args(args)
+    cfg.validate()
+    out = Path(args.out)
+    check_writable(out.parent)
+    data = load_data(cfg.data)
+    model, _shape, _ = base_model(cfg, data, progress=not args.no_progress)
+    atomic_write_with(out, lambda buf: torch.save(model.state_dict(), buf))
+    print(f"saved {out} (test accuracy {dataset_accuracy(model, data.test):.4f})")
+    return 0

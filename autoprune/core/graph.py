@@ -1,0 +1,249 @@
+"""Prunable units of a model, discovered through torch-pruning's dependency graph.
+
+A *unit* is one group of coupled channels: a plain conv with its BatchNorm and the next layer's
+inputs; all convs joined by a residual add; an expand conv with its depthwise conv; the producers
+of a concat. Pruning ``k`` channels of a unit removes the same ``k`` channels everywhere in the
+group. The classifier's output channels are never pruned.
+
+For each unit we record, per module it touches, how many input/output elements one channel
+maps to (1 for a conv, H*W for a Linear after a flatten). That makes the cost of any plan a
+closed-form function of the kept channel counts (see :mod:`autoprune.core.cost`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.errors import AutopruneError
+
+PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What an AMC state needs to know about one prunable unit (of the unpruned model)."""
+
+    index: int
+    name: str
+    kind: str  # "conv", "depthwise" (expand conv coupled with a depthwise conv) or "linear"
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int
+    groups: int
+    in_h: int
+    in_w: int
+    flops: int  # MACs of the layers whose outputs this unit prunes
+    params: int
+    members: tuple[str, ...] = ()  # every conv/linear whose output channels belong to this unit
+
+
+@dataclass
+class ModuleInfo:
+    """Static shape facts about one module that holds parameters or does MACs."""
+
+    name: str
+    kind: str  # "conv", "depthwise", "linear", "norm" or "other"
+    in_ch: int
+    out_ch: int
+    macs: int  # at full width
+    weight_params: int  # params scaling with in x out (conv/linear weight)
+    out_params: int  # params scaling with out only (bias, norm affine, depthwise weight)
+    fixed_params: int = 0  # params no unit changes
+    out_spatial: int = 0  # output elements per output channel (H x W of a conv), 0 if not run
+
+
+@dataclass
+class UnitGraph:
+    """The prunable units of one model at one input shape."""
+
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    units: list[LayerSpec]
+    modules: list[ModuleInfo]
+    # unit index -> list of (module index, "in"|"out", elements per channel)
+    couplings: list[list[tuple[int, str, int]]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [u.name for u in self.units]
+
+    @property
+    def channels(self) -> list[int]:
+        return [u.out_channels for u in self.units]
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def unit(self, name: str) -> LayerSpec:
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise AutopruneError(f"unknown prunable unit {name!r}; units: {', '.join(self.names)}")
+
+
+def example_input(input_shape: Sequence[int], batch: int = 1) -> torch.Tensor:
+    return torch.randn(batch, *input_shape)
+
+
+def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():  # torch-pruning traces the autograd graph
+            return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_input(input_shape), verbose=False
+        )
+    finally:
+        model.train(was_training)
+
+
+def find_classifier(model: nn.Module, input_shape: Sequence[int]) -> nn.Module | None:
+    """The last Linear/Conv executed in a forward pass: its outputs are the logits."""
+    order = execution_order(model, input_shape)
+    return order[-1][1] if order else None
+
+
+def forward_with_hooks(model: nn.Module, input_shape: Sequence[int], hook) -> None:
+    """One eval-mode, no-grad forward of a batch-1 input with ``hook(name, mod, inp, out)`` on every
+    conv/linear; the model's mode is restored and the hooks removed."""
+    handles = [module.register_forward_hook(lambda mod, inp, out, name=name: hook(name, mod, inp, out))
+               for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input(input_shape))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+
+
+def execution_order(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[str, nn.Module, tuple, tuple]]:
+    """(name, module, input shape, output shape) of every conv/linear, in forward order."""
+    records: list[tuple[str, nn.Module, tuple, tuple]] = []
+    forward_with_hooks(model, input_shape,
+                       lambda name, mod, inp, out: records.append((name, mod, tuple(inp[0].shape), tuple(out.shape))))
+    seen, unique = set(), []
+    for rec in records:  # a module called twice counts once (shared layers)
+        if rec[0] not in seen:
+            seen.add(rec[0])
+            unique.append(rec)
+    return unique
+
+
+def _module_info(name: str, module: nn.Module, in_shape: tuple | None, out_shape: tuple | None) -> ModuleInfo:
+    direct = sum(p.numel() for p in module.parameters(recurse=False))
+    if isinstance(module, nn.modules.conv._ConvNd):
+        k = 1
+        for s in module.kernel_size:
+            k *= s
+        spatial = 1
+        for s in (out_shape or (1, 1))[2:]:
+            spatial *= s
+        bias = module.out_channels if module.bias is not None else 0
+        if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
+            w = module.weight.numel()
+            return ModuleInfo(name, "depthwise", module.in_channels, module.out_channels,
+                              spatial * w, 0, w + bias, out_spatial=spatial if out_shape else 0)
+        macs = spatial * module.weight.numel()
+        return ModuleInfo(name, "conv", module.in_channels, module.out_channels, macs,
+                          module.weight.numel(), bias, out_spatial=spatial if out_shape else 0)
+    if isinstance(module, nn.Linear):
+        lead = 1
+        for s in (out_shape or (1, 1))[1:-1]:
+            lead *= s
+        bias = module.out_features if module.bias is not None else 0
+        return ModuleInfo(name, "linear", module.in_features, module.out_features,
+                          lead * module.weight.numel(), module.weight.numel(), bias,
+                          out_spatial=lead if out_shape else 0)
+    channels = getattr(module, "num_features", None) or getattr(module, "num_channels", None)
+    if channels:
+        return ModuleInfo(name, "norm", channels, channels, 0, 0, direct)
+    return ModuleInfo(name, "other", 0, 0, 0, 0, 0, fixed_params=direct)
+
+
+def build_unit_graph(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    ignored_layers: Sequence[str] = (),
+) -> UnitGraph:
+    """Discover the prunable units of ``model`` (not modified) for inputs of ``input_shape``."""
+    input_shape = tuple(int(s) for s in input_shape)
+    order = execution_order(model, input_shape)
+    if not order:
+        raise AutopruneError("the model has no Conv or Linear layer, so nothing can be pruned")
+    exec_index = {name: i for i, (name, *_rest) in enumerate(order)}
+    shapes = {name: (ins, outs) for name, _m, ins, outs in order}
+    name_of = {m: n for n, m in model.named_modules()}
+    classifier = order[-1][1]
+    ignored = [classifier] + [dict(model.named_modules())[n] for n in ignored_layers]
+
+    dg = build_dependency_graph(model, input_shape)
+    groups = dg.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES)
+
+    modules: list[ModuleInfo] = []
+    module_index: dict[str, int] = {}
+    for name, module in model.named_modules():
+        has_params = any(True for _ in module.parameters(recurse=False))
+        if has_params or isinstance(module, PRUNABLE_TYPES):
+            ins, outs = shapes.get(name, (None, None))
+            module_index[name] = len(modules)
+            modules.append(_module_info(name, module, ins, outs))
+
+    found = []
+    for group in groups:
+        root_dep = group[0].dep
+        root, handler = root_dep.target.module, root_dep.handler
+        probe = dg.get_pruning_group(root, handler, idxs=[0])
+        coupling: dict[tuple[int, str], int] = {}
+        members = []
+        for item in probe:
+            mod = item.dep.target.module
+            mname = name_of.get(mod)
+            if mname is None or mname not in module_index:
+                continue
+            fn = getattr(item.dep.handler, "__name__", "")
+            dim = "out" if "out" in fn else "in"
+            coupling[(module_index[mname], dim)] = len(item.idxs)
+            if dim == "out" and isinstance(mod, PRUNABLE_TYPES) and mname in exec_index:
+                members.append(mname)
+        if not members:
+            continue
+        members.sort(key=exec_index.__getitem__)
+        found.append((exec_index[members[0]], members, coupling))
+    if not found:
+        raise AutopruneError(
+            "the model has no prunable unit (its only conv/linear layer is the classifier)"
+        )
+    found.sort(key=lambda f: f[0])
+
+    units, couplings = [], []
+    for index, (_pos, members, coupling) in enumerate(found):
+        rep_name = members[0]
+        rep = dict(model.named_modules())[rep_name]
+        ins, _outs = shapes[rep_name]
+        info = modules[module_index[rep_name]]
+        kind = "linear" if isinstance(rep, nn.Linear) else "conv"
+        if any(modules[m].kind == "depthwise" for (m, d) in coupling if d == "out"):
+            kind = "depthwise"
+        flops = sum(modules[m].macs for (m, d) in coupling if d == "out")
+        params = sum(modules[m].weight_params + modules[m].out_params for (m, d) in coupling if d == "out")
+        conv = rep if isinstance(rep, nn.modules.conv._ConvNd) else None
+        units.append(LayerSpec(
+            index=index, name=rep_name, kind=kind, in_channels=info.in_ch, out_channels=info.out_ch,
+            kernel=int(conv.kernel_size[0]) if conv else 1, stride=int(conv.stride[0]) if conv else 1,
+            groups=int(conv.groups) if conv else 1,
+            in_h=int(ins[2]) if len(ins) > 2 else 1, in_w=int(ins[3]) if len(ins) > 3 else 1,
+            flops=int(flops), params=int(params), members=tuple(members),
+        ))
+        couplings.append([(m, d, mult) for (m, d), mult in sorted(coupling.items())])
+    return UnitGraph(model=model, input_shape=input_shape, units=units, modules=modules,
+                     couplings=couplings, ignored=[name_of[m] for m in ignored])

@@ -1,0 +1,291 @@
+"""Evaluating plans on a pool of Ray actors.
+
+:class:`RayEvaluatorPool` is an :class:`~autoprune.evaluate.Evaluator` whose ``evaluate`` and
+``evaluate_many`` run on ``workers`` Ray actors. The base model, unit graph and data are put in
+the object store once; every actor is built from that one reference (a replacement actor too),
+so nothing big is sent per plan: a plan travels as its JSON-able dict. Results are cached on the
+driver by channel counts, so an identical plan is evaluated once however many searchers ask.
+
+Each actor asks Ray for one CPU and runs torch with one thread: ``workers`` actors use
+``workers`` cores, without oversubscription (on 2 cores, 2 actors x 1 thread). The driver keeps
+a local evaluator for what is not a search evaluation (pruning the best plan, base accuracy).
+
+Ray is started on demand: ``address: null`` joins the Ray named by ``RAY_ADDRESS`` or starts a
+local one with the machine's cores (no dashboard); an address joins that cluster; a running Ray
+(``ray.is_initialized()``) is used as is. The pool shuts down only what it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from autoprune.config import ExperimentConfig
+from autoprune.core.graph import UnitGraph
+from autoprune.core.plan import PruningPlan
+from autoprune.errors import AutopruneError
+from autoprune.search.evaluate import EvalResult, Evaluator
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 25.0
+"""How long joining a Ray cluster may take before it is reported unreachable."""
+
+
+# ------------------------------------------------------------------------------------ Ray itself
+
+
+_PROBED: set[str] = set()
+
+
+def check_ray_address(address: str | None) -> None:
+    """Before any long work: fail fast if the configured (or ``RAY_ADDRESS``) cluster is unreachable."""
+    import ray
+
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target and not ray.is_initialized():
+        _probe_address(target)
+
+
+def _probe_address(address: str) -> None:
+    """Fail fast (well under 30 s) when ``address`` is not a reachable Ray cluster.
+
+    ``ray.init`` retries an unreachable GCS for minutes, so the address is first tried over TCP
+    (host:port forms), then joined by a short-lived subprocess with a timeout. A reachable address
+    is probed once per process.
+    """
+    if address in _PROBED:
+        return
+    hint = "start it with `ray start --head` or set ray.address: null for a local Ray"
+    host_port = address.split("://", 1)[-1]
+    if address != "auto" and ":" in host_port:
+        host, _, port = host_port.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError) as exc:
+            raise AutopruneError(f"Ray cluster at {address!r} is unreachable ({exc}); {hint}") from exc
+    code = f"import ray; ray.init(address={address!r}, include_dashboard=False, log_to_driver=False)"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=CONNECT_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise AutopruneError(
+            f"Ray cluster at {address!r} did not answer within {CONNECT_TIMEOUT_S:.0f} s; {hint}") from exc
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise AutopruneError(f"cannot join the Ray cluster at {address!r} ({last[:200]}); {hint}")
+    _PROBED.add(address)
+
+
+def ensure_ray(address: str | None = None) -> bool:
+    """Make sure Ray is initialised; return True if this call started (or joined) it.
+
+    A running Ray is never re-initialised. ``address`` (or ``RAY_ADDRESS``) joins a cluster;
+    otherwise a local Ray with all the machine's cores is started, without a dashboard.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "logging_level": logging.WARNING}
+    if target:
+        _probe_address(target)
+        kwargs["address"] = target
+    else:
+        kwargs["num_cpus"] = os.cpu_count() or 1
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as exc:
+        raise AutopruneError(f"cannot start or join Ray ({exc}); check ray.address / RAY_ADDRESS") from exc
+    log.info("Ray started: %s", ray.cluster_resources())
+    return True
+
+
+def _in_placement_group() -> bool:
+    from ray.util import get_current_placement_group
+
+    return get_current_placement_group() is not None
+
+
+def _actor_class():
+    """The Ray actor class (defined lazily so importing this module does not import Ray)."""
+    import ray
+
+    @ray.remote(num_cpus=1, max_restarts=0)
+    class EvalWorker:
+        """Holds one :class:`Evaluator` built from the shared payload; evaluates plan dicts."""
+
+        def __init__(self, payload: dict[str, Any], threads: int) -> None:
+            import torch
+
+            torch.set_num_threads(threads)
+            self.evaluator = Evaluator(**payload)
+
+        def evaluate(self, plan: dict[str, Any], finetune_steps: int) -> EvalResult:
+            return self.evaluator.evaluate(PruningPlan.from_dict(plan), finetune_steps)
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    return EvalWorker
+
+
+# ------------------------------------------------------------------------------------- the pool
+
+
+class RayEvaluatorPool(Evaluator):
+    """An :class:`Evaluator` whose plan evaluations run on Ray actors (same interface).
+
+    :param workers: number of actors (each 1 CPU, 1 torch thread).
+    :param address: Ray address; ``None`` -> ``RAY_ADDRESS`` or a local Ray.
+    :param max_retries: how often one plan is retried on a replacement actor after its actor died.
+    :param threads: torch threads per actor.
+    The other parameters are :class:`Evaluator`'s.
+    """
+
+    def __init__(self, model: nn.Module, graph: UnitGraph, data, evaluation=None, pruning=None, train=None,
+                 finetune=None, seed: int = 0, *, workers: int = 2, address: str | None = None,
+                 max_retries: int = 2, threads: int = 1) -> None:
+        super().__init__(model, graph, data, evaluation, pruning, train, finetune, seed)
+        import ray
+
+        if workers < 1:
+            raise AutopruneError(f"ray.workers must be >= 1 for a Ray pool (got {workers})")
+        self.max_retries = max_retries
+        self.threads = threads
+        self.replaced = 0
+        self._started_ray = ensure_ray(address)
+        self.workers = self._fit_workers(workers)
+        payload = {"model": model, "graph": graph, "data": data, "evaluation": self.evaluation,
+                   "pruning": self.pruning, "train": self.train_cfg, "finetune": self.finetune_cfg,
+                   "seed": seed}
+        self._payload = ray.put(payload)  # once; every actor (and replacement) reads this one copy
+        self._cls = _actor_class()
+        self.actors = [self._new_actor() for _ in range(self.workers)]
+
+    @classmethod
+    def from_config(cls, model: nn.Module, graph: UnitGraph, data, cfg: ExperimentConfig) -> RayEvaluatorPool:
+        return cls(model, graph, data, cfg.evaluation, cfg.pruning, cfg.train, cfg.finetune, cfg.seed,
+                   workers=cfg.ray.workers, address=cfg.ray.address, max_retries=cfg.ray.max_retries)
+
+    def _fit_workers(self, workers: int) -> int:
+        import ray
+
+        if _in_placement_group():  # inside a Tune trial: the trial reserved the actors' CPUs
+            return workers
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if workers > cpus:
+            log.warning("ray.workers=%d but the Ray cluster has %d CPUs; using %d actors", workers, cpus,
+                        max(cpus, 1))
+        return max(1, min(workers, cpus))
+
+    def _new_actor(self):
+        return self._cls.remote(self._payload, self.threads)
+
+    # ------------------------------------------------------------------------- evaluation
+    def evaluate(self, plan: PruningPlan, finetune_steps: int = 0) -> EvalResult:
+        """Evaluate one plan on an actor (cached on the driver by channel counts)."""
+        return self.evaluate_many([plan], finetune_steps)[0]
+
+    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int = 0) -> list[EvalResult]:
+        """Evaluate independent plans in parallel across the actors; results in input order.
+
+        As with the in-process evaluator, a plan already evaluated (or repeated in ``plans``)
+        is answered from the cache with ``cached=True``.
+        """
+        if not self.actors:  # closed: evaluate in-process
+            return [Evaluator.evaluate(self, p, finetune_steps) for p in plans]
+        keys = [(p.key(self.graph), finetune_steps) for p in plans]
+        todo = {}
+        for key, plan in zip(keys, plans, strict=True):
+            if key not in self.cache and key not in todo:
+                todo[key] = plan.to_dict()
+        fresh = self._run(todo, finetune_steps) if todo else {}
+        results, seen = [], set()
+        for key in keys:
+            if key in fresh and key not in seen:
+                results.append(fresh[key])
+            else:
+                hit = self.cache[key]
+                results.append(EvalResult(hit.accuracy, 0.0, 0.0, True, dict(hit.extra)))
+            seen.add(key)
+        return results
+
+    def _run(self, todo: dict[tuple, dict], finetune_steps: int) -> dict[tuple, EvalResult]:
+        """Spread ``todo`` over the actors, one plan in flight per actor; retry on dead actors."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        queue = deque((key, plan, 0) for key, plan in todo.items())
+        idle = deque(range(len(self.actors)))
+        in_flight: dict[Any, tuple[int, tuple, dict, int]] = {}
+        done: dict[tuple, EvalResult] = {}
+        while queue or in_flight:
+            while queue and idle:
+                slot = idle.popleft()
+                key, plan, attempts = queue.popleft()
+                ref = self.actors[slot].evaluate.remote(plan, finetune_steps)
+                in_flight[ref] = (slot, key, plan, attempts)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            slot, key, plan, attempts = in_flight.pop(ready[0])
+            try:
+                result = ray.get(ready[0])
+            except RayTaskError as exc:  # the evaluation itself failed: not a worker problem
+                cause = getattr(exc, "cause", None)
+                raise (cause if isinstance(cause, AutopruneError) else exc) from None
+            except RayActorError as exc:
+                self._replace(slot, exc)
+                if attempts >= self.max_retries:
+                    raise AutopruneError(
+                        f"an evaluation actor died {attempts + 1} times on the same plan "
+                        f"(ray.max_retries={self.max_retries}); see the Ray logs, or set ray.workers: 0"
+                    ) from exc
+                queue.appendleft((key, plan, attempts + 1))
+            else:
+                result.cached = False
+                self.cache[key] = done[key] = result
+                self.evaluations += 1
+            idle.append(slot)
+        return done
+
+    def _replace(self, slot: int, exc: Exception) -> None:
+        log.warning("evaluation actor %d died (%s); starting a replacement", slot, type(exc).__name__)
+        self.replaced += 1
+        self.actors[slot] = self._new_actor()
+
+    # --------------------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Kill the actors; shut Ray down only if this pool started it. The local evaluator stays."""
+        import ray
+
+        if not ray.is_initialized():
+            return
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def __enter__(self) -> RayEvaluatorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_evaluator(model: nn.Module, graph: UnitGraph, data, cfg: ExperimentConfig) -> Evaluator:
+    """A :class:`RayEvaluatorPool` when ``cfg.ray.workers > 0``, else an in-process :class:`Evaluator`."""
+    if cfg.ray.workers > 0:
+        return RayEvaluatorPool.from_config(model, graph, data, cfg)
+    return Evaluator(model, graph, data, cfg.evaluation, cfg.pruning, cfg.train, cfg.finetune, cfg.seed)

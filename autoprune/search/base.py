@@ -1,0 +1,191 @@
+"""The searcher interface, the searcher registry, and what a search gets to work with.
+
+A searcher receives a :class:`SearchContext` (unit graph, cost models, budget, evaluator,
+recorder) and its own typed options, and returns the best :class:`PruningPlan` it found. It
+never builds models itself: plans go to ``ctx.evaluate`` (in-process, or a Ray pool with the same
+interface), and every evaluated plan becomes a row in ``trials.parquet`` through ``ctx.record``.
+
+Register a searcher of your own::
+
+    @register_searcher
+    class MySearcher(Searcher):
+        name = "mine"
+        @dataclass
+        class Options:
+            evaluations: int = 10
+        def search(self) -> PruningPlan: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from autoprune.config import PruningConfig, from_dict
+from autoprune.core.cost import Budget, CostModel
+from autoprune.core.graph import UnitGraph
+from autoprune.core.plan import PruningPlan, resolve_count
+from autoprune.errors import ConfigError
+from autoprune.registry import Registry
+from autoprune.search.evaluate import EvalResult
+from autoprune.search.records import TrialRecorder
+
+SEARCHERS: Registry = Registry("searcher")
+
+
+class PlanEvaluator(Protocol):
+    """What a searcher scores plans with: :class:`~autoprune.evaluate.Evaluator` or a Ray pool."""
+
+    def evaluate(self, plan: PruningPlan, finetune_steps: int = 0) -> EvalResult: ...
+
+    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int = 0) -> list[EvalResult]: ...
+
+
+@dataclass
+class SearchContext:
+    """Everything a searcher may use (typed; no config namespace)."""
+
+    graph: UnitGraph
+    evaluator: PlanEvaluator
+    budget: Budget
+    costs: dict[str, CostModel]
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    seed: int = 0
+    recorder: TrialRecorder = field(default_factory=lambda: TrialRecorder(None))
+    run_dir: Path | None = None
+    resume: bool = False
+    searcher_name: str = ""
+    progress: bool = True
+
+    # ----------------------------------------------------------------------------- plans
+    def plan_from_ratios(self, ratios: Sequence[float] | float, **meta: Any) -> PruningPlan:
+        return PruningPlan.from_ratios(self.graph, ratios, self.pruning.round_to, **meta)
+
+    def counts(self, ratios: Sequence[float]) -> list[int]:
+        r = self.pruning.round_to
+        return [resolve_count(a, u.out_channels, r) for a, u in zip(ratios, self.graph.units, strict=True)]
+
+    def min_counts(self) -> list[int]:
+        return self.counts([self.pruning.min_ratio] * len(self.graph))
+
+    def max_counts(self) -> list[int]:
+        return self.counts([self.pruning.max_ratio] * len(self.graph))
+
+    def fits(self, plan: PruningPlan) -> bool:
+        return self.budget.fits(plan.counts(self.graph))
+
+    def clip(self, ratios: Sequence[float]) -> np.ndarray:
+        return np.clip(np.asarray(ratios, dtype=np.float64), self.pruning.min_ratio, self.pruning.max_ratio)
+
+    def fit_to_budget(self, ratios: Sequence[float], iters: int = 40) -> np.ndarray:
+        """Scale ``ratios`` by the largest factor whose clipped plan meets the budget.
+
+        The factor may shrink or grow the vector, so the plan keeps its shape (which units are
+        pruned harder) and uses the budget fully.
+        """
+        ratios = self.clip(ratios)
+        lo, hi = 0.0, self.pruning.max_ratio / max(float(ratios.min()), 1e-6)
+        if self.budget.fits(self.counts(self.clip(ratios * hi))):
+            return self.clip(ratios * hi)
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            if self.budget.fits(self.counts(self.clip(ratios * mid))):
+                lo = mid
+            else:
+                hi = mid
+        return self.clip(ratios * lo)
+
+    # --------------------------------------------------------------------------- records
+    def describe(self, plan: PruningPlan) -> dict[str, float]:
+        """Costs and kept fractions of a plan, from the cost models (no model is built)."""
+        counts = plan.counts(self.graph)
+        out: dict[str, float] = {}
+        for kind, model in self.costs.items():
+            value = model(counts)
+            out[kind] = value
+            out[f"{kind}_kept"] = value / model.base
+        return out
+
+    def evaluate(self, plan: PruningPlan, finetune_steps: int = 0) -> EvalResult:
+        return self.evaluator.evaluate(plan, finetune_steps)
+
+    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int = 0) -> list[EvalResult]:
+        return self.evaluator.evaluate_many(plans, finetune_steps)
+
+    def record(self, plan: PruningPlan, result: EvalResult, reward: float | None = None,
+               flush: bool = True, **extra: Any) -> dict[str, Any]:
+        """Append one row to ``trials.parquet`` and annotate ``plan.meta`` with costs and accuracy."""
+        costs = self.describe(plan)
+        plan.meta.update(costs)
+        plan.meta["val_accuracy"] = result.accuracy
+        row: dict[str, Any] = {"searcher": self.searcher_name}
+        row.update({f"ratio/{n}": plan.ratios[n] for n in self.graph.names})
+        row.update({f"channels/{n}": plan.channels[n] for n in self.graph.names})
+        row.update(costs)
+        row.update(val_accuracy=result.accuracy, reward=np.nan if reward is None else float(reward),
+                   seconds=result.seconds, cached=result.cached, time=time.time())
+        row.update(extra)
+        return self.recorder.append(row, flush=flush)
+
+
+class Searcher(ABC):
+    """Base class of every searcher: typed ``Options``, one ``search()`` returning a plan."""
+
+    name: ClassVar[str] = ""
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, ctx: SearchContext, options: Any | None = None) -> None:
+        self.ctx = ctx
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any]) -> Any:
+        """Strictly parse ``searcher:`` keys (without ``name``) into ``cls.Options``."""
+        raw = {k: v for k, v in (raw or {}).items() if k != "name"}
+        options = from_dict(cls.Options, raw, prefix="searcher.")
+        validate = getattr(options, "validate", None)
+        if callable(validate):
+            validate()
+        return options
+
+    @abstractmethod
+    def search(self) -> PruningPlan:
+        """Return the best plan found (its ``meta`` carries costs and ``val_accuracy``)."""
+
+
+def register_searcher(cls: type[Searcher]) -> type[Searcher]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a name")
+    SEARCHERS.register(cls.name, cls)
+    return cls
+
+
+def best_of(rows: list[dict[str, Any]], key: str = "val_accuracy") -> dict[str, Any] | None:
+    valid = [r for r in rows if r.get(key) is not None and not np.isnan(r.get(key, np.nan))]
+    return max(valid, key=lambda r: r[key]) if valid else None
+
+
+def plan_from_row(graph: UnitGraph, row: dict[str, Any]) -> PruningPlan:
+    counts = [int(row[f"channels/{n}"]) for n in graph.names]
+    plan = PruningPlan.from_counts(graph, counts)
+    plan.ratios = {n: float(row[f"ratio/{n}"]) for n in graph.names}
+    return plan
+
+
+def positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"searcher.{name} must be {'>= 0' if allow_zero else '> 0'} (got {value})")
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options or {})

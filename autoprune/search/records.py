@@ -1,0 +1,40 @@
+"""Trial records: one row per evaluated plan, kept in ``trials.parquet`` atomically."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from autoprune.atomic import atomic_write_parquet, read_trials
+
+
+class TrialRecorder:
+    """Appends one row per evaluated plan and keeps ``trials.parquet`` up to date atomically."""
+
+    def __init__(self, path: Path | None, rows: list[dict[str, Any]] | None = None) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = list(rows or [])
+        self._last_flush = 0.0
+
+    @classmethod
+    def resume(cls, path: Path) -> TrialRecorder:
+        df = read_trials(path)
+        return cls(path, df.to_dict("records") if len(df) else [])
+
+    def append(self, row: dict[str, Any], flush: bool = True) -> dict[str, Any]:
+        row = {"index": len(self.rows), **row}
+        self.rows.append(row)
+        if flush:
+            self.flush()
+        return row
+
+    def flush(self) -> None:
+        if self.path is not None and self.rows:
+            atomic_write_parquet(self.path, pd.DataFrame(self.rows))
+            self._last_flush = time.time()
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
