@@ -28,6 +28,7 @@ Two optional departures from AMC, off by default (measured in benchmarks/search_
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import pickle
@@ -47,6 +48,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm.auto import tqdm
 
 from autoprune.atomic import atomic_write_with
+from autoprune.config import check_choice
 from autoprune.core.plan import PruningPlan
 from autoprune.envs.pruning_env import ChannelPruningEnv
 from autoprune.envs.rewards import make_reward
@@ -177,20 +179,33 @@ class DdpgSearcher(Searcher):
                 raise ConfigError("searcher.sigma_decay must be in (0, 1], baseline_decay in [0, 1), gamma in [0, 1]")
             if not self.hidden or any(h < 1 for h in self.hidden):
                 raise ConfigError(f"searcher.hidden must list positive layer sizes (got {self.hidden})")
-            n = self.parallel_episodes
-            if self.episodes % n or self.warmup % n or self.replay_episodes < n:
-                raise ConfigError(f"searcher.episodes and searcher.warmup must be multiples of parallel_episodes "
-                                  f"({n}) and replay_episodes >= it")
+            self._check_parallel()
             make_reward(self.reward, self.reward_kwargs)
-            if self.warmup_sampling not in ("budget", "actions"):
-                raise ConfigError(f"searcher.warmup_sampling must be 'budget' or 'actions' "
-                                  f"(got {self.warmup_sampling!r})")
+            check_choice("searcher.warmup_sampling", self.warmup_sampling, ("actions", "budget"))
             if self.tensorboard:
                 try:
                     import tensorboard  # noqa: F401
                 except ImportError as exc:
                     raise ConfigError("searcher.tensorboard needs the tensorboard package; pip install "
                                       "tensorboard or set searcher.tensorboard=false") from exc
+
+        def _check_parallel(self) -> None:
+            """Episodes run ``parallel_episodes`` at a time: name the nearest valid values."""
+            n, defaults = self.parallel_episodes, {f.name: f.default for f in dataclasses.fields(self)}
+            fixes = []
+            for name in ("episodes", "warmup"):
+                value = getattr(self, name)
+                if value % n:
+                    low = value - value % n
+                    near = f"{low} or {low + n}" if low > 0 or name == "warmup" else f"{low + n}"
+                    now = f"{value}, the default" if value == defaults[name] else f"{value}"
+                    fixes.append(f"searcher.{name} to {near} (now {now})")
+            if self.replay_episodes < n:
+                fixes.append(f"searcher.replay_episodes to {n} or more (now {self.replay_episodes})")
+            if fixes:
+                raise ConfigError(f"searcher.parallel_episodes is {n}, so searcher.episodes and searcher.warmup must "
+                                  f"be multiples of {n} and searcher.replay_episodes at least {n}: set "
+                                  + ", ".join(fixes))
 
     # ----------------------------------------------------------------------------- search
     def search(self) -> PruningPlan:

@@ -6,7 +6,7 @@ ratio in a grid, leave every other unit whole, and score the model (adaptive BN 
 Searcher: from the curves, a unit's ratio for an allowed accuracy drop ``t`` is the smallest grid
 ratio whose drop is at most ``t`` (1.0 when none is). Larger ``t`` prunes more, so the cost falls
 as ``t`` grows; ``t`` is found by binary search as the smallest drop whose plan meets the budget.
-With ``fill_budget`` the plan is then scaled (all ratios by one factor, see
+With ``scale_to_budget`` the plan is then scaled (all ratios by one factor, see
 ``SearchContext.fit_to_budget``) to use the budget fully.
 """
 
@@ -88,8 +88,8 @@ class SensitivitySearcher(Searcher):
         """Preserve-ratio grid of the analysis (default 0.1..0.9 within [min_ratio, max_ratio])."""
         iterations: int = 40
         """Bisection steps on the accuracy-drop threshold."""
-        fill_budget: bool = True
-        """Scale the threshold plan to use the budget fully."""
+        scale_to_budget: bool = True
+        """Scale the threshold plan (all ratios by one factor) to use the budget fully."""
 
         def validate(self) -> None:
             positive("iterations", self.iterations)
@@ -113,7 +113,7 @@ class SensitivitySearcher(Searcher):
         drop = self.threshold(curves, base)
         ratios = ratios_for_drop(curves, base, drop)
         vector = ctx.clip([ratios[n] for n in ctx.graph.names])
-        if self.options.fill_budget or not ctx.budget.fits(ctx.counts(vector)):
+        if self.options.scale_to_budget or not ctx.budget.fits(ctx.counts(vector)):
             vector = ctx.fit_to_budget(vector, self.options.iterations)
         plan = ctx.plan_from_ratios(vector, searcher=self.name, threshold=drop, base_accuracy=base)
         ctx.record(plan, ctx.evaluate(plan), unit="", ratio=np.nan, threshold=drop)

@@ -41,7 +41,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def atomic_write_with(path: str | Path, writer: Callable[[io.BytesIO], None]) -> None:
@@ -77,7 +77,8 @@ def read_trials(path: str | Path) -> pd.DataFrame:
         ) from exc
 
 
-def _jsonable(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy / torch scalars and arrays, and paths."""
     if hasattr(obj, "item"):
         return obj.item()
     if hasattr(obj, "tolist"):

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,24 +35,92 @@ class ModelConfig:
     """``[C, H, W]`` of one input; defaults to the dataset's shape."""
 
 
+AUGMENTS = ("none", "crop", "crop_flip", "standard")
+
+
 @dataclass
 class DataConfig:
     name: str | None = None
-    """Built-in dataset (``mnist5k``, ``digits``, ``cifar10``); ``mnist5k`` when no factory is set."""
+    """Built-in dataset (``mnist5k``, ``digits``, ``cifar10``, ``image_folder``); ``mnist5k`` when no
+    factory is set."""
     factory: str | None = None
     """User data factory ``"package.module:function"`` returning ``(train, val, test)`` Datasets."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the factory."""
     val_samples: int = 1000
-    """Search-validation images held out from the training data (the search never sees test)."""
+    """Size of the search-validation split, held out of the training data (the search never sees
+    test); ``evaluation.score_samples`` caps how many of them score a plan."""
     test_fraction: float = 0.2
-    """Share of a built-in dataset kept as the test split."""
+    """Share of a built-in dataset kept as the test split (not used where the data has its own test
+    split: cifar10's ``test_batch``, an image folder's ``val/``)."""
     resize: int | None = None
-    """Resize images to ``resize x resize`` (e.g. 32 for CIFAR-style networks)."""
+    """Tensor datasets: resize images to ``resize x resize`` (e.g. 32 for CIFAR-style networks)."""
     channels: int | None = None
-    """Repeat grey images to this many channels (e.g. 3)."""
+    """Repeat grey images to this many channels (e.g. 3); ``image_folder``: 3 (RGB, default) or 1 (grey)."""
     root: str | None = None
-    """Where on-disk datasets (cifar10) live; never downloaded."""
+    """Where on-disk datasets live, never downloaded: ``cifar10``, the folder holding
+    ``cifar-10-batches-py/`` (or that folder); ``image_folder``, the folder holding ``train/<class>/``
+    and optionally ``val/<class>/``."""
+    image_size: int | None = None
+    """``image_folder``: side of the square image the model sees (default 224)."""
+    resize_to: int | None = None
+    """``image_folder``, scoring, BN statistics and test: the shorter side is resized to this, then the
+    centre ``image_size`` square is cut out (default ``image_size / 0.875``: 256 for 224)."""
+    crop_scale: list[float] | None = None
+    """``image_folder`` with ``augment``: the random-resized crop covers this range of the image's area
+    (default ``[0.08, 1.0]``), at an aspect ratio between 3/4 and 4/3."""
+    crop_padding: int | None = None
+    """Tensor datasets with ``augment``: the random crop's zero padding, in pixels (default: the image
+    side / 8, 4 at 32x32)."""
+    mean: list[float] | None = None
+    """Per-channel normalisation mean, of pixel values in [0, 1] (one number, or one per channel).
+    Default: ImageNet's for ``image_folder``; the training split's own mean for the other built-ins."""
+    std: list[float] | None = None
+    """Per-channel normalisation standard deviation (as ``mean``)."""
+    augment: str = "none"
+    """Augmentation of the training samples that base training and fine-tuning read (never of what
+    scores a plan, re-estimates BatchNorm or tests): ``none``; ``crop`` (a random crop of the padded
+    image; image folders: a random-resized crop); ``crop_flip`` (and a random horizontal flip);
+    ``standard`` (the dataset's usual one: ``crop`` for the digit sets mnist5k and digits, where a flip
+    changes the digit; ``crop_flip`` for cifar10 and image folders); or ``"pkg.module:callable"``,
+    called on each training sample (a normalised CHW tensor) and returning it augmented. A data
+    factory's samples get ``crop``, ``crop_flip`` or a callable the same way (``standard`` is not
+    defined for them)."""
+
+    def validate(self) -> None:
+        """Checks of this section alone (the name/factory choice is checked with the experiment)."""
+        folder = self.name == "image_folder"
+        for key in ("image_size", "resize_to", "crop_scale"):
+            if getattr(self, key) is not None and not folder:
+                raise ConfigError(f"data.{key} applies to data.name: image_folder only")
+        if folder and self.resize is not None:
+            raise ConfigError("data.resize does not apply to image folders; set data.image_size (and data.resize_to)")
+        if folder and (self.resize_to or 10**9) < (self.image_size or 224):
+            raise ConfigError(f"data.resize_to ({self.resize_to}) must be >= data.image_size ({self.image_size or 224}): "
+                              "the centre crop is cut from the resized image")
+        if folder and self.channels not in (None, 1, 3):
+            raise ConfigError(f"data.channels must be 1 or 3 for image folders (got {self.channels})")
+        for key in ("image_size", "resize_to", "crop_padding"):
+            low = 0 if key == "crop_padding" else 1
+            if getattr(self, key) is not None and getattr(self, key) < low:
+                raise ConfigError(f"data.{key} must be >= {low} (got {getattr(self, key)})")
+        if self.crop_scale is not None and not (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
+            raise ConfigError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1 (got {self.crop_scale})")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("data.mean and data.std go together: set both or neither")
+        if self.mean is not None and (len(self.mean) != len(self.std) or not self.mean
+                                      or not all(s > 0 for s in self.std)):
+            raise ConfigError(f"data.mean and data.std need the same length (1 or one per channel) and std > 0 "
+                              f"(got {self.mean}, {self.std})")
+        self._check_augment()
+
+    def _check_augment(self) -> None:
+        if ":" in self.augment:
+            return  # a callable, imported when the data is loaded
+        check_choice("data.augment", self.augment, AUGMENTS)
+        if self.factory is not None and self.augment == "standard":
+            raise ConfigError("data.augment: standard is defined for the built-in datasets only; for a data factory "
+                              "choose crop, crop_flip or \"pkg.module:callable\"")
 
 
 @dataclass
@@ -102,6 +171,11 @@ class BudgetConfig:
             raise ConfigError(f"budget.{keys[0]} is the fraction kept and must be in (0, 1] (got {value})")
 
 
+GRANULARITIES = ("channel", "fine", "nm")
+SCOPES = ("layer", "global")
+SCHEDULE_KINDS = ("cubic", "linear")
+
+
 @dataclass
 class PruningConfig:
     criterion: str = "l1"
@@ -125,14 +199,48 @@ class PruningConfig:
     scope: str = "layer"
     """``fine`` granularity: ``layer`` (each layer keeps its density) or ``global`` (one magnitude threshold)."""
 
+    def validate(self) -> None:
+        check_choice("pruning.granularity", self.granularity, GRANULARITIES)
+        check_choice("pruning.scope", self.scope, SCOPES)
+        if not 0 < self.min_ratio <= self.max_ratio <= 1:
+            raise ConfigError(
+                f"pruning: need 0 < min_ratio <= max_ratio <= 1 (got {self.min_ratio}, {self.max_ratio})"
+            )
+        if self.round_to < 1:
+            raise ConfigError(f"pruning.round_to must be >= 1 (got {self.round_to})")
+
 
 @dataclass
 class EvaluationConfig:
     adaptive_bn_batches: int = 20
     """Training batches used to re-estimate BatchNorm statistics before scoring (0 disables)."""
     batch_size: int = 256
-    val_samples: int | None = None
-    """Score on at most this many search-validation samples (default: all)."""
+    score_samples: int | None = None
+    """Score a plan on at most this many of the ``data.val_samples`` search-validation images
+    (default: all of them)."""
+    cache_mb: float = 256.0
+    """Keep the fixed adaptive-BN and calibration batches in memory while they take at most this many
+    MB; beyond it they are read again (the same images) for every plan. 0 never keeps them."""
+
+    def validate(self) -> None:
+        if not self.cache_mb >= 0:
+            raise ConfigError(f"evaluation.cache_mb must be >= 0 (got {self.cache_mb})")
+
+
+@dataclass
+class ScheduleConfig:
+    """Iterative pruning: reach the plan in ``steps`` pruning steps, fine-tuning after each."""
+
+    steps: int
+    """Pruning steps (>= 1; 1 is one-shot)."""
+    kind: str = "cubic"
+    """How the pruned share grows with the steps: ``cubic`` (fast first, Zhu & Gupta 2017) or ``linear``."""
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"finetune.schedule.steps must be >= 1 (got {self.steps}); "
+                              "1 prunes in one shot, e.g. finetune.schedule: {steps: 3}")
+        check_choice("finetune.schedule.kind", self.kind, SCHEDULE_KINDS)
 
 
 @dataclass
@@ -140,10 +248,21 @@ class FinetuneConfig:
     epochs: int = 3
     lr_scale: float = 0.1
     """Fine-tuning lr = train.lr x lr_scale (1/10 to 1/100 of the training lr)."""
-    schedule: dict[str, Any] | None = None
-    """Iterative pruning: ``{steps: k, kind: cubic|linear}``."""
-    rewind: str | None = None
-    """Lottery-ticket rewinding: ``init`` or ``epoch_N``."""
+    schedule: ScheduleConfig | None = None
+    """Iterative pruning ``{steps: k, kind: cubic|linear}``; unset: one-shot."""
+    rewind_epoch: int | None = None
+    """Lottery-ticket rewinding: after each pruning step the survivors are reset to their weights
+    after this many epochs of base training (0: the initial weights) and retrained at ``train.lr``;
+    unset: no rewinding."""
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"finetune.epochs must be >= 0 (got {self.epochs})")
+        if self.schedule is not None:
+            self.schedule.validate()
+        if self.rewind_epoch is not None and self.rewind_epoch < 0:
+            raise ConfigError(f"finetune.rewind_epoch must be >= 0 (got {self.rewind_epoch}); "
+                              "0 rewinds to the initial weights")
 
 
 @dataclass
@@ -154,6 +273,42 @@ class RayConfig:
     """Evaluation actors; 0 evaluates in-process without Ray."""
     max_retries: int = 2
     """Retries of a failed evaluation or trial."""
+
+
+@dataclass
+class TrackingConfig:
+    mlflow: bool = False
+    """Log every trial (nested runs), the summary, plots and pruned model to MLflow (needs mlflow)."""
+    uri: str | None = None
+    """MLflow tracking URI; ``null``: ``MLFLOW_TRACKING_URI``, else a local store (``./mlflow.db``)."""
+    tensorboard: bool = False
+    """Write search progress to ``<run_dir>/tensorboard`` (needs tensorboardX or tensorboard)."""
+
+    def validate(self) -> None:
+        import importlib.util
+
+        if self.mlflow and importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("tracking.mlflow needs the mlflow package; pip install 'autoprune[service]' "
+                              "or set tracking.mlflow: false")
+        if self.tensorboard and not any(importlib.util.find_spec(m) for m in ("tensorboardX", "tensorboard")):
+            raise ConfigError("tracking.tensorboard needs tensorboardX (pip install tensorboardX) "
+                              "or set tracking.tensorboard: false")
+
+
+@dataclass
+class RerankConfig:
+    """Re-rank the proxy's top plans after a short fine-tune (see :mod:`autoprune.search.rerank`)."""
+
+    top_k: int = 0
+    """Distinct plans (the searcher's and the proxy's next best within the budget) to re-rank; 0: off."""
+    steps: int = 50
+    """Fine-tuning batches given to every re-ranked plan before it is scored again."""
+    halving: bool = False
+    """Successive halving: the better half goes on to a round at twice the steps, until one is left."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0 or self.steps < 1:
+            raise ConfigError(f"rerank: need top_k >= 0 and steps >= 1 (got {self.top_k}, {self.steps})")
 
 
 @dataclass
@@ -170,6 +325,10 @@ class ExperimentConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Optional experiment tracking (MLflow, TensorBoard); off by default."""
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    """Re-ranking of the top plans by a short fine-tune after the search; off by default."""
     searchers: list[Any] | None = None
     """``autoprune run`` only: searchers to compare (names or searcher mappings)."""
     budgets: list[Any] | None = None
@@ -193,23 +352,35 @@ class ExperimentConfig:
             self.data.name = "mnist5k"
         if self.data.name is not None and self.data.factory is not None:
             raise ConfigError("data: set exactly one of name or factory")
-        p = self.pruning
-        if not 0 < p.min_ratio <= p.max_ratio <= 1:
-            raise ConfigError(
-                f"pruning: need 0 < min_ratio <= max_ratio <= 1 (got {p.min_ratio}, {p.max_ratio})"
-            )
-        if p.round_to < 1:
-            raise ConfigError(f"pruning.round_to must be >= 1 (got {p.round_to})")
-        for key, val in (("train.epochs", self.train.epochs), ("finetune.epochs", self.finetune.epochs)):
-            if val < 0:
-                raise ConfigError(f"{key} must be >= 0 (got {val})")
+        self.data.validate()
+        self.evaluation.validate()
+        self.pruning.validate()
+        if self.train.epochs < 0:
+            raise ConfigError(f"train.epochs must be >= 0 (got {self.train.epochs})")
+        self.finetune.validate()
+        self._check_finetune()
         if not (self.train.lr > 0 and self.finetune.lr_scale > 0):  # NaN fails too
             raise ConfigError("train.lr and finetune.lr_scale must be > 0")
         if self.data.val_samples < 1:
             raise ConfigError(f"data.val_samples must be >= 1 (got {self.data.val_samples})")
         if self.ray.workers < 0:
             raise ConfigError(f"ray.workers must be >= 0 (got {self.ray.workers})")
+        self.tracking.validate()
         self._check_ranges()
+
+    def _check_finetune(self) -> None:
+        """Fine-tune settings that depend on other sections."""
+        ft = self.finetune
+        if ft.schedule is not None and ft.schedule.steps > 1 and self.pruning.granularity == "nm":
+            raise ConfigError("finetune.schedule does not apply to granularity nm (one fixed N:M pattern); "
+                              "drop finetune.schedule or use pruning.granularity: fine")
+        if ft.rewind_epoch is not None and ft.rewind_epoch > self.train.epochs:
+            raise ConfigError(f"finetune.rewind_epoch {ft.rewind_epoch} is past the base training's "
+                              f"{self.train.epochs} epochs (train.epochs); set it to at most {self.train.epochs}")
+        if ft.rewind_epoch is not None and self.model.checkpoint:
+            raise ConfigError("finetune.rewind_epoch needs the early weights recorded while this run trains its "
+                              "base model, but model.checkpoint loads a trained one; drop finetune.rewind_epoch "
+                              "or model.checkpoint")
 
     def _check_ranges(self) -> None:
         """Numbers that would otherwise fail deep inside torch or numpy with a traceback."""
@@ -217,7 +388,7 @@ class ExperimentConfig:
             raise ConfigError(f"seed must be an integer in [0, 2**63) (got {self.seed})")
         minimum = {"train.batch_size": (self.train.batch_size, 1), "evaluation.batch_size": (self.evaluation.batch_size, 1),
                    "evaluation.adaptive_bn_batches": (self.evaluation.adaptive_bn_batches, 0),
-                   "evaluation.val_samples": (self.evaluation.val_samples, 1), "data.resize": (self.data.resize, 1),
+                   "evaluation.score_samples": (self.evaluation.score_samples, 1), "data.resize": (self.data.resize, 1),
                    "data.channels": (self.data.channels, 1), "ray.max_retries": (self.ray.max_retries, 0)}
         for key, (value, low) in minimum.items():
             if value is not None and value < low:
@@ -230,6 +401,55 @@ class ExperimentConfig:
 
 
 # ---------------------------------------------------------------------------------------- loading
+
+SUGGEST_CUTOFF = 0.5
+"""Similarity (difflib ratio) a valid name needs to be suggested for a misspelled one; 0.5 catches
+``epocs``, ``lr_scal``, ``warmpu``, ``batchsize``."""
+
+RENAMED: dict[str, tuple[str, str]] = {
+    "evaluation.val_samples": ("evaluation.score_samples", ""),
+    "finetune.rewind": ("finetune.rewind_epoch", ", with init as 0 and epoch_N as N"),
+    "searcher.fill_budget": ("searcher.scale_to_budget", ""),  # sensitivity's; ddpg's fill_budget is the env's
+}
+"""Old key -> (new key, how values translate). An old key that is not a field any more, in a section
+that has the new one, is an error naming the new key."""
+
+
+def closest(word: Any, choices: Iterable[str]) -> str | None:
+    """The choice nearest to the misspelled ``word`` (case and ``-``/``_`` ignored), or None."""
+
+    def norm(text: Any) -> str:
+        return str(text).lower().replace("-", "_")
+
+    by_norm = {norm(c): c for c in choices}
+    match = difflib.get_close_matches(norm(word), list(by_norm), n=1, cutoff=SUGGEST_CUTOFF)
+    return by_norm[match[0]] if match else None
+
+
+def check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    """Raise a ``ConfigError`` naming ``key``, the nearest choice and all of them unless ``value`` is one."""
+    if value in choices:
+        return
+    near = closest(value, choices)
+    hint = f"did you mean {near}? Set" if near else "set"
+    raise ConfigError(f"{key} {value!r} is not a valid value; {hint} it to one of: {', '.join(choices)}")
+
+
+def unknown_key(key: str, names: Sequence[str], prefix: str = "",
+                elsewhere: Callable[[str], str | None] | None = None) -> ConfigError:
+    """The error for ``prefix + key``, which is not one of ``names``: renamed, another owner's, misspelled."""
+    full, section = f"{prefix}{key}", prefix.rstrip(".")
+    valid = f"valid keys{f' of {section}' if section else ''}: {', '.join(names)}"
+    new, how = RENAMED.get(full, ("", ""))
+    if new and new.rpartition(".")[2] in names:
+        return ConfigError(f"{full} was renamed to {new}; rename it in the config{how}")
+    other = elsewhere(str(key)) if elsewhere else None
+    if other:
+        return ConfigError(f"{other}; {valid}")
+    near = closest(key, names)
+    if near:
+        return ConfigError(f"unknown config key {full}: did you mean {prefix}{near}? Rename it ({valid})")
+    return ConfigError(f"unknown config key {full}: remove it ({valid})")
 
 
 def _type_name(tp: Any) -> str:
@@ -290,23 +510,30 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``raw``; unknown keys and wrong types raise ``ConfigError``."""
+def from_dict(cls: type, raw: dict[str, Any], prefix: str = "",
+              elsewhere: Callable[[str], str | None] | None = None) -> Any:
+    """Build dataclass ``cls`` from ``raw``; unknown, renamed or missing keys and wrong types raise
+    ``ConfigError``.
+
+    :param prefix: dotted path of ``raw`` in the config (``"searcher."``), used in messages.
+    :param elsewhere: ``key -> sentence`` saying which sibling owns an unknown key (e.g. another
+        searcher's option), or None.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping (got {raw!r})")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"unknown config key {prefix}{key!r}{hint}; valid keys: {', '.join(names)}"
-            )
+            raise unknown_key(key, names, prefix, elsewhere)
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    for f in fields:
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{f.name} is required; add it to {prefix.rstrip('.') or 'the config'}")
     return cls(**kwargs)
 
 

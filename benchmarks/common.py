@@ -47,7 +47,7 @@ def ensure_checkpoint() -> Path:
         return CHECKPOINT
     from autoprune.atomic import atomic_write_with
     from autoprune.data.datasets import load_data
-    from autoprune.pipeline.runner import base_model
+    from autoprune.pipeline.session import base_model
 
     cfg = load_config(json.loads(json.dumps(BASE)))
     model, _, _ = base_model(cfg, load_data(cfg.data))

@@ -14,7 +14,7 @@ import argparse
 import os
 import time
 
-from autoprune.pipeline.runner import prepare
+from autoprune.pipeline.session import prepare
 from autoprune.search.records import TrialRecorder
 from benchmarks.common import base_config, ensure_checkpoint, target, write_results
 

@@ -14,7 +14,7 @@ import argparse
 import resource
 import time
 
-from autoprune.pipeline.runner import prepare
+from autoprune.pipeline.session import prepare
 from autoprune.search.records import TrialRecorder
 from benchmarks.common import base_config, target, write_results
 
@@ -27,7 +27,7 @@ def main() -> None:
     cfg = base_config(
         [f"searcher.episodes={args.episodes}", f"searcher.warmup={args.warmup}", "train.epochs=0"],
         model={"name": "resnet56"}, searcher={"name": "ddpg"},
-        evaluation={"adaptive_bn_batches": 5, "batch_size": 256, "val_samples": 500},
+        evaluation={"adaptive_bn_batches": 5, "batch_size": 256, "score_samples": 500},
     )
     start = time.perf_counter()
     session = prepare(cfg, progress=False)

@@ -26,8 +26,9 @@ import torch_pruning as tp
 
 from autoprune.atomic import atomic_write_json
 from autoprune.core.cost import measure_model
-from autoprune.core.train import dataset_accuracy
-from autoprune.pipeline.runner import prepare, run_search, seed_everything, train_model
+from autoprune.core.train import dataset_accuracy, train_model
+from autoprune.pipeline.run import run_search
+from autoprune.pipeline.session import prepare, seed_everything
 from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, write_results
 
 RUNS = ROOT / "runs" / "search_quality"

@@ -21,10 +21,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import autoprune
-from autoprune.cli.export import fold_batchnorm
 from autoprune.latency.timing import time_against_base
 from autoprune.models.zoo import build_model, load_checkpoint
-from autoprune.pipeline.runner import run_search
+from autoprune.pipeline.export import fold_batchnorm
+from autoprune.pipeline.run import run_search
 from benchmarks.common import CHECKPOINT, base_config, target, write_results
 from benchmarks.search_quality import RUNS, searchers
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from autoprune.pipeline.pool import RayEvaluatorPool
-from autoprune.pipeline.runner import prepare
+from autoprune.pipeline.session import prepare
 from benchmarks.common import base_config, ensure_checkpoint, target, write_results
 
 

@@ -46,7 +46,7 @@ def tiny_config(tmp_path=None, **sections) -> dict:
 def tiny_session():
     """A prepared session on digits with a briefly trained small CNN (shared across tests)."""
     from autoprune.config import load_config
-    from autoprune.pipeline.runner import prepare
+    from autoprune.pipeline.session import prepare
 
     return prepare(load_config(tiny_config(), ["model.kwargs.width=16", "train.epochs=4"]), progress=False)
 

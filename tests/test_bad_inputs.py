@@ -112,13 +112,77 @@ def case_run_name_with_a_slash(env):
 
 @case
 def case_misspelled_key(env):
-    return search(env, r"unknown config key pruning\.'critrion' \(did you mean pruning\.'criterion'\?\)",
+    return search(env, r"unknown config key pruning\.critrion: did you mean pruning\.criterion\? Rename it",
                   pruning={"critrion": "l1"})
 
 
 @case
 def case_unknown_section(env):
-    return search(env, "unknown config key 'searchr'", searchr={"name": "random"})
+    return search(env, "unknown config key searchr: did you mean searcher?", searchr={"name": "random"})
+
+
+@case
+def case_unknown_key_without_a_near_one(env):
+    return search(env, r"unknown config key train\.zzz: remove it \(valid keys of train: epochs, lr",
+                  train={"epochs": 0, "zzz": 1})
+
+
+@case
+def case_misspelled_epochs(env):
+    return search(env, r"unknown config key train\.epocs: did you mean train\.epochs\?", train={"epocs": 0})
+
+
+@case
+def case_misspelled_lr_scale(env):
+    return search(env, r"unknown config key finetune\.lr_scal: did you mean finetune\.lr_scale\?",
+                  finetune={"epochs": 0, "lr_scal": 0.1})
+
+
+@case
+def case_renamed_evaluation_val_samples(env):
+    return search(env, r"^autoprune: error: evaluation\.val_samples was renamed to evaluation\.score_samples; "
+                       "rename it in the config$", evaluation={"val_samples": 100})
+
+
+@case
+def case_renamed_finetune_rewind(env):
+    return search(env, r"finetune\.rewind was renamed to finetune\.rewind_epoch; .* init as 0 and epoch_N as N",
+                  finetune={"epochs": 0, "rewind": "init"})
+
+
+@case
+def case_unknown_granularity(env):
+    return search(env, r"pruning\.granularity 'channels' is not a valid value; did you mean channel\? "
+                       r"Set it to one of: channel, fine, nm", pruning={"granularity": "channels"})
+
+
+@case
+def case_unknown_schedule_kind(env):
+    return search(env, r"finetune\.schedule\.kind 'cubik' is not a valid value; did you mean cubic\?",
+                  finetune={"epochs": 0, "schedule": {"steps": 2, "kind": "cubik"}})
+
+
+@case
+def case_schedule_without_steps(env):
+    return search(env, r"finetune\.schedule\.steps is required", finetune={"epochs": 0, "schedule": {"kind": "linear"}})
+
+
+@case
+def case_schedule_zero_steps(env):
+    return search(env, r"finetune\.schedule\.steps must be >= 1 \(got 0\)", finetune={"schedule": {"steps": 0}})
+
+
+@case
+def case_rewind_epoch_past_training(env):
+    return search(env, r"finetune\.rewind_epoch 3 is past the base training's 0 epochs .* set it to at most 0",
+                  finetune={"epochs": 0, "rewind_epoch": 3})
+
+
+@case
+def case_rewind_epoch_with_a_checkpoint(env):
+    return search(env, "finetune.rewind_epoch needs the early weights .* drop finetune.rewind_epoch or model.checkpoint",
+                  model={"name": "mnist_cnn", "kwargs": {"width": 8}, "checkpoint": str(env.tmp / "base.pt")},
+                  train={"epochs": 1}, finetune={"epochs": 0, "rewind_epoch": 0})
 
 
 @case
@@ -186,7 +250,45 @@ def case_unknown_searcher(env):
 
 @case
 def case_unknown_searcher_option(env):
-    return search(env, r"unknown config key searcher\.'episode'", searcher={"name": "ddpg", "episode": 3})
+    return search(env, r"unknown config key searcher\.episode: did you mean searcher\.episodes\?",
+                  searcher={"name": "ddpg", "episode": 3})
+
+
+@case
+def case_misspelled_searcher_option(env):
+    return search(env, r"unknown config key searcher\.warmpu: did you mean searcher\.warmup\?",
+                  searcher={"name": "ddpg", "warmpu": 3})
+
+
+@case
+def case_option_of_another_searcher(env):
+    return search(env, r"searcher\.warmup is an option of ddpg, not random: remove it, or set searcher\.name: ddpg",
+                  searcher={"name": "random", "evaluations": 2, "warmup": 3})
+
+
+@case
+def case_renamed_sensitivity_fill_budget(env):
+    return search(env, r"searcher\.fill_budget was renamed to searcher\.scale_to_budget",
+                  searcher={"name": "sensitivity", "fill_budget": False})
+
+
+@case
+def case_ddpg_parallel_episodes_with_default_episodes(env):
+    return search(env, r"searcher\.parallel_episodes is 3, so .* multiples of 3 .*: set searcher\.episodes to 399 or "
+                       r"402 \(now 400, the default\), searcher\.warmup to 99 or 102 \(now 100, the default\)$",
+                  searcher={"name": "ddpg", "parallel_episodes": 3})
+
+
+@case
+def case_ddpg_replay_smaller_than_parallel_episodes(env):
+    return search(env, r"set searcher\.replay_episodes to 4 or more \(now 2\)$",
+                  searcher={"name": "ddpg", "episodes": 8, "warmup": 4, "parallel_episodes": 4, "replay_episodes": 2})
+
+
+@case
+def case_unknown_warmup_sampling(env):
+    return search(env, r"searcher\.warmup_sampling 'budgets' is not a valid value; did you mean budget\?",
+                  searcher={"name": "ddpg", "warmup_sampling": "budgets"})
 
 
 @case
@@ -530,7 +632,7 @@ def case_bad_set_syntax(env):
 
 @case
 def case_set_unknown_key(env):
-    return search(env, r"unknown config key train\.'epoch'", extra=["--set", "train.epoch=3"])
+    return search(env, r"unknown config key train\.epoch: did you mean train\.epochs\?", extra=["--set", "train.epoch=3"])
 
 
 @case
@@ -550,7 +652,7 @@ def case_budget_short_form_not_a_number(env):
 
 @case
 def case_budget_short_form_unknown_kind(env):
-    return search(env, r"unknown config key budget\.'flop'", extra=["--budget", "flop=0.5"])
+    return search(env, r"unknown config key budget\.flop: did you mean budget\.flops\?", extra=["--budget", "flop=0.5"])
 
 
 @case

@@ -110,7 +110,7 @@ def conv2_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_reconstruction_removes_duplicate_and_refit_lowers_error():
-    from autoprune.core.criteria_data import Reconstruction
+    from autoprune.core.criteria.data_driven import Reconstruction
 
     class NoRefit(Reconstruction):
         def after_prune(self, model, batches):

@@ -19,7 +19,7 @@ from autoprune.agents.ddpg import DdpgSearcher, TruncatedNormalNoise
 from autoprune.atomic import read_trials
 from autoprune.cli import main
 from autoprune.errors import AutopruneError, ConfigError
-from autoprune.pipeline.runner import seed_everything
+from autoprune.pipeline.session import seed_everything
 from autoprune.search.records import TrialRecorder
 
 FAST = {"episodes": 6, "warmup": 2, "hidden": [32, 32], "batch_size": 16, "checkpoint_every": 2}
@@ -230,7 +230,7 @@ def test_cli_search_with_ddpg_end_to_end(tmp_path, capsys):
 
 
 def test_cli_searcher_flag_keeps_set_overrides(tmp_path, monkeypatch):
-    import autoprune.pipeline.runner
+    import autoprune.pipeline.run
 
     seen = {}
 
@@ -238,7 +238,7 @@ def test_cli_searcher_flag_keeps_set_overrides(tmp_path, monkeypatch):
         seen["searcher"] = dict(cfg.searcher)
         raise Crash("stop before any work")
 
-    monkeypatch.setattr(autoprune.pipeline.runner, "run_search", fake_run_search)
+    monkeypatch.setattr(autoprune.pipeline.run, "run_search", fake_run_search)
     with pytest.raises(Crash):
         main(["search", write_config(tmp_path, tiny_config()), "--searcher", "ddpg", "--set", "searcher.episodes=4"])
     assert seen["searcher"] == {"name": "ddpg", "episodes": 4}

@@ -33,7 +33,8 @@ def _pool(session, **kw) -> RayEvaluatorPool:
 
 def _local(session) -> Evaluator:
     c = session.cfg
-    return Evaluator(session.model, session.graph, session.data, c.evaluation, c.pruning, c.train, c.finetune, c.seed)
+    return Evaluator(session.model, session.graph, session.data, evaluation=c.evaluation, pruning=c.pruning,
+                     train=c.train, finetune=c.finetune, seed=c.seed)
 
 
 def test_pool_equals_in_process(tiny_session, local_ray):

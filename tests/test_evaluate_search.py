@@ -44,9 +44,9 @@ def test_adaptive_bn_raises_accuracy_of_aggressively_pruned_model(tiny_session):
     ev = tiny_session.evaluator()
     plan = PruningPlan.from_ratios(tiny_session.graph, 0.5)
     pruned = ev.prune(plan)
-    stale = accuracy(pruned, ev.val_x, ev.val_y)
+    stale = accuracy(pruned, ev.val_batches())
     recalibrate_bn(pruned, ev.bn_batches)
-    fresh = accuracy(pruned, ev.val_x, ev.val_y)
+    fresh = accuracy(pruned, ev.val_batches())
     assert fresh > stale + 0.05
 
 

@@ -8,7 +8,7 @@ import torch
 
 from autoprune.cli import main
 from autoprune.core.plan import PruningPlan
-from autoprune.pipeline.runner import load_pruned, model_spec, save_pruned
+from autoprune.pipeline.artifacts import load_pruned, model_spec, save_pruned
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,8 @@ def test_fold_bn_on_an_untraceable_model_is_a_clear_error():
         def forward(self, x):
             return self.bn(self.conv(x)) if x.sum() > 0 else x
 
-    from autoprune.cli.export import fold_batchnorm
     from autoprune.errors import AutopruneError
+    from autoprune.pipeline.export import fold_batchnorm
 
     with pytest.raises(AutopruneError, match="not traceable by torch.fx"):
         fold_batchnorm(Branchy())

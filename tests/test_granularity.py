@@ -105,7 +105,8 @@ def test_storage_accounting_on_known_tensor():
 
 
 def test_fine_run_writes_storage_and_meets_params_budget(tmp_path):
-    from autoprune.pipeline.runner import load_pruned, run_search
+    from autoprune.pipeline.artifacts import load_pruned
+    from autoprune.pipeline.run import run_search
 
     cfg = load_config(tiny_config(pruning={"granularity": "fine"}, budget={"params": 0.5}, searcher={"name": "uniform"},
                                   finetune={"epochs": 1, "lr_scale": 0.1, "schedule": {"steps": 2, "kind": "linear"}}))

@@ -7,7 +7,16 @@ from conftest import tiny_config
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoprune.config import ExperimentConfig, load_config, parse_budget
+from autoprune.config import (
+    GRANULARITIES,
+    RENAMED,
+    SCHEDULE_KINDS,
+    ExperimentConfig,
+    check_choice,
+    closest,
+    load_config,
+    parse_budget,
+)
 from autoprune.core.graph import build_unit_graph
 from autoprune.core.plan import PruningPlan, resolve_count
 from autoprune.errors import AutopruneError, ConfigError
@@ -44,10 +53,77 @@ def test_plan_rejects_unknown_units_and_bad_json():
 def test_unknown_key_is_named_with_suggestion():
     raw = tiny_config()
     raw["pruning"] = {"critrion": "l1"}
-    with pytest.raises(ConfigError, match=r"pruning\.'critrion'.*did you mean.*criterion"):
+    with pytest.raises(ConfigError, match=r"unknown config key pruning\.critrion: did you mean pruning\.criterion\?"):
         load_config(raw)
-    with pytest.raises(ConfigError, match="unknown config key 'budgett'"):
+    with pytest.raises(ConfigError, match="unknown config key budgett: did you mean budget"):
         load_config({**tiny_config(), "budgett": {"flops": 0.5}})
+    with pytest.raises(ConfigError, match=r"unknown config key train\.zzz: remove it \(valid keys of train: epochs"):
+        load_config(tiny_config(), ["train.zzz=1"])
+
+
+@pytest.mark.parametrize("word,choices,expected", [
+    ("epocs", ["epochs", "lr", "batch_size"], "epochs"),
+    ("lr_scal", ["epochs", "lr_scale", "schedule"], "lr_scale"),
+    ("warmpu", ["episodes", "warmup", "warmup_sampling"], "warmup"),
+    ("Batch-Size", ["epochs", "batch_size"], "batch_size"),
+    ("channels", GRANULARITIES, "channel"),
+    ("cubik", SCHEDULE_KINDS, "cubic"),
+    ("flop", ["flops", "params", "latency", "latency_ms"], "flops"),
+    ("xyz", GRANULARITIES, None),
+])
+def test_closest_suggests_common_misspellings(word, choices, expected):
+    assert closest(word, choices) == expected
+
+
+@pytest.mark.parametrize("section,old,new", [
+    ("evaluation", "val_samples", "score_samples"),
+    ("finetune", "rewind", "rewind_epoch"),
+])
+def test_renamed_keys_name_the_new_key(section, old, new):
+    with pytest.raises(ConfigError, match=rf"^{section}\.{old} was renamed to {section}\.{new}; rename it"):
+        load_config(tiny_config(), [f"{section}.{old}=1"])
+    assert old in {k.rpartition(".")[2] for k in RENAMED if k.startswith(section)}
+
+
+def test_renamed_searcher_option_only_where_the_new_one_exists():
+    from autoprune.agents.baselines import RandomSearcher
+    from autoprune.agents.ddpg import DdpgSearcher
+    from autoprune.agents.sensitivity import SensitivitySearcher
+
+    with pytest.raises(ConfigError, match="^searcher.fill_budget was renamed to searcher.scale_to_budget"):
+        SensitivitySearcher.parse_options({"fill_budget": False})
+    assert SensitivitySearcher.parse_options({"scale_to_budget": False}).scale_to_budget is False
+    assert DdpgSearcher.parse_options({"fill_budget": True}).fill_budget is True  # the env's option, kept
+    with pytest.raises(ConfigError, match="^searcher.fill_budget is an option of ddpg, not random"):
+        RandomSearcher.parse_options({"fill_budget": True})
+
+
+def test_another_searchers_option_is_named_as_such():
+    from autoprune.agents.baselines import RandomSearcher
+    from autoprune.agents.ddpg import DdpgSearcher
+
+    with pytest.raises(ConfigError, match=r"^searcher\.warmup is an option of ddpg, not random: remove it, "
+                                          r"or set searcher\.name: ddpg; valid keys of searcher: evaluations$"):
+        RandomSearcher.parse_options({"name": "random", "warmup": 10})
+    with pytest.raises(ConfigError, match=r"^unknown config key searcher\.warmpu: did you mean searcher\.warmup\?"):
+        DdpgSearcher.parse_options({"warmpu": 10})
+
+
+@pytest.mark.parametrize("override,match", [
+    ("pruning.granularity=channels", r"pruning\.granularity 'channels' is not a valid value; did you mean channel\? "
+                                     r"Set it to one of: channel, fine, nm"),
+    ("pruning.scope=globl", "did you mean global"),
+    ("pruning.granularity=xyz", "set it to one of: channel, fine, nm"),
+])
+def test_enumerated_values_suggest_the_closest(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(tiny_config(), [override])
+
+
+def test_check_choice_accepts_valid_values():
+    check_choice("k", "b", ("a", "b"))
+    with pytest.raises(ConfigError, match="^k 'c' is not a valid value; set it to one of: a, b$"):
+        check_choice("k", "c", ("a", "b"))
 
 
 @pytest.mark.parametrize("override,match", [

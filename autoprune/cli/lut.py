@@ -1,9 +1,10 @@
-"""``autoprune lut build`` and ``autoprune lut check``: per-device latency lookup tables.
+"""``autoprune lut build`` and ``autoprune lut check``: per-device latency lookup tables
+(see :mod:`autoprune.pipeline.lut`).
 
 Timing runs in this process, on ``--threads`` threads (1 by default: on a small CPU two threads
 do not repeat within 10%). For multi-threaded tables start the command with
 ``OMP_WAIT_POLICY=ACTIVE`` in the environment (read when torch is imported). The allocator is
-tuned in-process (see :func:`autoprune.latency.tune_allocator`).
+tuned in-process (see :func:`autoprune.latency.timing.tune_allocator`).
 """
 
 from __future__ import annotations
@@ -67,27 +68,19 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def load_model(args: argparse.Namespace, input_shape: tuple[int, ...]):
-    """Build the model named by ``--model`` (random weights: latency does not depend on them)."""
-    from autoprune.models.zoo import build_model, check_input_shape
-
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """``--model-kwargs`` as a dict."""
     try:
         kwargs = json.loads(args.model_kwargs)
     except json.JSONDecodeError as exc:
         raise AutopruneError(f"--model-kwargs is not valid JSON ({exc.msg})") from exc
     if not isinstance(kwargs, dict):
         raise AutopruneError("--model-kwargs must be a JSON object")
-    if ":" in args.model:
-        model = build_model(factory=args.model, kwargs=kwargs)
-    else:
-        model = build_model(args.model, kwargs=kwargs, in_channels=input_shape[0], num_classes=args.num_classes)
-    check_input_shape(model, input_shape)
-    return model.eval()
+    return kwargs
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from autoprune.atomic import atomic_write_text, check_writable
-    from autoprune.latency.build import build_lut
+    from autoprune.pipeline.lut import build_lut_file
 
     shape = parse_shape(args.input_shape)
     for name in ("batch", "threads", "step", "repeats"):
@@ -95,43 +88,26 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise AutopruneError(f"--{name} must be >= 1 (got {getattr(args, name)})")
     if args.calibration_plans < 0:
         raise AutopruneError("--calibration-plans must be >= 0")
-    out = Path(args.out)
-    check_writable(out.parent if str(out.parent) else Path("."))
-    model = load_model(args, shape)
-    lut = build_lut(model, shape, batch=args.batch, threads=args.threads, step=args.step, device=args.device_name,
-                    repeats=args.repeats, calibration_plans=args.calibration_plans, seed=args.seed,
-                    progress=not args.no_progress, model_name=args.model, clock=args.clock)
-    atomic_write_text(out, lut.to_json())
+    lut = build_lut_file(args.model, shape, args.out, model_kwargs(args), args.num_classes, batch=args.batch,
+                         threads=args.threads, step=args.step, device=args.device_name, repeats=args.repeats,
+                         calibration_plans=args.calibration_plans, seed=args.seed, progress=not args.no_progress,
+                         clock=args.clock)
     h = lut.header
     cal = h.get("calibration")
-    print(f"wrote {out}: {len(lut.tables)} module tables, base {h['base_measured_ms']:.3f} ms measured "
+    print(f"wrote {Path(args.out)}: {len(lut.tables)} module tables, base {h['base_measured_ms']:.3f} ms measured "
           f"(batch {h['batch']}, {h['threads']} thread(s), {h['device']}) in {h['build_seconds']:.1f} s"
           + (f"; calibration scale {cal['scale']:.3f}, offset {cal['offset_ms']:.3f} ms" if cal else ""))
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from autoprune.atomic import atomic_write_json
-    from autoprune.latency.build import check_lut
-    from autoprune.latency.lut import load_lut
+    from autoprune.pipeline.lut import check_lut_file
 
-    lut = load_lut(args.lut)
-    model = load_model(args, tuple(lut.header["input_shape"]))
-    result = check_lut(lut, model, plans=args.plans, seed=args.seed, repeats=args.repeats,
+    r = check_lut_file(args.lut, args.model, model_kwargs(args), args.num_classes, plot=args.plot,
+                       json_out=args.json_out, plans=args.plans, seed=args.seed, repeats=args.repeats,
                        progress=not args.no_progress)
-    if args.plot:
-        plot = Path(args.plot)
-    elif args.json_out:
-        plot = Path(args.json_out).with_suffix(".png")
-    else:
-        plot = Path(args.lut).with_suffix(".check.png")
-    scatter(result["predicted_ms"], result["measured_ms"], plot, lut.header.get("device", ""))
-    summary = {**result, "plot": str(plot)}
-    if args.json_out:
-        atomic_write_json(args.json_out, summary)
-    r = result
     print(f"{r['plans']} plans: mean abs error {r['mape']:.2f}%, {r['within_10pct']:.0%} within +-10%, "
-          f"worst {r['max_abs_pct']:.1f}%; plot {plot}", file=sys.stdout)
+          f"worst {r['max_abs_pct']:.1f}%; plot {r['plot']}", file=sys.stdout)
     print(f"the base model runs at {r['drift']:.0%} of its build-time latency ({r['base_ms_now']:.3f} vs "
           f"{r['base_ms_at_build']:.3f} ms); at the build-time speed: mean abs error "
           f"{r['mape_drift_corrected']:.2f}%, {r['within_10pct_drift_corrected']:.0%} within +-10%", file=sys.stdout)
@@ -139,27 +115,3 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("note: the machine's speed moved more than 5% since the LUT was built; fractional latency budgets "
               "only use relative predictions, absolute (ms) budgets need a rebuilt LUT", file=sys.stdout)
     return 0
-
-
-def scatter(predicted: list[float], measured: list[float], path: Path, device: str = "") -> None:
-    """Predicted vs measured latency, with the y = x line and a +-10% band (PNG, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from autoprune.atomic import atomic_write_with
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    lo, hi = min(predicted + measured) * 0.9, max(predicted + measured) * 1.1
-    line = np.linspace(lo, hi, 2)
-    ax.plot(line, line, "k-", lw=1, label="y = x")
-    ax.fill_between(line, line * 0.9, line * 1.1, color="0.85", label="+-10%")
-    ax.scatter(measured, predicted, s=14, zorder=3)
-    ax.set(xlabel="measured latency (ms)", ylabel="LUT prediction (ms)", xlim=(lo, hi), ylim=(lo, hi),
-           title=f"LUT check{': ' + device if device else ''}"[:60])
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    atomic_write_with(path, lambda buf: fig.savefig(buf, format="png", dpi=110))
-    plt.close(fig)

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from autoprune.pipeline.runner import read_summary, run_search
+    from autoprune.pipeline.artifacts import read_summary
+    from autoprune.pipeline.run import run_search
 
     if args.config is None and not args.resume:
         raise AutopruneError("give an experiment CONFIG (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
@@ -70,11 +71,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def print_summary(s: dict, run_dir: Path) -> None:
     b, p = s["base"], s["pruned"]
+    nonzero = ", non-zero" if "dense_params" in p else ""  # fine / N:M: zeros are stored but not counted
     lines = [
         f"searcher {s['searcher']}: {s['evaluations']} evaluations in {s['wall_seconds']:.1f} s",
         f"budget   {s['budget']['kind']} <= {s['budget']['fraction']:.3g} of the base",
-        f"FLOPs    {b['flops']:,} -> {p['flops']:,} ({p['flops_kept']:.1%} kept)",
-        f"params   {b['params']:,} -> {p['params']:,} ({p['params_kept']:.1%} kept)",
+        f"FLOPs    {b['flops']:,} -> {p['flops']:,} ({p['flops_kept']:.1%} kept{nonzero})",
+        f"params   {b['params']:,} -> {p['params']:,} ({p['params_kept']:.1%} kept{nonzero})",
         f"val acc  base {b['val_accuracy']:.4f}, pruned before fine-tune {p['val_accuracy_before_finetune']:.4f}",
         f"test acc base {b['test_accuracy']:.4f}, pruned {p['test_accuracy_before_finetune']:.4f}"
         f" -> {p['test_accuracy_after_finetune']:.4f} after fine-tune",
@@ -89,19 +91,9 @@ def print_summary(s: dict, run_dir: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from autoprune.atomic import atomic_write_with, check_writable
-    from autoprune.core.train import dataset_accuracy
-    from autoprune.data.datasets import load_data
-    from autoprune.pipeline.runner import base_model
+    from autoprune.pipeline.session import train_base_model
 
     cfg = config_from_args(args)
-    cfg.validate()
-    out = Path(args.out)
-    check_writable(out.parent)
-    data = load_data(cfg.data)
-    model, _shape, _ = base_model(cfg, data, progress=not args.no_progress)
-    atomic_write_with(out, lambda buf: torch.save(model.state_dict(), buf))
-    print(f"saved {out} (test accuracy {dataset_accuracy(model, data.test):.4f})")
+    _model, test_accuracy = train_base_model(cfg, args.out, progress=not args.no_progress)
+    print(f"saved {Path(args.out)} (test accuracy {test_accuracy:.4f})")
     return 0

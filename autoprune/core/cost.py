@@ -1,9 +1,16 @@
-"""Cost models: FLOPs (counted as MACs of conv and linear layers) and parameters.
+"""Cost models: the one counter of FLOPs (MACs of conv and linear layers) and parameters.
 
 Every cost model maps a vector of kept channel counts (one per unit, in graph order) to a
 number, *without building the pruned model*: the unit graph knows, for every module, how many of
 its input and output elements each unit's channels account for, so widths and costs follow in
-closed form. :func:`measure_model` counts the same quantities on a built model.
+closed form. The search, the env, ``trials.parquet``, ``summary.json`` and the report all count
+with these (:func:`plan_costs` / :func:`make_cost`): for ``channel`` granularity the kept widths
+(:class:`FlopsCost`, :class:`ParamsCost`), for ``fine`` / ``nm`` the non-zero weights and MACs
+(:class:`~autoprune.core.sparsity.SparseCost`), for ``latency`` a LUT or a timing.
+
+Cost models are looked up by name in :data:`COST_MODELS`; a granularity prices budget kind ``k``
+with the model named :func:`cost_kind` (``params`` -> ``params_fine`` for fine sparsity). The sparse
+and latency cost models are lazy entry points, so importing this module imports neither.
 
 Convention: "FLOPs" in autoprune are multiply-accumulates (MACs) of Conv and Linear layers;
 parameters are all trainable parameters.
@@ -19,9 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.config import PruningConfig
 from autoprune.core.graph import UnitGraph, forward_with_hooks
-from autoprune.errors import BudgetError
+from autoprune.errors import BudgetError, ConfigError
 from autoprune.registry import Registry
+
+SPARSE_GRANULARITIES = ("fine", "nm")
+GRANULARITIES = ("channel",) + SPARSE_GRANULARITIES
 
 
 @runtime_checkable
@@ -144,8 +155,72 @@ class Budget:
             )
 
 
+COST_MODELS: Registry = Registry("cost model", entry_points={
+    "latency": "autoprune.latency.timing:latency_cost",
+    **{f"{kind}_{gran}": f"autoprune.core.sparsity:{kind}_{gran}_cost"
+       for kind in ("params", "flops") for gran in SPARSE_GRANULARITIES},
+})
+COST_MODELS.register("flops", lambda graph, **_: FlopsCost(graph))
+COST_MODELS.register("params", lambda graph, **_: ParamsCost(graph))
+
+
+def check_granularity(pruning: PruningConfig) -> None:
+    """Raise ``ConfigError`` for an unknown granularity, scope or N:M pattern."""
+    if pruning.granularity not in GRANULARITIES:
+        raise ConfigError(f"pruning.granularity {pruning.granularity!r} is unknown; use one of "
+                          f"{', '.join(GRANULARITIES)}")
+    if pruning.scope not in ("layer", "global"):
+        raise ConfigError(f"pruning.scope must be 'layer' or 'global' (got {pruning.scope!r})")
+    if pruning.granularity == "nm" and not 0 < pruning.n < pruning.m:
+        raise ConfigError(f"pruning: N:M needs 0 < n < m (got n={pruning.n}, m={pruning.m}), e.g. n: 2, m: 4")
+
+
+def cost_kind(kind: str, pruning: PruningConfig) -> str:
+    """The COST_MODELS name pricing budget ``kind`` at ``pruning.granularity``."""
+    check_granularity(pruning)
+    if pruning.granularity == "channel":
+        return kind
+    if kind not in ("params", "flops"):
+        raise ConfigError(f"budget {kind!r} does not apply to granularity {pruning.granularity!r} "
+                          "(zeroed weights do not make dense kernels faster); use budget params (non-zeros) "
+                          "or flops (non-zero MACs), or pruning.granularity: channel")
+    return f"{kind}_{pruning.granularity}"
+
+
+def make_cost(graph: UnitGraph, kind: str, pruning: PruningConfig | None = None, **context) -> CostModel:
+    """The cost model pricing ``kind`` (``flops``, ``params``, ``latency`` ...) of plans at
+    ``pruning.granularity`` (channel when ``pruning`` is None).
+
+    ``context`` reaches cost-model factories that need more than the graph (a LUT path, the model).
+    """
+    name = cost_kind(kind, pruning) if pruning is not None else kind
+    return COST_MODELS.get(name)(graph, pruning=pruning, **context)
+
+
+def plan_costs(graph: UnitGraph, pruning: PruningConfig | None = None) -> dict[str, CostModel]:
+    """FLOPs and params of plans at ``pruning.granularity``: what every record, summary and report counts."""
+    return {kind: make_cost(graph, kind, pruning) for kind in ("flops", "params")}
+
+
+def make_budget(graph: UnitGraph, kind: str, value: float, absolute: bool = False,
+                pruning: PruningConfig | None = None, **context) -> Budget:
+    """A :class:`Budget` of ``kind`` (``flops``, ``params``, ``latency`` ...) at ``value``.
+
+    ``value`` is the fraction of the base cost kept, or an absolute cost with ``absolute=True``;
+    the cost model is :func:`make_cost`'s for ``pruning.granularity``.
+    """
+    cost = make_cost(graph, kind, pruning, **context)
+    return Budget(cost, value if absolute else value * cost.base)
+
+
+# ------------------------------------------------------------------------------------ a check
 def measure_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
-    """(MACs, params) of a built model, counted with forward hooks (batch 1)."""
+    """(MACs, params) of a *built* model, counted with forward hooks (batch 1) - a check, not a counter.
+
+    The pipeline never counts this way (a fine / N:M model has every weight, zeros included). It is
+    the oracle the tests compare the plan-only counters with for channel pruning, and the way to
+    count a model pruned by some other tool (benchmarks).
+    """
     macs = [0]
 
     def count(name: str, mod: nn.Module, inp, out: torch.Tensor) -> None:
@@ -156,18 +231,3 @@ def measure_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, in
 
     forward_with_hooks(model, input_shape, count)
     return int(macs[0]), int(sum(p.numel() for p in model.parameters()))
-
-
-COST_MODELS: Registry = Registry("cost model")
-COST_MODELS.register("flops", lambda graph, **_: FlopsCost(graph))
-COST_MODELS.register("params", lambda graph, **_: ParamsCost(graph))
-
-
-def make_budget(graph: UnitGraph, kind: str, value: float, absolute: bool = False, **context) -> Budget:
-    """A :class:`Budget` of ``kind`` (``flops``, ``params``, ``latency`` ...) at ``value``.
-
-    ``value`` is the fraction of the base cost kept, or an absolute cost with ``absolute=True``.
-    ``context`` reaches cost-model factories that need more than the graph (a LUT path, ...).
-    """
-    cost = COST_MODELS.get(kind)(graph, **context)
-    return Budget(cost, value if absolute else value * cost.base)

@@ -104,12 +104,6 @@ def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.D
         model.train(was_training)
 
 
-def find_classifier(model: nn.Module, input_shape: Sequence[int]) -> nn.Module | None:
-    """The last Linear/Conv executed in a forward pass: its outputs are the logits."""
-    order = execution_order(model, input_shape)
-    return order[-1][1] if order else None
-
-
 def forward_with_hooks(model: nn.Module, input_shape: Sequence[int], hook) -> None:
     """One eval-mode, no-grad forward of a batch-1 input with ``hook(name, mod, inp, out)`` on every
     conv/linear; the model's mode is restored and the hooks removed."""

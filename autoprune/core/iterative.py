@@ -7,12 +7,15 @@ with fine-tuning (``finetune.epochs`` at ``train.lr x finetune.lr_scale``) after
 (cubic, Zhu & Gupta 2017: prune fast while the network is still redundant, slowly near the end);
 step ``k`` is the plan exactly.
 
-``finetune.rewind: init | epoch_N`` is lottery-ticket rewinding (Frankle & Carbin 2019; Renda et
-al. 2020): after each pruning step the surviving weights are reset to the values they had at the
-start of base training (``init``) or after epoch ``N`` of it (``epoch_N``) and retrained for
-``finetune.epochs`` at the original ``train.lr``. The early weights are recorded in memory while
-the run trains its base model (:func:`recording`); a base model loaded from a checkpoint (or a
-resumed run) has no record, and asking to rewind it is a configuration error.
+``finetune.rewind_epoch: N`` is lottery-ticket rewinding (Frankle & Carbin 2019; Renda et al.
+2020): after each pruning step the surviving weights are reset to the values they had after
+epoch ``N`` of base training (``0``: at its start) and retrained for ``finetune.epochs`` at the
+original ``train.lr``. The early weights are recorded in memory while the run trains its base
+model (:func:`recording`); a base model loaded from a checkpoint (or a resumed run) has no record,
+and asking to rewind it is a configuration error.
+
+Both settings are typed and checked when the config is loaded
+(:class:`~autoprune.config.ScheduleConfig`, :meth:`~autoprune.config.ExperimentConfig.validate`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import re
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,83 +32,30 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from autoprune.config import ExperimentConfig, PruningConfig
+from autoprune.config import ExperimentConfig, PruningConfig, ScheduleConfig
 from autoprune.core.criteria import Batch, Criterion
 from autoprune.core.graph import UnitGraph, build_unit_graph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import Removal, apply_plan, replay
-from autoprune.core.sparsity import apply_masks, check_granularity, make_permanent, masks_of
+from autoprune.core.sparsity import apply_masks, make_permanent, masks_of
 from autoprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEDULE_KINDS = ("cubic", "linear")
 _RECORDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-@dataclass(frozen=True)
-class Schedule:
-    steps: int
-    kind: str = "cubic"
-
-
-def parse_schedule(raw: dict | None) -> Schedule | None:
-    """``{steps: k, kind: cubic|linear}`` -> :class:`Schedule` (None: one-shot)."""
-    if raw is None:
-        return None
-    unknown = set(raw) - {"steps", "kind"}
-    if unknown:
-        raise ConfigError(f"unknown finetune.schedule key(s) {', '.join(map(repr, sorted(unknown)))}; "
-                          "valid keys: steps, kind")
-    steps, kind = raw.get("steps"), raw.get("kind", "cubic")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"finetune.schedule.steps must be an integer >= 1 (got {steps!r})")
-    if kind not in SCHEDULE_KINDS:
-        raise ConfigError(f"finetune.schedule.kind must be one of {', '.join(SCHEDULE_KINDS)} (got {kind!r})")
-    return Schedule(steps, kind)
-
-
-def parse_rewind(raw: str | None) -> int | None:
-    """``init`` -> 0, ``epoch_N`` -> N, None -> None."""
-    if raw is None:
-        return None
-    if raw == "init":
-        return 0
-    match = re.fullmatch(r"epoch_(\d+)", str(raw))
-    if not match:
-        raise ConfigError(f"finetune.rewind must be 'init' or 'epoch_N' such as epoch_1 (got {raw!r})")
-    return int(match.group(1))
-
-
-def validate(cfg: ExperimentConfig) -> None:
-    """Check granularity, schedule and rewind settings before anything runs."""
-    check_granularity(cfg.pruning)
-    schedule = parse_schedule(cfg.finetune.schedule)
-    point = parse_rewind(cfg.finetune.rewind)
-    if schedule and schedule.steps > 1 and cfg.pruning.granularity == "nm":
-        raise ConfigError("finetune.schedule does not apply to granularity nm (one fixed N:M pattern); "
-                          "drop finetune.schedule or use granularity fine")
-    if point is not None and point > cfg.train.epochs:
-        raise ConfigError(f"finetune.rewind epoch_{point} is past the base training's {cfg.train.epochs} "
-                          "epochs; rewind to an earlier epoch")
-    if point is not None and cfg.model.checkpoint:
-        raise ConfigError(_NO_RECORD)
-
-
-_NO_RECORD = ("finetune.rewind needs the early weights recorded while this run trains its base model, but the "
-              "base model was loaded from a checkpoint (model.checkpoint, or a resumed run); "
-              "drop finetune.rewind or let the run train its base model")
+_NO_RECORD = ("finetune.rewind_epoch needs the early weights recorded while this run trains its base model, but "
+              "the base model was loaded from a checkpoint (model.checkpoint, or a resumed run); "
+              "drop finetune.rewind_epoch or let the run train its base model")
 
 
 # ----------------------------------------------------------------------------------- recording
 @contextmanager
-def recording(model: nn.Module, rewind: str | None, steps_per_epoch: int) -> Iterator[None]:
-    """Record ``model``'s weights at the rewind point while it trains inside this block."""
-    point = parse_rewind(rewind)
-    if point is None:
+def recording(model: nn.Module, rewind_epoch: int | None, steps_per_epoch: int) -> Iterator[None]:
+    """Record ``model``'s weights after ``rewind_epoch`` epochs while it trains inside this block."""
+    if rewind_epoch is None:
         yield
         return
-    if point == 0:
+    if rewind_epoch == 0:
         _RECORDS[model] = _snapshot(model)
         yield
         return
@@ -117,7 +66,7 @@ def recording(model: nn.Module, rewind: str | None, steps_per_epoch: int) -> Ite
         if not any(p is first for g in optimizer.param_groups for p in g["params"]):
             return
         seen["steps"] += 1
-        if seen["steps"] == point * steps_per_epoch:
+        if seen["steps"] == rewind_epoch * steps_per_epoch:
             _RECORDS[model] = _snapshot(model)
 
     handle = register_optimizer_step_post_hook(hook)
@@ -137,7 +86,7 @@ def recorded(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 def check_recorded(cfg: ExperimentConfig, model: nn.Module) -> None:
-    if cfg.finetune.rewind is not None and recorded(model) is None:
+    if cfg.finetune.rewind_epoch is not None and recorded(model) is None:
         raise ConfigError(_NO_RECORD)
 
 
@@ -151,7 +100,7 @@ def progress(t: float, kind: str) -> float:
     return t if kind == "linear" else 1.0 - (1.0 - t) ** 3
 
 
-def schedule_counts(full: Sequence[int], final: Sequence[int], schedule: Schedule) -> list[list[int]]:
+def schedule_counts(full: Sequence[int], final: Sequence[int], schedule: ScheduleConfig) -> list[list[int]]:
     """Channel counts after each of the ``schedule.steps`` steps (the last is ``final``)."""
     steps = []
     for i in range(1, schedule.steps + 1):
@@ -180,7 +129,7 @@ def iterative_prune(
     base: nn.Module,
     graph: UnitGraph,
     plan: PruningPlan,
-    schedule: Schedule,
+    schedule: ScheduleConfig,
     pruning: PruningConfig,
     calibration: Sequence[Batch],
     criterion: Criterion,
@@ -229,9 +178,9 @@ def long_term(cfg: ExperimentConfig, base: nn.Module, graph: UnitGraph, plan: Pr
     :param train_fn: ``(model, lr) -> model`` trains ``finetune.epochs`` at ``lr``.
     :returns: the fine-tuned model with masks folded into plain weights.
     """
-    schedule = parse_schedule(cfg.finetune.schedule) or Schedule(1, "linear")
+    schedule = cfg.finetune.schedule or ScheduleConfig(1, "linear")
     early = None
-    if cfg.finetune.rewind is not None:
+    if cfg.finetune.rewind_epoch is not None:
         state = recorded(base)
         if state is None:
             raise ConfigError(_NO_RECORD)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from autoprune.atomic import json_default
 from autoprune.core.graph import UnitGraph
 from autoprune.errors import AutopruneError
 
@@ -100,7 +101,7 @@ class PruningPlan:
         return {"schema": SCHEMA, "ratios": self.ratios, "channels": self.channels, "meta": self.meta}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, default=_jsonable)
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, default=json_default)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruningPlan:
@@ -119,11 +120,3 @@ class PruningPlan:
         except json.JSONDecodeError as exc:
             raise AutopruneError(f"pruning plan is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
         return cls.from_dict(data)
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")

@@ -35,15 +35,19 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from autoprune.config import PruningConfig
-from autoprune.core.cost import COST_MODELS, FlopsCost, ParamsCost
+from autoprune.core.cost import (  # noqa: F401  (check_granularity, cost_kind, GRANULARITIES: re-exported)
+    GRANULARITIES,
+    SPARSE_GRANULARITIES,
+    FlopsCost,
+    ParamsCost,
+    check_granularity,
+    cost_kind,
+)
 from autoprune.core.graph import PRUNABLE_TYPES, UnitGraph
 from autoprune.core.plan import PruningPlan
-from autoprune.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SPARSE_GRANULARITIES = ("fine", "nm")
-GRANULARITIES = ("channel",) + SPARSE_GRANULARITIES
 INDEX_BYTES = 4  # int32 CSR column indices and row pointers
 
 
@@ -232,36 +236,22 @@ class SparseCost:
         return float(np.rint(self._base - removed))
 
 
-for _kind in ("params", "flops"):
-    for _gran in SPARSE_GRANULARITIES:
-        COST_MODELS.register(
-            f"{_kind}_{_gran}",
-            lambda graph, _k=_kind, _g=_gran, pruning=None, **_: SparseCost(
-                graph, _k, _g, *((pruning.n, pruning.m) if pruning else (2, 4))),
-        )
+def _sparse_cost_factory(kind: str, granularity: str):
+    """The ``COST_MODELS`` factory of ``{kind}_{granularity}`` (named by an entry point in
+    :mod:`autoprune.core.cost`); N:M reads ``n`` and ``m`` from ``pruning`` (2:4 without it)."""
+
+    def factory(graph: UnitGraph, pruning: PruningConfig | None = None, **_) -> SparseCost:
+        n, m = (pruning.n, pruning.m) if pruning is not None else (2, 4)
+        return SparseCost(graph, kind, granularity, n, m)
+
+    factory.__name__ = factory.__qualname__ = f"{kind}_{granularity}_cost"
+    return factory
 
 
-def check_granularity(pruning: PruningConfig) -> None:
-    """Raise ``ConfigError`` for an unknown granularity, scope or N:M pattern."""
-    if pruning.granularity not in GRANULARITIES:
-        raise ConfigError(f"pruning.granularity {pruning.granularity!r} is unknown; use one of "
-                          f"{', '.join(GRANULARITIES)}")
-    if pruning.scope not in ("layer", "global"):
-        raise ConfigError(f"pruning.scope must be 'layer' or 'global' (got {pruning.scope!r})")
-    if pruning.granularity == "nm" and not 0 < pruning.n < pruning.m:
-        raise ConfigError(f"pruning: N:M needs 0 < n < m (got n={pruning.n}, m={pruning.m}), e.g. n: 2, m: 4")
-
-
-def cost_kind(kind: str, pruning: PruningConfig) -> str:
-    """The COST_MODELS name pricing budget ``kind`` at ``pruning.granularity``."""
-    check_granularity(pruning)
-    if pruning.granularity == "channel":
-        return kind
-    if kind not in ("params", "flops"):
-        raise ConfigError(f"budget {kind!r} does not apply to granularity {pruning.granularity!r} "
-                          "(zeroed weights do not make dense kernels faster); use budget params (non-zeros) "
-                          "or flops (non-zero MACs), or pruning.granularity: channel")
-    return f"{kind}_{pruning.granularity}"
+params_fine_cost = _sparse_cost_factory("params", "fine")
+params_nm_cost = _sparse_cost_factory("params", "nm")
+flops_fine_cost = _sparse_cost_factory("flops", "fine")
+flops_nm_cost = _sparse_cost_factory("flops", "nm")
 
 
 # ------------------------------------------------------------------------------------ storage

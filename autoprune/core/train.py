@@ -1,8 +1,14 @@
-"""Training, fine-tuning and accuracy.
+"""Training, fine-tuning, accuracy, and the one place DataLoaders are made.
 
 Training and (long-term) fine-tuning use SGD with momentum and a cosine schedule; fine-tuning
 runs at ``train.lr x finetune.lr_scale`` (1/10 to 1/100 of the training lr, as the lectures say).
 A non-finite loss stops training, restores the last good weights and raises a user error.
+
+Data is always streamed: :func:`make_loader` is the only function that builds a DataLoader
+(worker processes and pinned memory are its arguments, :class:`LoaderSettings` carries them), and
+accuracy is counted batch by batch over any iterable of ``(x, y)`` batches. Randomness inside a
+training run (shuffling, data augmentation in the dataset, dropout) comes from ``seed`` alone, so a
+short-term fine-tune gives the same weights in any process.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,10 +29,55 @@ from autoprune.errors import AutopruneError
 
 log = logging.getLogger(__name__)
 
+Batch = tuple[torch.Tensor, torch.Tensor]
 
-def make_loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How every DataLoader reads data (one object, to be filled from the runtime config).
+
+    :param num_workers: DataLoader worker processes (0 reads in the calling process).
+    :param pin_memory: page-locked host memory for faster copies to an accelerator.
+    """
+
+    num_workers: int = 0
+    pin_memory: bool = False
+
+
+def make_loader(
+    ds: Dataset,
+    batch_size: int = 1,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    batches: Sequence[Sequence[int]] | None = None,
+) -> DataLoader:
+    """The DataLoader for ``ds``: ``batch_size`` batches (shuffled with ``seed``), or exactly the
+    index lists ``batches`` in order. ``seed`` also seeds the workers' random streams."""
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, drop_last=False)
+    common = {"num_workers": num_workers, "pin_memory": pin_memory, "generator": gen}
+    if batches is not None:
+        return DataLoader(ds, batch_sampler=[list(b) for b in batches], **common)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=False, **common)
+
+
+def read(loader: Iterable[Batch]) -> Iterator[Batch]:
+    """Iterate ``loader``; a user error raised in a DataLoader worker (e.g. an unreadable image)
+    comes back as its own one-line message instead of the worker's traceback."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except AutopruneError as exc:
+            text = str(exc)
+            if "Original Traceback" not in text:
+                raise
+            last = text.strip().splitlines()[-1]
+            raise type(exc)(last.split(": ", 1)[-1]) from None
+        yield batch
 
 
 def train_model(
@@ -38,16 +91,27 @@ def train_model(
     desc: str = "train",
     max_steps: int | None = None,
     progress: bool = True,
+    loader: LoaderSettings | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place for ``epochs`` (or ``max_steps`` batches); returns it."""
+    """Train ``model`` in place for ``epochs`` (or ``max_steps`` batches) on ``train``, streamed
+    (shuffled with ``seed``) through :func:`make_loader` with ``loader``'s settings; returns it."""
     epochs = cfg.epochs if epochs is None else epochs
     lr = cfg.lr if lr is None else lr
     if len(train) == 0:  # type: ignore[arg-type]
         raise AutopruneError("the training split is empty")
-    loader = make_loader(train, cfg.batch_size, shuffle=True, seed=seed)
-    total = max_steps if max_steps is not None else epochs * len(loader)
+    opts = loader or LoaderSettings()
+    batches = make_loader(train, cfg.batch_size, shuffle=True, seed=seed, num_workers=opts.num_workers,
+                          pin_memory=opts.pin_memory)
+    total = max_steps if max_steps is not None else epochs * len(batches)
     if total <= 0:
         return model
+    with torch.random.fork_rng(devices=[]):  # augmentation and dropout draw from ``seed`` only
+        torch.manual_seed(seed)
+        return _train_loop(model, batches, cfg, lr, total, desc, progress)
+
+
+def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: float, total: int, desc: str,
+                progress: bool) -> nn.Module:
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     loss_fn = nn.CrossEntropyLoss()
@@ -57,7 +121,7 @@ def train_model(
     bar = tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not progress or None)
     try:
         while step < total:
-            for x, y in loader:
+            for x, y in read(loader):
                 loss = loss_fn(model(x), y)
                 if not torch.isfinite(loss):
                     model.load_state_dict(good)
@@ -83,28 +147,24 @@ def train_model(
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on tensors ``x``, ``y``."""
-    if len(x) == 0:
-        raise AutopruneError("cannot score on an empty split")
+def accuracy(model: nn.Module, batches: Iterable[Batch]) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) over ``batches`` of ``(x, y)``: a DataLoader or any
+    iterable, counted batch by batch (nothing is stacked)."""
     was_training = model.training
     model.eval()
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-    model.train(was_training)
-    return correct / len(x)
-
-
-def dataset_accuracy(model: nn.Module, ds: Dataset, batch_size: int = 256) -> float:
     correct = total = 0
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        for x, y in make_loader(ds, batch_size, shuffle=False):
+    try:
+        for x, y in read(batches):
             correct += (model(x).argmax(1) == y).sum().item()
             total += len(y)
-    model.train(was_training)
+    finally:
+        model.train(was_training)
     if total == 0:
         raise AutopruneError("cannot score on an empty split")
     return correct / total
+
+
+def dataset_accuracy(model: nn.Module, ds: Dataset, batch_size: int = 256, loader: LoaderSettings | None = None) -> float:
+    """Top-1 accuracy of ``model`` on the whole of ``ds``, streamed in order."""
+    opts = loader or LoaderSettings()
+    return accuracy(model, make_loader(ds, batch_size, num_workers=opts.num_workers, pin_memory=opts.pin_memory))

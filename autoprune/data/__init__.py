@@ -1,4 +1,5 @@
-"""Datasets: built-ins shipped inside packages, user factories, deterministic splits."""
+"""Datasets: built-ins, cifar10 and image folders from disk, user factories; deterministic index
+splits; training-time augmentation."""
 
 from autoprune.data.datasets import DATASETS, DataBundle, load_data
 

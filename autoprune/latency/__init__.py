@@ -1,6 +1,5 @@
 """Latency: timing, the per-device lookup-table format, building and checking LUTs.
 
-Importing this package registers the ``latency`` cost model (LUT-predicted or measured).
+The ``latency`` cost model (LUT-predicted or measured) is :func:`autoprune.latency.timing.latency_cost`;
+``COST_MODELS`` finds it through a lazy entry point, so importing this package registers nothing.
 """
-
-from autoprune.latency import timing as _timing  # noqa: F401  (registers the "latency" cost model)

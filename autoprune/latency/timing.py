@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.core.cost import COST_MODELS
 from autoprune.core.graph import UnitGraph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
@@ -215,7 +214,11 @@ class MeasuredLatencyCost:
 
 
 def latency_cost(graph: UnitGraph, model: nn.Module | None = None, lut: str | Path | None = None, **_: Any):
-    """Factory of the ``latency`` cost model: from ``lut`` when given, else measured on ``model``."""
+    """Factory of the ``latency`` cost model: from ``lut`` when given, else measured on ``model``.
+
+    ``COST_MODELS`` names it with a lazy entry point (:mod:`autoprune.core.cost`), so nothing needs to
+    import this module for a ``latency`` budget to work.
+    """
     if lut:
         return LutCost(load_lut(lut, graph), graph)
     model = model if model is not None else graph.model
@@ -223,9 +226,6 @@ def latency_cost(graph: UnitGraph, model: nn.Module | None = None, lut: str | Pa
         raise AutopruneError("a latency budget needs the model (or budget.lut: a lookup table)")
     log.info("no budget.lut: latency is measured on this machine for every plan (slow)")
     return MeasuredLatencyCost(graph, model)
-
-
-COST_MODELS.register("latency", latency_cost)
 
 
 def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any]:

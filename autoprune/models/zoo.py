@@ -200,6 +200,22 @@ def build_model(
     return model
 
 
+def model_from_name(model: str, kwargs: dict | None = None, input_shape: Sequence[int] | None = None,
+                    num_classes: int | None = None) -> nn.Module:
+    """Build the model named by one string, in eval mode: a built-in name, or a user factory
+    ``"package.module:function"`` (what ``--model`` on the command line takes).
+
+    A built-in gets ``in_channels`` from ``input_shape`` and ``num_classes`` unless ``kwargs`` sets
+    them; with ``input_shape`` one forward pass checks that the model accepts it.
+    """
+    name, factory = (None, model) if ":" in model else (model, None)
+    built = build_model(name, factory, kwargs, in_channels=int(input_shape[0]) if input_shape else None,
+                        num_classes=num_classes)
+    if input_shape is not None:
+        check_input_shape(built, input_shape)
+    return built.eval()
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a state_dict (``weights_only=True``) into ``model``; mismatches are user errors."""
     path = Path(path)

@@ -156,7 +156,8 @@ class RayEvaluatorPool(Evaluator):
     def __init__(self, model: nn.Module, graph: UnitGraph, data, evaluation=None, pruning=None, train=None,
                  finetune=None, seed: int = 0, *, workers: int = 2, address: str | None = None,
                  max_retries: int = 2, threads: int = 1) -> None:
-        super().__init__(model, graph, data, evaluation, pruning, train, finetune, seed)
+        super().__init__(model, graph, data, evaluation=evaluation, pruning=pruning, train=train,
+                         finetune=finetune, seed=seed)
         import ray
 
         if workers < 1:
@@ -175,8 +176,10 @@ class RayEvaluatorPool(Evaluator):
 
     @classmethod
     def from_config(cls, model: nn.Module, graph: UnitGraph, data, cfg: ExperimentConfig) -> RayEvaluatorPool:
-        return cls(model, graph, data, cfg.evaluation, cfg.pruning, cfg.train, cfg.finetune, cfg.seed,
-                   workers=cfg.ray.workers, address=cfg.ray.address, max_retries=cfg.ray.max_retries)
+        """The pool ``cfg`` describes (its evaluation, pruning, train, fine-tune, seed and ray sections)."""
+        return cls(model, graph, data, evaluation=cfg.evaluation, pruning=cfg.pruning, train=cfg.train,
+                   finetune=cfg.finetune, seed=cfg.seed, workers=cfg.ray.workers, address=cfg.ray.address,
+                   max_retries=cfg.ray.max_retries)
 
     def _fit_workers(self, workers: int) -> int:
         import ray
@@ -282,10 +285,3 @@ class RayEvaluatorPool(Evaluator):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def make_evaluator(model: nn.Module, graph: UnitGraph, data, cfg: ExperimentConfig) -> Evaluator:
-    """A :class:`RayEvaluatorPool` when ``cfg.ray.workers > 0``, else an in-process :class:`Evaluator`."""
-    if cfg.ray.workers > 0:
-        return RayEvaluatorPool.from_config(model, graph, data, cfg)
-    return Evaluator(model, graph, data, cfg.evaluation, cfg.pruning, cfg.train, cfg.finetune, cfg.seed)

@@ -37,7 +37,15 @@ from autoprune.registry import Registry
 from autoprune.search.evaluate import EvalResult
 from autoprune.search.records import TrialRecorder
 
-SEARCHERS: Registry = Registry("searcher")
+SEARCHERS: Registry = Registry("searcher", entry_points={
+    "uniform": "autoprune.agents.baselines:UniformSearcher",
+    "random": "autoprune.agents.baselines:RandomSearcher",
+    "sensitivity": "autoprune.agents.sensitivity:SensitivitySearcher",
+    "netadapt": "autoprune.agents.netadapt:NetAdaptSearcher",
+    "ddpg": "autoprune.agents.ddpg:DdpgSearcher",
+})
+"""Searchers by name: the built-ins are lazy entry points (imported on first use); add your own with
+:func:`register_searcher`."""
 
 
 class PlanEvaluator(Protocol):
@@ -150,13 +158,29 @@ class Searcher(ABC):
 
     @classmethod
     def parse_options(cls, raw: dict[str, Any]) -> Any:
-        """Strictly parse ``searcher:`` keys (without ``name``) into ``cls.Options``."""
+        """Strictly parse ``searcher:`` keys (without ``name``) into ``cls.Options``.
+
+        A key that is another searcher's option is named as such in the error.
+        """
         raw = {k: v for k, v in (raw or {}).items() if k != "name"}
-        options = from_dict(cls.Options, raw, prefix="searcher.")
+        options = from_dict(cls.Options, raw, prefix="searcher.", elsewhere=cls._owner_of)
         validate = getattr(options, "validate", None)
         if callable(validate):
             validate()
         return options
+
+    @classmethod
+    def _owner_of(cls, key: str) -> str | None:
+        """``searcher.KEY is an option of ddpg, not random: ...`` when other searchers take ``key``."""
+
+        def takes(other: type[Searcher]) -> bool:
+            return dataclasses.is_dataclass(other.Options) and key in {f.name for f in dataclasses.fields(other.Options)}
+
+        owners = [name for name in SEARCHERS if name != cls.name and takes(SEARCHERS.get(name))]
+        if not owners:
+            return None
+        use = f"set searcher.name: {owners[0]}" if len(owners) == 1 else "set searcher.name to one of them"
+        return f"searcher.{key} is an option of {', '.join(owners)}, not {cls.name}: remove it, or {use}"
 
     @abstractmethod
     def search(self) -> PruningPlan:
@@ -186,6 +210,3 @@ def positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"searcher.{name} must be {'>= 0' if allow_zero else '> 0'} (got {value})")
 
-
-def options_dict(options: Any) -> dict[str, Any]:
-    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options or {})

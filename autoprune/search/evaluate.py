@@ -5,25 +5,31 @@ BN layer are stale. We reset them and re-estimate them as a cumulative average o
 of ``adaptive_bn_batches`` training batches in train mode (no gradients), then score in eval mode
 on the search-validation split. The batches are drawn once, so every plan is scored on exactly
 the same data, and identical channel-count plans are evaluated once (cache).
+
+Nothing here holds a whole split: the BN/calibration batches are fixed index lists read through a
+DataLoader (:class:`FixedBatches`, kept in memory only while they fit ``evaluation.cache_mb``),
+and the search-validation subset (the first ``evaluation.score_samples`` of the split) is scored
+batch by batch through a DataLoader. Any map-style Dataset works, not only tensors.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from autoprune.config import EvaluationConfig, FinetuneConfig, PruningConfig, TrainConfig
 from autoprune.core.criteria import Batch, get_criterion
 from autoprune.core.graph import UnitGraph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
-from autoprune.core.train import accuracy, train_model
-from autoprune.data.datasets import DataBundle, materialize
+from autoprune.core.train import LoaderSettings, accuracy, make_loader, read, train_model
+from autoprune.data.datasets import DataBundle
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +43,61 @@ class EvalResult:
     extra: dict = field(default_factory=dict)
 
 
-def fixed_batches(ds, n_batches: int, batch_size: int, seed: int) -> list[Batch]:
-    """``n_batches`` random training batches drawn once with ``seed``."""
-    x, y = materialize(ds) if n_batches else (torch.empty(0), torch.empty(0))
-    if n_batches == 0 or len(x) == 0:
-        return []
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(x), generator=gen)
-    out = []
+class FixedBatches(Sequence[Batch]):
+    """Batches of ``ds`` at fixed index lists, read through a DataLoader in order.
+
+    Kept in memory once read if all of them take at most ``cache_bytes`` (judged from the first
+    batch); otherwise every iteration reads the same images again, one batch at a time.
+    """
+
+    def __init__(self, ds: Dataset, index_lists: Sequence[Sequence[int]], cache_bytes: float = 0,
+                 loader: LoaderSettings | None = None, _cache: list[Batch] | None = None) -> None:
+        self.ds, self.index_lists, self.loader = ds, [list(b) for b in index_lists], loader or LoaderSettings()
+        self.cache = _cache
+        if _cache is None and self.index_lists and cache_bytes > 0:
+            first = next(iter(self._read(self.index_lists[:1])))
+            size = sum(t.element_size() * t.nelement() for t in first)
+            if size * len(self.index_lists) <= cache_bytes:
+                self.cache = [first, *self._read(self.index_lists[1:])]
+            else:
+                log.info("the %d fixed batches (about %.0f MB) exceed evaluation.cache_mb; they are read again "
+                         "for every plan", len(self.index_lists), size * len(self.index_lists) / 2**20)
+
+    def _read(self, lists: list[list[int]]) -> Iterator[Batch]:
+        if not lists:
+            return iter(())
+        return read(make_loader(self.ds, num_workers=self.loader.num_workers, pin_memory=self.loader.pin_memory,
+                                batches=lists))
+
+    def __len__(self) -> int:
+        return len(self.index_lists)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.cache) if self.cache is not None else self._read(self.index_lists)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return FixedBatches(self.ds, self.index_lists[i], loader=self.loader,
+                                _cache=None if self.cache is None else self.cache[i])
+        if self.cache is not None:
+            return self.cache[i]
+        return next(self._read([self.index_lists[i]]))
+
+
+def fixed_batches(ds: Dataset, n_batches: int, batch_size: int, seed: int, cache_mb: float = 0,
+                  loader: LoaderSettings | None = None) -> FixedBatches:
+    """``n_batches`` random training batches whose indices are drawn once with ``seed``."""
+    n = len(ds)  # type: ignore[arg-type]
+    if n_batches == 0 or n == 0:
+        return FixedBatches(ds, [], loader=loader)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    lists = []
     for b in range(n_batches):
-        sel = idx[(b * batch_size) % len(x):][:batch_size]
+        sel = idx[(b * batch_size) % n:][:batch_size]
         if len(sel) < 2:
             sel = idx[:batch_size]
-        out.append((x[sel], y[sel]))
-    return out
+        lists.append(sel.tolist())
+    return FixedBatches(ds, lists, cache_mb * 2**20, loader)
 
 
 @torch.no_grad()
@@ -82,6 +129,7 @@ class Evaluator:
     :param train: training settings (batch size and lr for short-term fine-tuning).
     :param finetune: ``lr_scale`` for short-term fine-tuning.
     :param seed: seeds the fixed BN/calibration batches.
+    :param loader: DataLoader settings (workers, pinned memory) for everything the evaluator reads.
     """
 
     def __init__(
@@ -94,6 +142,7 @@ class Evaluator:
         train: TrainConfig | None = None,
         finetune: FinetuneConfig | None = None,
         seed: int = 0,
+        loader: LoaderSettings | None = None,
     ) -> None:
         self.model = model.eval()
         self.graph = graph
@@ -104,10 +153,12 @@ class Evaluator:
         self.finetune_cfg = finetune or FinetuneConfig()
         self.seed = seed
         self.criterion = get_criterion(self.pruning)
-        self.val_x, self.val_y = materialize(data.val, self.evaluation.val_samples)
+        self.loader = loader or LoaderSettings()
+        cap = self.evaluation.score_samples
+        self.val = data.val if cap is None or cap >= len(data.val) else Subset(data.val, range(cap))
         bn_batch = min(64, self.train_cfg.batch_size)
         n_bn = max(self.evaluation.adaptive_bn_batches, self.pruning.calibration_batches)
-        batches = fixed_batches(data.train, n_bn, bn_batch, seed)
+        batches = fixed_batches(data.train, n_bn, bn_batch, seed, self.evaluation.cache_mb, self.loader)
         self.bn_batches = batches[: self.evaluation.adaptive_bn_batches]
         self.calibration = batches[: self.pruning.calibration_batches]
         self.cache: dict[tuple, EvalResult] = {}
@@ -117,15 +168,21 @@ class Evaluator:
         """The pruned copy of the base model for ``plan`` (weights as pruned, BN not recalibrated)."""
         return apply_plan(self.model, self.graph, plan, self.pruning, self.calibration, self.criterion)
 
+    def val_batches(self) -> DataLoader:
+        """The search-validation subset, in order, as a DataLoader."""
+        return make_loader(self.val, self.evaluation.batch_size, num_workers=self.loader.num_workers,
+                           pin_memory=self.loader.pin_memory)
+
     def score(self, model: nn.Module) -> float:
         """Adaptive BN, then val accuracy."""
         recalibrate_bn(model, self.bn_batches)
-        return accuracy(model, self.val_x, self.val_y, self.evaluation.batch_size)
+        return accuracy(model, self.val_batches())
 
     def short_term_finetune(self, model: nn.Module, steps: int, seed: int | None = None) -> nn.Module:
         lr = self.train_cfg.lr * self.finetune_cfg.lr_scale
-        return train_model(model, self.data.train, self.train_cfg, lr=lr, max_steps=steps,
-                           seed=self.seed if seed is None else seed, desc="short-term", progress=False)
+        return train_model(model, self.data.train_augmented, self.train_cfg, lr=lr, max_steps=steps,
+                           seed=self.seed if seed is None else seed, desc="short-term", progress=False,
+                           loader=self.loader)
 
     def evaluate(self, plan: PruningPlan, finetune_steps: int = 0) -> EvalResult:
         """Accuracy of ``plan`` on the search-validation split (cached by channel counts)."""
@@ -150,4 +207,4 @@ class Evaluator:
         return [self.evaluate(p, finetune_steps) for p in plans]
 
     def base_accuracy(self) -> float:
-        return accuracy(self.model, self.val_x, self.val_y, self.evaluation.batch_size)
+        return accuracy(self.model, self.val_batches())

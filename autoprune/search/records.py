@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ class TrialRecorder:
         self.path = path
         self.rows: list[dict[str, Any]] = list(rows or [])
         self._last_flush = 0.0
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
+        """Called with each appended row (after it is saved): experiment tracking hooks in here."""
 
     @classmethod
     def resume(cls, path: Path) -> TrialRecorder:
@@ -29,12 +32,11 @@ class TrialRecorder:
         self.rows.append(row)
         if flush:
             self.flush()
+        for observer in self.observers:
+            observer(row)
         return row
 
     def flush(self) -> None:
         if self.path is not None and self.rows:
             atomic_write_parquet(self.path, pd.DataFrame(self.rows))
             self._last_flush = time.time()
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)

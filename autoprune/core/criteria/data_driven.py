@@ -30,7 +30,7 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.config import PruningConfig
-from autoprune.core.criteria import CRITERIA, Batch, Criterion, TorchPruningImportance
+from autoprune.core.criteria.base import CRITERIA, Batch, Criterion, TorchPruningImportance
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,158 @@
+"""Setting up a search: seeding, the base model (loaded or trained), and the validated :class:`Session`.
+
+Everything that can be checked is checked in :func:`prepare` *before* a run directory is created,
+so bad input never leaves a half-written run dir behind. A session is also the way into the Python
+API::
+
+    session = autoprune.prepare(autoprune.load_config("experiments/quickstart.yaml"))
+    env = ChannelPruningEnv(session.graph, session.evaluator(), session.budget, costs=session.costs)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.atomic import atomic_write_with, check_writable
+from autoprune.config import ExperimentConfig
+from autoprune.core.cost import Budget, CostModel, make_budget, plan_costs
+from autoprune.core.criteria import CRITERIA
+from autoprune.core.graph import UnitGraph, build_unit_graph
+from autoprune.core.iterative import check_recorded, recording, steps_per_epoch
+from autoprune.core.train import dataset_accuracy, train_model
+from autoprune.data.datasets import DataBundle, load_data
+from autoprune.errors import AutopruneError, ConfigError
+from autoprune.models.zoo import check_input_shape, load_checkpoint
+from autoprune.pipeline.artifacts import model_spec, spec_model
+from autoprune.search.base import SEARCHERS, SearchContext, Searcher
+from autoprune.search.evaluate import Evaluator
+from autoprune.search.records import TrialRecorder
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Session:
+    """A validated experiment, ready to search: model, data, graph, costs and budget.
+
+    :param cfg: the experiment.
+    :param data: its dataset splits.
+    :param model: the trained base model.
+    :param input_shape: one input's ``(C, H, W)``.
+    :param graph: the base model's prunable units.
+    :param costs: plan-only cost models by kind (``flops``, ``params`` at the pruning granularity,
+        and the budget's): the one counter used by the search, the records and the summary.
+    :param budget: the budget a plan must meet.
+    :param searcher_cls: the configured searcher.
+    :param searcher_options: its parsed options.
+    """
+
+    cfg: ExperimentConfig
+    data: DataBundle
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    graph: UnitGraph
+    costs: dict[str, CostModel]
+    budget: Budget
+    searcher_cls: type[Searcher]
+    searcher_options: Any
+
+    def evaluator(self) -> Evaluator:
+        """In-process evaluator, or a Ray actor pool (same interface) when ``ray.workers > 0``."""
+        c = self.cfg
+        if c.ray.workers > 0:
+            from autoprune.pipeline.pool import RayEvaluatorPool
+
+            return RayEvaluatorPool.from_config(self.model, self.graph, self.data, c)
+        return Evaluator(self.model, self.graph, self.data, evaluation=c.evaluation, pruning=c.pruning,
+                         train=c.train, finetune=c.finetune, seed=c.seed)
+
+    def context(self, evaluator=None, recorder: TrialRecorder | None = None, run_dir: Path | None = None,
+                resume: bool = False, progress: bool = True) -> SearchContext:
+        """What a searcher works with; a new :meth:`evaluator` and an in-memory recorder by default."""
+        return SearchContext(
+            graph=self.graph, evaluator=self.evaluator() if evaluator is None else evaluator,
+            budget=self.budget, costs=self.costs, pruning=self.cfg.pruning, seed=self.cfg.seed,
+            recorder=TrialRecorder(None) if recorder is None else recorder, run_dir=run_dir, resume=resume,
+            searcher_name=self.cfg.searcher_name, progress=progress,
+        )
+
+
+def base_model(cfg: ExperimentConfig, data: DataBundle, checkpoint: str | Path | None = None,
+               progress: bool = True) -> tuple[nn.Module, tuple[int, ...], bool]:
+    """Build the base model; load its checkpoint, or train it. Returns (model, input shape, trained)."""
+    input_shape = tuple(cfg.model.input_shape or data.input_shape)
+    if len(input_shape) != 3:
+        raise ConfigError(f"model.input_shape must be [C, H, W] (got {list(input_shape)})")
+    if input_shape != tuple(data.input_shape):
+        raise ConfigError(
+            f"model.input_shape {list(input_shape)} does not match the data's {list(data.input_shape)}; "
+            "set data.resize / data.channels or drop model.input_shape"
+        )
+    spec = model_spec(cfg, data, input_shape)
+    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    model = spec_model(spec)
+    check_input_shape(model, input_shape, data.num_classes)
+    ckpt = checkpoint or cfg.model.checkpoint
+    if ckpt:
+        load_checkpoint(model, ckpt)
+        return model.eval(), input_shape, False
+    with recording(model, cfg.finetune.rewind_epoch, steps_per_epoch(len(data.train), cfg.train.batch_size)):
+        train_model(model, data.train_augmented, cfg.train, seed=cfg.seed, desc="train base model", progress=progress)
+    return model.eval(), input_shape, True
+
+
+def train_base_model(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -> tuple[nn.Module, float]:
+    """Train the configured base model, save its state_dict to ``out``; return it and its test accuracy."""
+    cfg.validate()
+    out = Path(out)
+    check_writable(out.parent)
+    data = load_data(cfg.data)
+    model, _shape, _ = base_model(cfg, data, progress=progress)
+    atomic_write_with(out, lambda buf: torch.save(model.state_dict(), buf))
+    return model, dataset_accuracy(model, data.test)
+
+
+def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, progress: bool = True) -> Session:
+    """Validate everything and build what a search needs (may train the base model).
+
+    :param cfg: the experiment (from :func:`~autoprune.config.load_config`).
+    :param base_checkpoint: a state_dict of the base model to load instead of ``model.checkpoint``.
+    :param progress: show progress bars while training the base model.
+    """
+    cfg.validate()
+    searcher_cls = SEARCHERS.get(cfg.searcher_name)
+    options = searcher_cls.parse_options(cfg.searcher)
+    CRITERIA.get(cfg.pruning.criterion)
+    if cfg.ray.workers > 0:  # an unreachable cluster should fail before the base model is trained
+        from autoprune.pipeline.pool import check_ray_address
+
+        check_ray_address(cfg.ray.address)
+    data = load_data(cfg.data)
+    labels = data.train.tensors[1] if hasattr(data.train, "tensors") else None
+    if labels is not None and len(labels) == 0:
+        raise AutopruneError("the training split is empty")
+    model, input_shape, _ = base_model(cfg, data, base_checkpoint, progress)
+    check_recorded(cfg, model)
+    graph = build_unit_graph(model, input_shape)
+    b = cfg.budget
+    budget = make_budget(graph, b.kind, b.value, absolute=b.latency_ms is not None, pruning=cfg.pruning,
+                         model=model, lut=b.lut)
+    costs = plan_costs(graph, cfg.pruning)
+    costs[budget.kind] = budget.cost
+    session = Session(cfg=cfg, data=data, model=model, input_shape=input_shape, graph=graph, costs=costs,
+                      budget=budget, searcher_cls=searcher_cls, searcher_options=options)
+    reach = SearchContext(graph=graph, evaluator=None, budget=budget, costs=costs, pruning=cfg.pruning)
+    budget.check_reachable(reach.min_counts())
+    return session

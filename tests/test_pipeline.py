@@ -1,0 +1,57 @@
+"""The pipeline counts a run with the search's plan-only counter (summary.json == trials == budget)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import tiny_config, write_config
+
+from autoprune.cli import main
+from autoprune.config import load_config
+from autoprune.pipeline.artifacts import load_pruned
+from autoprune.pipeline.run import run_search
+
+
+def test_fine_params_budget_is_what_the_summary_reports(tmp_path, capsys):
+    """Was: ``params 151,402 -> 151,402 (100.0% kept)`` (the dense shapes of the masked model)."""
+    out = tmp_path / "run"
+    raw = tiny_config(searcher={"name": "uniform"})
+    code = main(["search", write_config(tmp_path, raw), "--set", "pruning.granularity=fine", "--budget", "params=0.3",
+                 "--workers", "0", "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    pruned, base = summary["pruned"], summary["base"]
+    assert 0.2 < pruned["params_kept"] <= 0.3 + 1e-9 and pruned["flops_kept"] < 0.6
+    assert pruned["params"] == pytest.approx(pruned["params_kept"] * base["params"])
+    assert (pruned["dense_params"], pruned["dense_flops"]) == (base["params"], base["flops"])
+    assert f"({pruned['params_kept']:.1%} kept, non-zero)" in printed and "100.0% kept" not in printed
+    model = load_pruned(out / "pruned_model.pt")  # the summary counts the weights the model keeps
+    nonzeros = sum(int((p != 0).sum()) for p in model.parameters())
+    assert nonzeros == pytest.approx(pruned["params"], abs=0.002 * base["params"])
+    assert summary["storage"]["nonzeros"] == nonzeros
+
+
+def test_nm_params_budget_is_what_the_summary_reports(tmp_path):
+    cfg = load_config(tiny_config(pruning={"granularity": "nm", "n": 3, "m": 4}, budget={"params": 0.3},
+                                  searcher={"name": "uniform"}))
+    run_dir = run_search(cfg, out=tmp_path / "run", progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    pruned, base = summary["pruned"], summary["base"]
+    assert 0.2 < pruned["params_kept"] <= 0.3 + 1e-9 and pruned["flops_kept"] < 1.0
+    assert pruned["dense_params"] == base["params"]
+    nonzeros = sum(int((p != 0).sum()) for p in load_pruned(run_dir / "pruned_model.pt").parameters())
+    assert nonzeros == pytest.approx(pruned["params"], abs=0.002 * base["params"])
+
+
+def test_channel_summary_matches_the_best_plans_recorded_costs(tmp_path):
+    run_dir = run_search(load_config(tiny_config()), out=tmp_path / "run", progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = json.loads((run_dir / "best_plan.json").read_text())["meta"]
+    for kind in ("flops", "params"):
+        assert summary["pruned"][kind] == best[kind] and summary["pruned"][f"{kind}_kept"] == pytest.approx(
+            best[f"{kind}_kept"])
+    assert "dense_params" not in summary["pruned"]
+    model = load_pruned(run_dir / "pruned_model.pt")
+    assert sum(p.numel() for p in model.parameters()) == summary["pruned"]["params"]
