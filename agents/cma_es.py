@@ -83,11 +83,13 @@ class CmaEsSearcher(AskTellSearcher):
             self.scored = []
 
     def replay(self, xs: Sequence[np.ndarray], values: Sequence[float]) -> None:
-        width = (self.hi - self.lo) or 1.0
+        width, differ = (self.hi - self.lo) or 1.0, 0
         for x, value in zip(xs, values, strict=True):
             sample = self._next()  # the seeded sampler proposes again what the original run asked
             recorded = np.clip((np.asarray(x, dtype=np.float64) - self.lo) / width, 0.0, 1.0)
             if not np.allclose(sample, recorded, rtol=0, atol=1e-9):
-                log.warning("cmaes: a recorded proposal differs from the replayed one; telling the recorded one")
-                sample = recorded
+                sample, differ = recorded, differ + 1
             self.tell([sample], [value])
+        if differ:
+            log.warning("cmaes: %d recorded proposals differ from the replayed ones (another seed or cmaes "
+                        "version?); the recorded ones were told", differ)

@@ -8,17 +8,16 @@ mapping before validation, so they are checked the same way.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from autoprune.errors import ConfigError
+from autoprune.errors import ConfigError, closest
 
 
 @dataclass
@@ -130,6 +129,9 @@ class TrainConfig:
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    workers: int = 0
+    """Base training on Ray Train with this many DDP workers (``batch_size`` is the global batch,
+    split between them); 0 trains in-process (see :mod:`autoprune.pipeline.finetune`)."""
 
 
 @dataclass
@@ -143,7 +145,14 @@ class BudgetConfig:
     latency_ms: float | None = None
     """Absolute latency target in milliseconds."""
     lut: str | None = None
-    """Latency lookup table (JSON) for latency budgets; without it latency is measured."""
+    """Latency lookup table (JSON) for latency budgets; without it (and without ``device``) latency is
+    measured on this machine."""
+    runtime: str | None = None
+    """Latency budgets: the runtime latency is for (``torch``, ``onnxruntime``): the LUT must be built
+    for it, or plans are measured in it (default: the LUT's runtime, or ``torch`` when measured)."""
+    device: str | None = None
+    """Latency budgets: the device name the LUT must be built for; without ``lut``, that device's LUT
+    is looked up in ``luts`` (or ``$AUTOPRUNE_LUT_DIR``) by device, runtime and model."""
 
     @property
     def kind(self) -> str:
@@ -254,10 +263,22 @@ class FinetuneConfig:
     """Lottery-ticket rewinding: after each pruning step the survivors are reset to their weights
     after this many epochs of base training (0: the initial weights) and retrained at ``train.lr``;
     unset: no rewinding."""
+    workers: int = 0
+    """The long fine-tune on Ray Train with this many DDP workers, checkpointed every epoch into the
+    run dir (``--resume`` continues from the last finished epoch); 0 fine-tunes in-process (also
+    checkpointed). 1 runs on Ray Train and gives the in-process weights (see
+    :mod:`autoprune.pipeline.finetune`)."""
 
     def validate(self) -> None:
         if self.epochs < 0:
             raise ConfigError(f"finetune.epochs must be >= 0 (got {self.epochs})")
+        if self.workers < 0:
+            raise ConfigError(f"finetune.workers must be >= 0 (got {self.workers}); 0 fine-tunes in-process")
+        iterative = self.schedule is not None and self.schedule.steps > 1
+        if self.workers > 0 and (iterative or self.rewind_epoch is not None):
+            key = "finetune.schedule" if iterative else "finetune.rewind_epoch"
+            raise ConfigError(f"finetune.workers > 0 with {key} is not supported yet; set finetune.workers: 0 "
+                              f"(in-process) or drop {key}")
         if self.schedule is not None:
             self.schedule.validate()
         if self.rewind_epoch is not None and self.rewind_epoch < 0:
@@ -319,6 +340,8 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(flops=0.5))
+    luts: str | None = None
+    """Directory of latency LUTs that ``budget.device`` is looked up in (default: ``$AUTOPRUNE_LUT_DIR``)."""
     pruning: PruningConfig = field(default_factory=PruningConfig)
     searcher: dict[str, Any] = field(default_factory=lambda: {"name": "random", "evaluations": 50})
     """Searcher name and its own keys (validated by the searcher)."""
@@ -377,6 +400,9 @@ class ExperimentConfig:
         if ft.rewind_epoch is not None and ft.rewind_epoch > self.train.epochs:
             raise ConfigError(f"finetune.rewind_epoch {ft.rewind_epoch} is past the base training's "
                               f"{self.train.epochs} epochs (train.epochs); set it to at most {self.train.epochs}")
+        if ft.rewind_epoch is not None and self.train.workers > 0:
+            raise ConfigError("finetune.rewind_epoch records the early weights while the base model trains in-process; "
+                              "set train.workers: 0 or drop finetune.rewind_epoch")
         if ft.rewind_epoch is not None and self.model.checkpoint:
             raise ConfigError("finetune.rewind_epoch needs the early weights recorded while this run trains its "
                               "base model, but model.checkpoint loads a trained one; drop finetune.rewind_epoch "
@@ -389,7 +415,8 @@ class ExperimentConfig:
         minimum = {"train.batch_size": (self.train.batch_size, 1), "evaluation.batch_size": (self.evaluation.batch_size, 1),
                    "evaluation.adaptive_bn_batches": (self.evaluation.adaptive_bn_batches, 0),
                    "evaluation.score_samples": (self.evaluation.score_samples, 1), "data.resize": (self.data.resize, 1),
-                   "data.channels": (self.data.channels, 1), "ray.max_retries": (self.ray.max_retries, 0)}
+                   "data.channels": (self.data.channels, 1), "ray.max_retries": (self.ray.max_retries, 0),
+                   "train.workers": (self.train.workers, 0)}
         for key, (value, low) in minimum.items():
             if value is not None and value < low:
                 raise ConfigError(f"{key} must be >= {low} (got {value})")
@@ -402,10 +429,6 @@ class ExperimentConfig:
 
 # ---------------------------------------------------------------------------------------- loading
 
-SUGGEST_CUTOFF = 0.5
-"""Similarity (difflib ratio) a valid name needs to be suggested for a misspelled one; 0.5 catches
-``epocs``, ``lr_scal``, ``warmpu``, ``batchsize``."""
-
 RENAMED: dict[str, tuple[str, str]] = {
     "evaluation.val_samples": ("evaluation.score_samples", ""),
     "finetune.rewind": ("finetune.rewind_epoch", ", with init as 0 and epoch_N as N"),
@@ -413,17 +436,6 @@ RENAMED: dict[str, tuple[str, str]] = {
 }
 """Old key -> (new key, how values translate). An old key that is not a field any more, in a section
 that has the new one, is an error naming the new key."""
-
-
-def closest(word: Any, choices: Iterable[str]) -> str | None:
-    """The choice nearest to the misspelled ``word`` (case and ``-``/``_`` ignored), or None."""
-
-    def norm(text: Any) -> str:
-        return str(text).lower().replace("-", "_")
-
-    by_norm = {norm(c): c for c in choices}
-    match = difflib.get_close_matches(norm(word), list(by_norm), n=1, cutoff=SUGGEST_CUTOFF)
-    return by_norm[match[0]] if match else None
 
 
 def check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
@@ -601,7 +613,8 @@ def load_config(
     raw = dict(source) if isinstance(source, dict) else (read_yaml(source) if source else {})
     raw = apply_overrides(raw, list(overrides or []))
     if budget:
-        raw["budget"] = {**{k: v for k, v in (raw.get("budget") or {}).items() if k == "lut"},
+        raw["budget"] = {**{k: v for k, v in (raw.get("budget") or {}).items()
+                            if k in ("lut", "runtime", "device")},
                          **parse_budget(budget)}
     cfg = from_dict(ExperimentConfig, raw)
     cfg.validate()

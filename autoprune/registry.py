@@ -10,12 +10,11 @@ without anyone importing a module only for its side effects.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, closest
 
 T = TypeVar("T")
 
@@ -70,8 +69,8 @@ class Registry(Generic[T]):
             self._resolve(name)
         if name not in self._items:
             known = self.names()
-            close = difflib.get_close_matches(str(name), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = closest(name, known)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise AutopruneError(f"unknown {self.kind} {name!r}{hint}; choose one of: {', '.join(known)}")
         return self._items[name]
 

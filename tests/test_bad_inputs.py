@@ -783,6 +783,35 @@ def case_compare_corrupted_trials(env):
     return Case(["compare", str(run)], "trials.parquet' is corrupted", [run])
 
 
+@case
+def case_resume_corrupted_run_state(env):
+    run = env.finished()
+    (run / "run_state.json").write_text("{not json")
+    return Case(resume(run), r"run_state.json is corrupted; delete it to resume without the earlier", [run])
+
+
+@case
+def case_resume_run_state_with_a_negative_time(env):
+    run = env.finished()
+    state = json.loads((run / "run_state.json").read_text())
+    state["segments"][0]["seconds"] = -5.0
+    (run / "run_state.json").write_text(json.dumps(state))
+    return Case(resume(run), r"run_state.json is corrupted", [run])
+
+
+@case
+def case_searcher_flag_unknown_name(env):
+    return search(env, r"unknown searcher 'ddgp' \(did you mean 'ddpg'\?\)", ["--searcher", "ddgp"])
+
+
+@case
+def case_searcher_flag_carries_a_budget_the_new_searcher_refuses(env):
+    """``evaluations: 6`` becomes ``episodes: 6``; not a multiple of 4 parallel episodes: the error, no note."""
+    return search(env, r"searcher.episodes to 4 or 8 \(now 6\)",
+                  ["--searcher", "ddpg", "--set", "searcher.parallel_episodes=4"],
+                  searcher={"name": "random", "evaluations": 6})
+
+
 # -------------------------------------------------------------------------------- fixtures
 
 

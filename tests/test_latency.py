@@ -1,4 +1,5 @@
-"""Latency measurement, LUT format/validation/interpolation/build/check, latency budgets, CLI."""
+"""Latency measurement, runtimes, drift-proof (relative) timing, LUT format/validation/interpolation/
+build/check, old-format LUTs, the LUT directory, latency budgets, CLI."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from autoprune.cli import main
 from autoprune.core.cost import WidthModel, make_budget
 from autoprune.core.graph import build_unit_graph
 from autoprune.errors import AutopruneError
-from autoprune.latency.build import LayerProfiler, build_lut
+from autoprune.latency.build import LayerProfiler, build_lut, check_lut
 from autoprune.latency.lut import Lut, LutCost, ModuleTable, load_lut, make_header, model_signature, tabulate
 from autoprune.latency.timing import measure_latency
+from autoprune.registry import Registry
 
 SHAPE = (1, 8, 8)
 
@@ -55,7 +57,7 @@ def test_measure_latency_reports_a_median_inside_its_spread_and_restores_state()
 
 
 def test_lut_json_round_trip_keeps_tables_and_predictions(graph, tmp_path):
-    lut = synthetic_lut(graph, calibration={"scale": 1.2, "offset_ms": 0.1})
+    lut = synthetic_lut(graph, calibration={"scale": 1.2, "offset": 0.1})
     path = tmp_path / "lut.json"
     path.write_text(lut.to_json())
     back = load_lut(path, graph)
@@ -135,7 +137,13 @@ def _mutations():
         d["header"]["calibration"] = {"scale": 1.0}
 
     def negative_elementwise(d):
-        d["header"]["calibration"] = {"scale": 1.0, "offset_ms": 0.1, "ms_per_melement": -2.0}
+        d["header"]["calibration"] = {"scale": 1.0, "offset": 0.1, "per_melement": -2.0}
+
+    def unknown_unit(d):
+        d["header"]["unit"] = "seconds"
+
+    def reference_without_rel(d):
+        d["header"]["unit"] = "reference"
 
     def signature(d):
         d["header"]["model_signature"] = "0" * 64
@@ -145,7 +153,7 @@ def _mutations():
 
     return [(f.__name__, f) for f in (wrong_schema, missing_header_field, missing_module, missing_entry, ragged,
                                       negative, nan, bad_calibration, negative_elementwise, signature,
-                                      grid_end)]
+                                      grid_end, unknown_unit, reference_without_rel)]
 
 
 @pytest.mark.parametrize("label,mutate", _mutations(), ids=[m[0] for m in _mutations()])
@@ -195,21 +203,24 @@ def test_build_lut_profiles_every_dense_module_and_calibrates(graph):
     lut = build_lut(graph.model, SHAPE, step=8, repeats=3, calibration_plans=2, progress=False, model_name="tiny")
     lut.check(graph)
     assert {t.name for t in lut.tables} == {"conv1", "conv2", "fc"}
-    assert all((t.ms > 0).all() for t in lut.tables)
+    assert all((t.ms > 0).all() and (t.rel > 0).all() for t in lut.tables)
     h = lut.header
     assert h["batch"] == 1 and h["threads"] == 1 and h["dtype"] == "float32" and h["model"] == "tiny"
+    assert h["runtime"] == "torch" and h["runtime_version"] == torch.__version__.split("+")[0]
+    assert h["device_kind"] == "cpu" and h["unit"] == "reference" and h["reference"]["ms"] > 0
     assert h["input_shape"] == list(SHAPE) and h["model_signature"] == model_signature(graph)
-    assert math.isfinite(h["remainder_ms"]) and h["base_measured_ms"] > 0
+    assert math.isfinite(h["remainder"]) and h["base_measured_ms"] > 0 and h["base_reference"] > 0
+    cost = LutCost(lut, graph)
+    assert cost.fraction(graph.channels) == pytest.approx(1.0) and cost.base == h["base_measured_ms"]
     if "calibration" in h:  # fitted on the base + 2 random variants
-        assert h["calibration"]["plans"] == 3 and h["calibration"]["scale"] > 0
-        assert h["calibration"]["ms_per_melement"] >= 0 and h["calibration"]["offset_ms"] >= 0
-    else:  # on a tiny model timing noise can make the fit useless: plain sum + remainder
-        assert LutCost(lut, graph).base == pytest.approx(h["base_measured_ms"])
+        cal = h["calibration"]
+        assert cal["plans"] == 3 and cal["scale"] > 0 and cal["per_melement"] >= 0 and cal["offset"] >= 0
+        assert len(cal["counts"]) == len(cal["relative"]) == 3 and cal["relative"][0] == 1.0
 
 
 def test_prediction_adds_the_elementwise_term_for_the_kept_output_elements(graph):
-    plain = synthetic_lut(graph, calibration={"scale": 1.0, "offset_ms": 0.2})
-    withelem = synthetic_lut(graph, calibration={"scale": 1.0, "offset_ms": 0.2, "ms_per_melement": 50.0})
+    plain = synthetic_lut(graph, calibration={"scale": 1.0, "offset": 0.2})
+    withelem = synthetic_lut(graph, calibration={"scale": 1.0, "offset": 0.2, "per_melement": 50.0})
     a, b = LutCost(plain, graph), LutCost(withelem, graph)
     widths = WidthModel(graph)
     # TinyCNN at 1x8x8: conv1 8 x 8x8, conv2 16 x 8x8, fc 10 outputs
@@ -225,17 +236,17 @@ def test_time_against_base_times_the_base_in_the_same_passes(graph):
 
     t = time_against_base(graph.model, [graph.model, TinyCNN().eval()], SHAPE, repeats=3, rounds=2, clock="cpu")
     assert t.base_ms > 0 and len(t.ms) == len(t.relative) == 2
-    assert t.ms == pytest.approx([r * t.base_ms for r in t.relative])
+    assert min(t.ms) > 0 and 0.5 < t.relative[0] < 2  # the base against itself: about 1
     small = time_plans(graph, graph.model, [list(graph.channels), [1, 1]], repeats=3, rounds=2, clock="cpu")
     assert small.relative[1] < 1.5 and small.ms[1] > 0
 
 
 def test_layer_profiler_shares_measurements_between_same_shaped_modules():
     graph = build_unit_graph(TinyResidual().eval(), SHAPE)
-    prof = LayerProfiler(graph, repeats=2)
-    prof("a1", 8, 12)
-    prof("b1", 8, 12)  # same shape as a1
-    assert len(prof.cache) == 1
+    prof = LayerProfiler(graph, repeats=2, rounds=2)
+    ms, rel = prof("a1", 8, 12)
+    assert prof("b1", 8, 12) == (ms, rel)  # same shape as a1
+    assert len(prof.cache) == 1 and ms > 0 and rel > 0
 
 
 def test_cli_lut_build_and_check_json(tmp_path, capsys):
@@ -249,13 +260,14 @@ def test_cli_lut_build_and_check_json(tmp_path, capsys):
     assert code == 0
     result = json.loads(report.read_text())
     assert result["plans"] == 4 and result["mape"] >= 0 and 0 <= result["within_10pct"] <= 1
+    rel_errors = np.abs(np.array(result["predicted_rel"]) - result["measured_rel"]) / np.array(result["measured_rel"])
+    assert result["mape"] == pytest.approx(rel_errors.mean() * 100)
     errors = np.abs(np.array(result["predicted_ms"]) - result["measured_ms"]) / np.array(result["measured_ms"])
-    assert result["mape"] == pytest.approx(errors.mean() * 100)
+    assert result["mape_ms"] == pytest.approx(errors.mean() * 100)
     assert result["base_ms_now"] > 0 and result["drift"] == pytest.approx(result["base_ms_now"] / result["base_ms_at_build"])
-    corrected = np.array(result["measured_ms"]) / result["drift"]
-    errors = np.abs(np.array(result["predicted_ms"]) - corrected) / corrected
-    assert result["mape_drift_corrected"] == pytest.approx(errors.mean() * 100)
-    assert "build-time latency" in capsys.readouterr().out
+    assert "fraction of the unpruned model" in capsys.readouterr().out
+    last = json.loads(lut.read_text())["header"]["last_check"]  # recorded for autoprune lut list
+    assert last["plans"] == 4 and last["within_10pct"] == pytest.approx(result["within_10pct"], abs=1e-4)
     assert (tmp_path / "check.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     code = main(["lut", "check", "--lut", str(lut), "--model", "factories:tiny_residual", "--plans", "2"])
@@ -301,3 +313,248 @@ def test_search_with_a_measured_latency_budget_times_the_plans_it_prices(tmp_pat
     assert summary["budget"]["kind"] == "latency" and lat["source"] == "measured"
     assert lat["pruned_predicted_ms"] <= 0.8 * lat["base_predicted_ms"] * (1 + 1e-9)
     assert summary["pruned"]["flops_kept"] < 1.0
+
+
+# ------------------------------------------------------------------ drift-proof timing (a fake machine)
+
+
+class FakeMachine:
+    """A clock that only moves when a fake session runs: a session costs ``speed * (10 us + MACs / 10 G)``.
+
+    ``speed`` 1.5 is a machine that runs everything 1.5x slower.
+    """
+
+    t = 0.0
+    speed = 1.0
+
+    @classmethod
+    def now(cls) -> float:
+        return cls.t
+
+
+class FakeSession:
+    device = "cpu"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self):
+        FakeMachine.t += FakeMachine.speed * self.seconds
+
+
+class FakeRuntime:
+    name = "fake"
+
+    def version(self) -> str:
+        return "0"
+
+    def prepare(self, model, example, threads=1):
+        from autoprune.core.cost import measure_model
+
+        macs, _ = measure_model(model, tuple(example.shape[1:]))
+        return FakeSession(1e-5 + macs * example.shape[0] / 1e10)
+
+
+@pytest.fixture
+def fake_machine(monkeypatch):
+    from autoprune.latency import runtimes, timing
+
+    monkeypatch.setitem(timing.CLOCKS, "fake", FakeMachine.now)
+    monkeypatch.setattr(runtimes, "RUNTIMES", Registry("runtime"))
+    runtimes.RUNTIMES.register("torch", runtimes.TorchRuntime)
+    runtimes.RUNTIMES.register("fake", FakeRuntime)
+    monkeypatch.setattr(FakeMachine, "speed", 1.0)
+    return FakeMachine
+
+
+def test_relative_predictions_do_not_change_when_the_machine_slows_down(fake_machine):
+    model = TinyResidual().eval()
+    graph = build_unit_graph(model, SHAPE)
+    kwargs = dict(step=4, repeats=3, calibration_plans=4, progress=False, runtime="fake", clock="fake")
+    fast = build_lut(model, SHAPE, **kwargs)
+    fake_machine.speed = 1.5
+    slow = build_lut(model, SHAPE, **kwargs)
+    for a, b in zip(fast.tables, slow.tables, strict=True):
+        np.testing.assert_allclose(b.rel, a.rel, rtol=1e-9)  # stored as ratios to the reference op: unchanged
+        np.testing.assert_allclose(b.ms, 1.5 * a.ms, rtol=1e-9)  # and in ms: 1.5x
+    assert slow.header["base_measured_ms"] == pytest.approx(1.5 * fast.header["base_measured_ms"], rel=1e-9)
+    cf, cs = LutCost(fast, graph), LutCost(slow, graph)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        counts = [int(rng.integers(1, c + 1)) for c in graph.channels]
+        assert cs.fraction(counts) == pytest.approx(cf.fraction(counts), rel=1e-9)
+        assert cs(counts) == pytest.approx(1.5 * cf(counts), rel=1e-9)
+    # checked on the slow machine, the LUT built on the fast one predicts the fractions as well as
+    # the slow one does; only the ms (and the drift) show the difference
+    at_slow = check_lut(fast, model, plans=6, repeats=3, progress=False)
+    fake_machine.speed = 1.0
+    at_fast = check_lut(fast, model, plans=6, repeats=3, progress=False)
+    assert at_slow["drift"] == pytest.approx(1.5) and at_fast["drift"] == pytest.approx(1.0)
+    assert at_slow["measured_rel"] == pytest.approx(at_fast["measured_rel"], rel=1e-9)
+    assert at_slow["mape"] == pytest.approx(at_fast["mape"], rel=1e-6, abs=1e-9)
+    assert at_fast["mape"] < 10 and at_fast["within_10pct"] == 1.0  # the fake machine is MAC-linear
+    assert at_slow["mape_ms"] > 30 > at_fast["mape_ms"]
+
+
+def test_interleaved_ratios_survive_a_machine_that_changes_speed_between_passes(fake_machine):
+    from autoprune.latency.timing import time_interleaved
+
+    calls = {"n": 0}
+
+    class Drifting(FakeSession):
+        def __call__(self):
+            calls["n"] += 1
+            fake_machine.speed = 1.0 + 0.1 * (calls["n"] // 50 % 7)  # speed moves every 50 runs
+            super().__call__()
+
+    t = time_interleaved(Drifting(1e-4), [Drifting(5e-5), Drifting(2e-4)], rounds=5, samples=3, clock="fake",
+                         ref_every=1)
+    assert t.relative == pytest.approx([0.5, 2.0], rel=0.1)
+
+
+def test_measured_latency_budget_prices_fractions_that_do_not_move_with_the_machine(fake_machine):
+    from autoprune.latency.costs import MeasuredLatencyCost
+
+    model = TinyResidual().eval()
+    graph = build_unit_graph(model, SHAPE)
+    plans = [[4, 8, 8], [8, 4, 12], [1, 1, 1]]
+    fast = MeasuredLatencyCost(graph, model, runtime="fake", clock="fake")
+    fake_machine.speed = 1.5
+    slow = MeasuredLatencyCost(graph, model, runtime="fake", clock="fake")
+    assert slow.base == pytest.approx(1.5 * fast.base)
+    for counts in plans:
+        assert slow.fraction(counts) == pytest.approx(fast.fraction(counts), rel=1e-9)
+        assert fast.fraction(counts) < 1
+
+
+# -------------------------------------------------------------------------------------- runtimes
+
+
+def test_onnxruntime_runtime_runs_the_model_and_times_it():
+    pytest.importorskip("onnxruntime")
+    from autoprune.latency.runtimes import get_runtime
+    from autoprune.latency.timing import time_against_base
+
+    model = TinyResidual().eval()
+    x = torch.randn(2, *SHAPE)
+    session = get_runtime("onnxruntime").prepare(model, x)
+    with torch.no_grad():
+        np.testing.assert_allclose(session()[0], model(x).numpy(), atol=1e-5)
+    stats = measure_latency(model, SHAPE, repeats=3, warmup=1, runtime="onnxruntime", clock="cpu")
+    assert stats.median_ms > 0 and stats.runtime == "onnxruntime"
+    graph = build_unit_graph(model, SHAPE)
+    from autoprune.core.plan import PruningPlan
+    from autoprune.core.prune import apply_plan
+
+    small = apply_plan(model, graph, PruningPlan.from_counts(graph, [1, 1, 1]))
+    t = time_against_base(model, [small], SHAPE, repeats=3, rounds=2, runtime="onnxruntime", clock="cpu")
+    assert t.ms[0] > 0 and 0 < t.relative[0] < 1.5
+
+
+def test_unknown_runtime_and_cuda_with_the_cpu_clock_are_one_line_errors():
+    from autoprune.latency.timing import make_timer
+
+    with pytest.raises(AutopruneError, match="unknown runtime 'tensorrt'"):
+        measure_latency(TinyCNN(), SHAPE, repeats=1, runtime="tensorrt")
+    with pytest.raises(AutopruneError, match="cannot time a CUDA device"):
+        make_timer("cuda:0", "cpu", 1)
+
+
+def test_a_lut_for_another_runtime_or_device_is_refused(graph, tmp_path):
+    path = tmp_path / "ort.json"
+    path.write_text(synthetic_lut(graph, runtime="onnxruntime", device="pixel7").to_json())
+    assert make_budget(graph, "latency", 0.6, lut=str(path), runtime="onnxruntime", device="pixel7").cost.base > 0
+    with pytest.raises(AutopruneError, match="built for runtime 'onnxruntime', the budget asks for 'torch'"):
+        make_budget(graph, "latency", 0.6, lut=str(path), runtime="torch")
+    with pytest.raises(AutopruneError, match="built for device 'pixel7', the budget asks for 'pixel8'"):
+        make_budget(graph, "latency", 0.6, lut=str(path), device="pixel8")
+    with pytest.raises(AutopruneError, match="runtime 'onnxruntime'"):
+        check_lut(load_lut(path), graph.model, plans=1, runtime="torch")
+
+
+def test_budget_config_takes_runtime_device_and_a_lut_directory():
+    from autoprune.config import load_config
+
+    raw = tiny_config(budget={"latency_ms": 2.0, "device": "pixel7-ort", "runtime": "onnxruntime"}, luts="/luts")
+    cfg = load_config(raw)
+    assert cfg.budget.device == "pixel7-ort" and cfg.budget.runtime == "onnxruntime" and cfg.luts == "/luts"
+    cfg = load_config(raw, budget="latency=0.5")  # --budget keeps lut, runtime and device from the file
+    assert cfg.budget.latency == 0.5 and cfg.budget.device == "pixel7-ort"
+
+
+# ------------------------------------------------------------------------------- old-format LUTs
+
+
+def v1_dict(lut: Lut) -> dict:
+    """``lut`` (an ms LUT) written as schema v1 did."""
+    data = json.loads(lut.to_json())
+    h = data["header"]
+    for key in ("runtime", "runtime_version", "device_kind", "unit"):
+        h.pop(key)
+    h["schema"] = "autoprune.lut/v1"
+    h["remainder_ms"] = h.pop("remainder")
+    if "calibration" in h:
+        h["calibration"] = {{"offset": "offset_ms", "per_melement": "ms_per_melement"}.get(k, k): v
+                            for k, v in h["calibration"].items()}
+    return data
+
+
+def test_v1_luts_still_load_and_predict_as_before(graph, tmp_path):
+    lut = synthetic_lut(graph, calibration={"scale": 1.2, "offset": 0.1, "per_melement": 3.0})
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(v1_dict(lut)))
+    old = load_lut(path, graph)
+    assert old.header["runtime"] == "torch" and old.header["upgraded_from"] == "autoprune.lut/v1"
+    for counts in (graph.channels, [4, 8], [1, 3]):
+        assert LutCost(old, graph)(counts) == pytest.approx(LutCost(lut, graph)(counts), rel=1e-9)
+    data = v1_dict(lut)
+    data["header"]["schema"] = "autoprune.lut/v0"
+    path.write_text(json.dumps(data))
+    with pytest.raises(AutopruneError, match="unsupported LUT schema.*rebuild it with autoprune lut build"):
+        load_lut(path)
+
+
+# ------------------------------------------------------------------------------- the LUT directory
+
+
+def test_lut_directory_finds_luts_by_device_runtime_and_model(graph, tmp_path, monkeypatch, capsys):
+    from autoprune.latency.lutdir import find_lut, record_check
+
+    other = build_unit_graph(TinyResidual().eval(), SHAPE)
+    folder = tmp_path / "luts"
+    (folder / "phones").mkdir(parents=True)
+    files = {"a_torch": synthetic_lut(graph, device="a", created="2026-11-30T10:00:00"),
+             "a_ort": synthetic_lut(graph, device="a", runtime="onnxruntime"),
+             "phones/b": synthetic_lut(graph, device="b"),
+             "b_other_model": synthetic_lut(other, device="b")}
+    for name, lut in files.items():
+        (folder / f"{name}.json").write_text(lut.to_json())
+    (folder / "notes.json").write_text('{"not": "a LUT"}')
+    v1 = tmp_path / "luts" / "old.json"
+    v1.write_text(json.dumps(v1_dict(synthetic_lut(graph, device="old-box"))))
+    sig = model_signature(graph)
+    assert find_lut(folder, "a", "torch", sig).name == "a_torch.json"
+    assert find_lut(folder, "b", None, sig).name == "b.json"
+    assert find_lut(folder, "old-box", "torch", sig).name == "old.json"
+    with pytest.raises(AutopruneError, match="several LUTs match device 'a'.*a_ort.json.*a_torch.json"):
+        find_lut(folder, "a", None, sig)
+    with pytest.raises(AutopruneError, match="no LUT for device 'c'.*it has: a \\(onnxruntime\\), a \\(torch\\)"):
+        find_lut(folder, "c", None, sig)
+    # a budget names the device; the directory comes from the config (luts) or $AUTOPRUNE_LUT_DIR
+    budget = make_budget(graph, "latency", 0.5, device="a", runtime="onnxruntime", luts=str(folder))
+    assert budget.cost.lut.header["runtime"] == "onnxruntime"
+    monkeypatch.delenv("AUTOPRUNE_LUT_DIR", raising=False)
+    with pytest.raises(AutopruneError, match="needs a LUT directory"):
+        make_budget(graph, "latency", 0.5, device="a", runtime="torch")
+    monkeypatch.setenv("AUTOPRUNE_LUT_DIR", str(folder))
+    assert make_budget(graph, "latency", 0.5, device="b").cost.base > 0
+    # autoprune lut list: one line per LUT, with the last check's accuracy
+    record_check(folder / "a_torch.json", {"plans": 50, "within_10pct": 0.96, "mape": 3.1, "within_10pct_ms": 0.2,
+                                           "drift": 1.3, "device_now": "a", "runtime": "torch"})
+    capsys.readouterr()
+    assert main(["lut", "list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:3] == ["device", "runtime", "model"] and len(lines) == 1 + 5
+    (a_torch,) = [line for line in lines if "a_torch.json" in line]
+    assert "96% within +-10% (50 plans" in a_torch and "2026-11-30" in a_torch
+    assert main(["lut", "list", "--dir", str(tmp_path / "nope")]) == 2

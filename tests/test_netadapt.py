@@ -187,8 +187,8 @@ def _chosen_so_far(run_dir):
 
 @pytest.mark.slow
 def test_kill_9_then_resume_continues_from_the_carried_weights(tmp_path):
-    searcher = {"name": "netadapt", "initial_reduction": 0.04, "decay": 1.0, "short_term_batches": 2}
-    cfg = write_config(tmp_path, tiny_config(searcher=searcher, budget={"flops": 0.3}))
+    searcher = {"name": "netadapt", "initial_reduction": 0.05, "decay": 1.0, "short_term_batches": 2}
+    cfg = write_config(tmp_path, tiny_config(searcher=searcher, budget={"flops": 0.5}))
     out, env = tmp_path / "run", {**os.environ, "PYTHONPATH": str(TESTS)}
     code = "import sys, autoprune.agents; from autoprune.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "search", cfg, "--out", str(out), "--no-progress"], env=env,
@@ -209,4 +209,4 @@ def test_kill_9_then_resume_continues_from_the_carried_weights(tmp_path):
     chosen = after[after["chosen"]]
     assert list(chosen["iteration"]) == list(range(1, len(chosen) + 1))  # one per iteration, none lost
     plan = json.loads((out / "best_plan.json").read_text())
-    assert (out / plan["meta"]["weights"]).is_file() and plan["meta"]["flops_kept"] <= 0.3 + 1e-9
+    assert (out / plan["meta"]["weights"]).is_file() and plan["meta"]["flops_kept"] <= 0.5 + 1e-9

@@ -1,41 +1,39 @@
-"""``autoprune lut build`` and ``autoprune lut check``: per-device latency lookup tables
+"""``autoprune lut build|check|probes|import|list``: per-device latency lookup tables
 (see :mod:`autoprune.pipeline.lut`).
 
 Timing runs in this process, on ``--threads`` threads (1 by default: on a small CPU two threads
-do not repeat within 10%). For multi-threaded tables start the command with
-``OMP_WAIT_POLICY=ACTIVE`` in the environment (read when torch is imported). The allocator is
-tuned in-process (see :func:`autoprune.latency.timing.tune_allocator`).
+do not repeat within 10%), in ``--runtime`` (``torch`` eager or ``onnxruntime``). For
+multi-threaded torch tables start the command with ``OMP_WAIT_POLICY=ACTIVE`` in the environment
+(read when torch is imported). The allocator is tuned in-process (see
+:func:`autoprune.latency.timing.tune_allocator`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from autoprune.errors import AutopruneError
 
+RUNTIME_HELP = "runtime to time in: torch (eager, default) or onnxruntime (CPU, exported to ONNX)"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lut", help="build or check a per-device latency lookup table (LUT)")
-    lut_sub = p.add_subparsers(dest="lut_command", metavar="{build,check}")
+    p = sub.add_parser("lut", help="build, check, import or list per-device latency lookup tables (LUTs)")
+    lut_sub = p.add_subparsers(dest="lut_command", metavar="{build,check,probes,import,list}")
     lut_sub.required = True
 
     b = lut_sub.add_parser("build", help="profile a model's layers over a channel grid and write a LUT")
     _model_args(b)
-    b.add_argument("--input-shape", required=True, help="one sample's shape, C,H,W (e.g. 3,32,32)")
-    b.add_argument("--batch", type=int, default=1, help="batch size to time (default 1)")
-    b.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1)")
+    _shape_args(b)
+    b.add_argument("--runtime", default="torch", help=RUNTIME_HELP)
+    b.add_argument("--threads", type=int, default=1, help="intra-op threads while timing (default 1)")
     b.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: end-to-end latency (default); cpu: the timing thread's CPU time "
                         "(1 thread; for busy machines)")
     b.add_argument("--device-name", help="name stored in the header (default: the CPU's model name)")
-    b.add_argument("--step", type=int, default=8, help="grid spacing in channels; 1 = every count (default 8)")
     b.add_argument("--repeats", type=int, default=15, help="timed samples per measurement (default 15)")
-    b.add_argument("--calibration-plans", type=int, default=12,
-                   help="random pruned variants timed to calibrate the prediction (default 12; 0 = sum + remainder)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the calibration plans")
     b.add_argument("--out", required=True, help="where to write the LUT (JSON)")
     b.add_argument("--no-progress", action="store_true", help="hide progress bars")
     b.set_defaults(func=cmd_build)
@@ -43,19 +41,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = lut_sub.add_parser("check", help="time random pruned plans and compare with the LUT's predictions")
     c.add_argument("--lut", required=True, help="the LUT (JSON)")
     _model_args(c)
+    c.add_argument("--runtime", help="runtime to time in (default and only choice: the LUT's)")
     c.add_argument("--plans", type=int, default=50, help="random plans to time (default 50)")
     c.add_argument("--repeats", type=int, default=15, help="timed samples per plan (default 15)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random plans")
     c.add_argument("--json", dest="json_out", help='write {"plans", "mape", "within_10pct", ...} here')
     c.add_argument("--plot", help="scatter plot PNG (default: next to --json, else <lut>.check.png)")
+    c.add_argument("--no-record", action="store_true", help="do not record the result in the LUT's header")
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
     c.set_defaults(func=cmd_check)
+
+    pr = lut_sub.add_parser("probes", help="write probe models + a standalone timing script for another device")
+    _model_args(pr)
+    _shape_args(pr)
+    pr.add_argument("--out", required=True, help="directory to write the probes, manifest.json and time_probes.py to")
+    pr.set_defaults(func=cmd_probes)
+
+    i = lut_sub.add_parser("import", help="turn a probe directory's timings.json into a LUT")
+    i.add_argument("dir", help="the directory autoprune lut probes wrote (with timings.json from the device)")
+    i.add_argument("--out", required=True, help="where to write the LUT (JSON)")
+    i.add_argument("--device-name", help="device name for the header (default: the one in timings.json)")
+    i.set_defaults(func=cmd_import)
+
+    ls = lut_sub.add_parser("list", help="list the LUTs in a directory (device, runtime, model, accuracy)")
+    ls.add_argument("--dir", help="the LUT directory (default: $AUTOPRUNE_LUT_DIR)")
+    ls.set_defaults(func=cmd_list)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="built-in model name or a pkg.module:function factory")
     p.add_argument("--model-kwargs", default="{}", help='JSON keyword arguments for the model, e.g. \'{"width": 8}\'')
     p.add_argument("--num-classes", type=int, default=10, help="classes of a built-in model (default 10)")
+
+
+def _shape_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", required=True, help="one sample's shape, C,H,W (e.g. 3,32,32)")
+    p.add_argument("--batch", type=int, default=1, help="batch size to time (default 1)")
+    p.add_argument("--step", type=int, default=8, help="grid spacing in channels; 1 = every count (default 8)")
+    p.add_argument("--calibration-plans", type=int, default=12,
+                   help="random pruned variants timed to calibrate the prediction (default 12; 0 = sum + remainder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration plans")
+    p.add_argument("--no-fine", action="store_true",
+                   help="skip the fine curves (each axis at every width): faster, but blind to kernels that "
+                        "favour multiples of 4 or 16 (ONNX Runtime)")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -79,39 +107,89 @@ def model_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            raise AutopruneError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
+    if getattr(args, "calibration_plans", 0) < 0:
+        raise AutopruneError("--calibration-plans must be >= 0")
+
+
 def cmd_build(args: argparse.Namespace) -> int:
+    from autoprune.latency.runtimes import get_runtime
     from autoprune.pipeline.lut import build_lut_file
 
     shape = parse_shape(args.input_shape)
-    for name in ("batch", "threads", "step", "repeats"):
-        if getattr(args, name) < 1:
-            raise AutopruneError(f"--{name} must be >= 1 (got {getattr(args, name)})")
-    if args.calibration_plans < 0:
-        raise AutopruneError("--calibration-plans must be >= 0")
+    _positive(args, "batch", "threads", "step", "repeats")
+    get_runtime(args.runtime)
     lut = build_lut_file(args.model, shape, args.out, model_kwargs(args), args.num_classes, batch=args.batch,
                          threads=args.threads, step=args.step, device=args.device_name, repeats=args.repeats,
                          calibration_plans=args.calibration_plans, seed=args.seed, progress=not args.no_progress,
-                         clock=args.clock)
+                         clock=args.clock, runtime=args.runtime, fine=not args.no_fine)
     h = lut.header
     cal = h.get("calibration")
-    print(f"wrote {Path(args.out)}: {len(lut.tables)} module tables, base {h['base_measured_ms']:.3f} ms measured "
+    print(f"wrote {Path(args.out)}: {len(lut.tables)} module tables, {h['runtime']} {h['runtime_version']}, "
+          f"base {h['base_measured_ms']:.3f} ms = {h['base_reference']:.2f} x the reference op "
           f"(batch {h['batch']}, {h['threads']} thread(s), {h['device']}) in {h['build_seconds']:.1f} s"
-          + (f"; calibration scale {cal['scale']:.3f}, offset {cal['offset_ms']:.3f} ms" if cal else ""))
+          + (f"; calibration fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans" if cal else ""))
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from autoprune.pipeline.lut import check_lut_file
 
+    _positive(args, "plans", "repeats")
     r = check_lut_file(args.lut, args.model, model_kwargs(args), args.num_classes, plot=args.plot,
-                       json_out=args.json_out, plans=args.plans, seed=args.seed, repeats=args.repeats,
-                       progress=not args.no_progress)
-    print(f"{r['plans']} plans: mean abs error {r['mape']:.2f}%, {r['within_10pct']:.0%} within +-10%, "
-          f"worst {r['max_abs_pct']:.1f}%; plot {r['plot']}", file=sys.stdout)
-    print(f"the base model runs at {r['drift']:.0%} of its build-time latency ({r['base_ms_now']:.3f} vs "
-          f"{r['base_ms_at_build']:.3f} ms); at the build-time speed: mean abs error "
-          f"{r['mape_drift_corrected']:.2f}%, {r['within_10pct_drift_corrected']:.0%} within +-10%", file=sys.stdout)
+                       json_out=args.json_out, record=not args.no_record, plans=args.plans, seed=args.seed,
+                       repeats=args.repeats, progress=not args.no_progress, runtime=args.runtime)
+    print(f"{r['plans']} plans ({r['runtime']}), latency as a fraction of the unpruned model: mean abs error "
+          f"{r['mape']:.2f}%, {r['within_10pct']:.0%} within +-10%, worst {r['max_abs_pct']:.1f}%; plot {r['plot']}")
+    print(f"in ms: mean abs error {r['mape_ms']:.2f}%, {r['within_10pct_ms']:.0%} within +-10%; the unpruned model "
+          f"runs at {r['drift']:.0%} of its build-time latency ({r['base_ms_now']:.3f} vs {r['base_ms_at_build']:.3f} ms)")
     if abs(r["drift"] - 1) > 0.05:
-        print("note: the machine's speed moved more than 5% since the LUT was built; fractional latency budgets "
-              "only use relative predictions, absolute (ms) budgets need a rebuilt LUT", file=sys.stdout)
+        print("note: the machine's speed moved more than 5% since the LUT was built: ms predictions (latency_ms "
+              "budgets) are off by that much; fractions (latency budgets) are not affected")
+    if r["device_now"] != r["device"]:
+        print(f"note: the LUT is for {r['device']!r}; this machine is {r['device_now']!r}")
+    return 0
+
+
+def cmd_probes(args: argparse.Namespace) -> int:
+    from autoprune.pipeline.lut import probes_dir
+
+    shape = parse_shape(args.input_shape)
+    _positive(args, "batch", "step")
+    m = probes_dir(args.model, shape, args.out, model_kwargs(args), args.num_classes, batch=args.batch,
+                   step=args.step, calibration_plans=args.calibration_plans, seed=args.seed, fine=not args.no_fine)
+    print(f"wrote {len(m['probes'])} layer probes, the reference probe, the model and {len(m['calibration'])} "
+          f"calibration plans to {args.out}; on the device run: python time_probes.py (onnxruntime + numpy), "
+          f"copy timings.json back, then: autoprune lut import {args.out} --out LUT.json")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from autoprune.pipeline.lut import import_lut_file
+
+    lut = import_lut_file(args.dir, args.out, args.device_name)
+    h = lut.header
+    cal = h.get("calibration")
+    print(f"wrote {args.out}: {len(lut.tables)} module tables for {h['device']!r} ({h['runtime']} "
+          f"{h['runtime_version']}, batch {h['batch']}, {h['threads']} thread(s))"
+          + (f"; calibration fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans" if cal else ""))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from autoprune.pipeline.lut import list_lut_dir
+
+    folder, entries = list_lut_dir(args.dir)
+    if not entries:
+        print(f"no LUTs in {folder}")
+        return 0
+    rows = [e.row() for e in entries]
+    cols = ["device", "runtime", "model", "signature", "batch", "threads", "created", "accuracy", "file"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
     return 0

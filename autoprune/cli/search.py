@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from autoprune.config import ExperimentConfig, load_config, read_yaml
+import yaml
+
+from autoprune.config import ExperimentConfig, load_config, parse_override, read_yaml
 from autoprune.errors import AutopruneError
 
 
@@ -48,32 +50,49 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from autoprune.pipeline.artifacts import read_summary
     from autoprune.pipeline.run import run_search
+    from autoprune.search.base import SEARCHERS
 
     if args.config is None and not args.resume:
         raise AutopruneError("give an experiment CONFIG (e.g. experiments/quickstart.yaml) or --resume RUN_DIR")
     extra = [f"searcher.name={args.searcher}"] if args.searcher else []
+    note = ""
     if args.config is None:
         args.config = str(Path(args.resume) / "config.yaml")
         if not Path(args.config).is_file():
             raise AutopruneError(f"--resume {args.resume!r}: not a run directory (no config.yaml)")
-    elif args.searcher:
-        raw = read_yaml(args.config).get("searcher") or {}
-        if raw.get("name") != args.searcher:  # a different searcher: drop the other one's keys
-            extra = [f"searcher={{name: {args.searcher}}}"]
+    elif args.searcher:  # another searcher: keep the options that still apply (switch_searcher)
+        extra, note = switched_searcher(read_yaml(args.config).get("searcher"), args.searcher, args.overrides)
     if args.workers is not None:
         workers = (os.cpu_count() or 1) if args.workers == "auto" else args.workers
         extra.append(f"ray.workers={workers}")
     cfg = config_from_args(args, extra, args.budget)
+    if note:  # once the new searcher's options are known to be valid: a refused config prints one line
+        SEARCHERS.get(cfg.searcher_name).parse_options(cfg.searcher)
+        print(f"autoprune: --searcher {args.searcher}: {note}", file=sys.stderr)
     run_dir = run_search(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
     print_summary(read_summary(run_dir), run_dir)
     return 0
+
+
+def switched_searcher(section: object, name: str, overrides: list[str]) -> tuple[list[str], str]:
+    """``--searcher NAME`` on a config written for another searcher: the ``--set`` override that
+    replaces its ``searcher:`` section, and the note on what was kept and dropped ("" for none)."""
+    from autoprune.search.base import switch_searcher
+
+    paths = [parse_override(text)[0] for text in overrides]
+    given = [p[1] for p in paths if len(p) == 2 and p[0] == "searcher"]
+    new, note = switch_searcher(section, name, given)
+    if not note or ["searcher"] in paths or ["searcher", "name"] in paths:  # --set replaces what we did
+        note = ""
+    flow = yaml.safe_dump(new, default_flow_style=True, width=float("inf")).strip()
+    return [f"searcher={flow}"], note
 
 
 def print_summary(s: dict, run_dir: Path) -> None:
     b, p = s["base"], s["pruned"]
     nonzero = ", non-zero" if "dense_params" in p else ""  # fine / N:M: zeros are stored but not counted
     lines = [
-        f"searcher {s['searcher']}: {s['evaluations']} evaluations in {s['wall_seconds']:.1f} s",
+        *timing_lines(s),
         f"budget   {s['budget']['kind']} <= {s['budget']['fraction']:.3g} of the base",
         f"FLOPs    {b['flops']:,} -> {p['flops']:,} ({p['flops_kept']:.1%} kept{nonzero})",
         f"params   {b['params']:,} -> {p['params']:,} ({p['params_kept']:.1%} kept{nonzero})",
@@ -84,10 +103,33 @@ def print_summary(s: dict, run_dir: Path) -> None:
     ]
     lat = s.get("latency") or {}
     if lat.get("base_measured_ms") and lat.get("pruned_measured_ms"):
-        lines.insert(4, f"latency  {lat['base_measured_ms']:.2f} -> {lat['pruned_measured_ms']:.2f} ms measured "
-                        f"({lat['pruned_measured_ms'] / lat['base_measured_ms']:.1%} kept; predicted "
-                        f"{lat.get('pruned_predicted_ms', float('nan')):.2f} ms)")
+        lines.insert(len(lines) - 3,  # before the accuracies
+                     f"latency  {lat['base_measured_ms']:.2f} -> {lat['pruned_measured_ms']:.2f} ms measured "
+                     f"({lat['pruned_measured_ms'] / lat['base_measured_ms']:.1%} kept; predicted "
+                     f"{lat.get('pruned_predicted_ms', float('nan')):.2f} ms)")
     print("\n".join(lines), file=sys.stdout)
+
+
+def timing_lines(s: dict) -> list[str]:
+    """The summary's first lines: evaluations, their scoring time, and where the run's time went
+    (``timing`` in summary.json: every segment of the run, resumes included)."""
+    n = s["evaluations"]
+    head = f"searcher {s['searcher']}: {n} evaluation{'' if n == 1 else 's'}"
+    t = s.get("timing")
+    if not t:  # a summary.json written before the timing block
+        return [f"{head} in a {s['wall_seconds']:.1f} s run"]
+    cached = f"{t['cached_evaluations']} cached; " if t.get("cached_evaluations") else ""
+    lines = [f"{head} ({cached}{t['evaluation_seconds']:.1f} s of scoring) in a {t['run_seconds']:.1f} s run"]
+    setup = f"setup {t['setup_seconds']:.1f} s"
+    if t["base_training_seconds"]:
+        setup += f" (base-model training {t['base_training_seconds']:.1f} s)"
+    parts = [setup, f"search {t['search_seconds']:.1f} s", f"fine-tune {t['finetune_seconds']:.1f} s",
+             f"tests {t['test_seconds']:.1f} s", f"other {t['other_seconds']:.1f} s"]
+    resumes = sum(1 for seg in t.get("segments", []) if seg.get("kind") == "resume")
+    if resumes:
+        parts[-1] += f"; over {resumes + 1} segments (the start and {resumes} resume{'' if resumes == 1 else 's'})"
+    lines.append("time     " + ", ".join(parts))
+    return lines
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -26,13 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.config import PruningConfig
+from autoprune.config import GRANULARITIES, PruningConfig
 from autoprune.core.graph import UnitGraph, forward_with_hooks
 from autoprune.errors import BudgetError, ConfigError
 from autoprune.registry import Registry
 
-SPARSE_GRANULARITIES = ("fine", "nm")
-GRANULARITIES = ("channel",) + SPARSE_GRANULARITIES
+SPARSE_GRANULARITIES = tuple(g for g in GRANULARITIES if g != "channel")  # same shapes, zeros in the weights
 
 
 @runtime_checkable

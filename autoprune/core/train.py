@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from autoprune.config import TrainConfig
@@ -44,6 +45,29 @@ class LoaderSettings:
     pin_memory: bool = False
 
 
+@dataclass
+class TrainHooks:
+    """Optional hooks into :func:`train_model` for distributed and resumable training (used by
+    :mod:`autoprune.pipeline.finetune`); the loop, optimizer and lr schedule stay the same.
+
+    :param sampler: the indices to read (e.g. a ``DistributedSampler`` shard; its ``set_epoch`` is
+        called at the start of every epoch) instead of all of them shuffled with ``seed``.
+    :param wrap: ``model -> module`` to train through (e.g. DDP); the optimizer holds ``model``'s
+        parameters and checkpoints hold ``model``'s state.
+    :param device: where batches are moved before the forward pass (None: where they are).
+    :param resume: a state from ``on_epoch_end``: training continues after that epoch, bit for bit.
+    :param on_epoch_end: ``(epochs finished, state)`` after every full epoch; ``state`` holds
+        ``model``, ``optimizer``, ``scheduler`` (state dicts), ``step``, ``rng`` and ``loader_rng``;
+        the optimizer's tensors are live, so save (or copy) the state before returning.
+    """
+
+    sampler: Sampler | None = None
+    wrap: Callable[[nn.Module], nn.Module] | None = None
+    device: torch.device | None = None
+    resume: dict[str, Any] | None = None
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None
+
+
 def make_loader(
     ds: Dataset,
     batch_size: int = 1,
@@ -52,13 +76,17 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     batches: Sequence[Sequence[int]] | None = None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     """The DataLoader for ``ds``: ``batch_size`` batches (shuffled with ``seed``), or exactly the
-    index lists ``batches`` in order. ``seed`` also seeds the workers' random streams."""
+    index lists ``batches`` in order, or ``batch_size`` batches of ``sampler``'s indices (e.g. a
+    ``DistributedSampler``'s shard). ``seed`` also seeds the workers' random streams."""
     gen = torch.Generator().manual_seed(seed)
     common = {"num_workers": num_workers, "pin_memory": pin_memory, "generator": gen}
     if batches is not None:
         return DataLoader(ds, batch_sampler=[list(b) for b in batches], **common)
+    if sampler is not None:
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=False, **common)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=False, **common)
 
 
@@ -92,37 +120,55 @@ def train_model(
     max_steps: int | None = None,
     progress: bool = True,
     loader: LoaderSettings | None = None,
+    hooks: TrainHooks | None = None,
 ) -> nn.Module:
     """Train ``model`` in place for ``epochs`` (or ``max_steps`` batches) on ``train``, streamed
-    (shuffled with ``seed``) through :func:`make_loader` with ``loader``'s settings; returns it."""
+    (shuffled with ``seed``) through :func:`make_loader` with ``loader``'s settings; returns it.
+    ``hooks`` (:class:`TrainHooks`): a data shard, a wrapper (DDP), epoch checkpoints, resuming."""
     epochs = cfg.epochs if epochs is None else epochs
     lr = cfg.lr if lr is None else lr
     if len(train) == 0:  # type: ignore[arg-type]
         raise AutopruneError("the training split is empty")
     opts = loader or LoaderSettings()
+    hooks = hooks or TrainHooks()
     batches = make_loader(train, cfg.batch_size, shuffle=True, seed=seed, num_workers=opts.num_workers,
-                          pin_memory=opts.pin_memory)
+                          pin_memory=opts.pin_memory, sampler=hooks.sampler)
     total = max_steps if max_steps is not None else epochs * len(batches)
     if total <= 0:
         return model
     with torch.random.fork_rng(devices=[]):  # augmentation and dropout draw from ``seed`` only
         torch.manual_seed(seed)
-        return _train_loop(model, batches, cfg, lr, total, desc, progress)
+        return _train_loop(model, batches, cfg, lr, total, desc, progress, hooks)
 
 
 def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: float, total: int, desc: str,
-                progress: bool) -> nn.Module:
+                progress: bool, hooks: TrainHooks) -> nn.Module:
+    resume = hooks.resume
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+    net = hooks.wrap(model) if hooks.wrap is not None else model
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     loss_fn = nn.CrossEntropyLoss()
     good = copy.deepcopy(model.state_dict())
-    model.train()
+    net.train()
     step = 0
-    bar = tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not progress or None)
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        step = int(resume["step"])
+        torch.set_rng_state(resume["rng"])
+        loader.generator.set_state(resume["loader_rng"])
+    per_epoch = max(1, len(loader))
+    bar = tqdm(total=total, initial=step, desc=desc, unit="batch", leave=False, disable=not progress or None)
     try:
         while step < total:
+            if hasattr(loader.sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
+                loader.sampler.set_epoch(step // per_epoch)
             for x, y in read(loader):
-                loss = loss_fn(model(x), y)
+                if hooks.device is not None:
+                    x, y = x.to(hooks.device, non_blocking=True), y.to(hooks.device, non_blocking=True)
+                loss = loss_fn(net(x), y)
                 if not torch.isfinite(loss):
                     model.load_state_dict(good)
                     raise AutopruneError(
@@ -135,9 +181,13 @@ def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: floa
                 sched.step()
                 step += 1
                 bar.update(1)
-                if step % max(1, len(loader)) == 0:
+                if step % per_epoch == 0:
                     good = copy.deepcopy(model.state_dict())
                     bar.set_postfix(loss=f"{loss.item():.3f}")
+                    if hooks.on_epoch_end is not None:
+                        hooks.on_epoch_end(step // per_epoch, {
+                            "model": good, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "step": step, "rng": torch.get_rng_state(), "loader_rng": loader.generator.get_state()})
                 if step >= total:
                     break
     finally:

@@ -1,10 +1,14 @@
 """Building and checking latency lookup tables on this machine (``autoprune lut build|check``).
 
 :func:`build_lut` times every conv/linear module alone over a grid of kept widths
-(:class:`LayerProfiler`), then :func:`calibrate` times the unpruned model and random pruned
-variants and fits the prediction (see :mod:`autoprune.latency.lut` for the format and the formula).
-:func:`check_lut` compares a LUT's predictions with fresh timings. Timing itself lives in
-:mod:`autoprune.latency.timing`.
+(:class:`LayerProfiler`), each point interleaved with a fixed reference op (:func:`reference_op`), so
+every table entry is stored in ms and as a ratio to that op. :func:`calibrate` then times the
+unpruned model against the reference op, and random pruned variants against the unpruned model,
+and fits the prediction in reference-op units (see :mod:`autoprune.latency.lut` for the format and
+the formula). :func:`check_lut` times random plans interleaved with the unpruned model and compares
+the measured fractions with the predicted ones (and the ms, for information). A machine that is
+uniformly slower or faster at check time than at build time changes the ms but not the fractions.
+Timing itself lives in :mod:`autoprune.latency.timing`, runtimes in :mod:`autoprune.latency.runtimes`.
 """
 
 from __future__ import annotations
@@ -22,32 +26,72 @@ from torch import nn
 from autoprune.core.cost import WidthModel
 from autoprune.core.graph import UnitGraph, build_unit_graph, execution_order
 from autoprune.errors import AutopruneError
-from autoprune.latency.lut import Lut, LutCost, make_header, module_axes, random_counts, tabulate
-from autoprune.latency.timing import check_threads, clock_fn, default_device_name, measure_latency, time_plans
+from autoprune.latency.lut import (
+    Lut,
+    LutCost,
+    add_fine_curves,
+    fine_points,
+    make_header,
+    module_axes,
+    random_counts,
+    tabulate,
+)
+from autoprune.latency.runtimes import Runtime, Session
+from autoprune.latency.timing import (
+    Clock,
+    TimedPlans,
+    check_threads,
+    clock_fn,
+    clock_name,
+    default_device_name,
+    eval_mode,
+    model_device,
+    resolve_runtime,
+    thread_count,
+    time_interleaved,
+    time_plans,
+)
 
 log = logging.getLogger(__name__)
 
+REFERENCE_OP = "conv3x3 32->32 channels at 16x16, no bias"
+"""The fixed op every LUT entry is timed against (:func:`reference_op`)."""
 
-class LayerProfiler:
-    """Times a standalone copy of one of the model's conv/linear modules at given (in, out) widths.
+
+def reference_op(batch: int = 1, device: str | torch.device = "cpu") -> tuple[nn.Module, torch.Tensor]:
+    """The reference op (:data:`REFERENCE_OP`, fixed weights) and its input at ``batch``."""
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(32, 32, 3, padding=1, bias=False).eval()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * 0.05)
+    return conv.to(device), torch.randn(batch, 32, 16, 16, generator=gen).to(device)
+
+
+def reference_session(runtime: Runtime, batch: int, threads: int, device: str | torch.device = "cpu") -> Session:
+    op, x = reference_op(batch, device)
+    return runtime.prepare(op, x, threads)
+
+
+class LayerShapes:
+    """Standalone copies of a model's conv/linear modules at given (in, out) widths.
 
     The copy has the module's type, kernel, stride, padding, dilation and bias, and gets a random
-    input of the shape the module saw in the model (batch ``batch``). Modules of the same shape
-    share measurements.
+    input of the shape the module saw in the model (batch ``batch``, on the model's device).
+    Modules of the same shape share a key (and so a measurement).
     """
 
-    def __init__(self, graph: UnitGraph, batch: int = 1, threads: int = 1, repeats: int = 15,
-                 clock: str = "wall") -> None:
-        self.batch, self.threads, self.repeats, self.clock = batch, threads, repeats, clock
+    def __init__(self, graph: UnitGraph, batch: int = 1) -> None:
+        self.batch = batch
+        self.device = model_device(graph.model)
         self.kinds = {m.name: m.kind for m in graph.modules}
         self.seen = {name: (mod, ins) for name, mod, ins, _out in execution_order(graph.model, graph.input_shape)}
-        self.cache: dict[tuple, float] = {}
 
-    def _layer(self, name: str, i: int, o: int) -> tuple[nn.Module, torch.Tensor, tuple]:
+    def spec(self, name: str, i: int, o: int) -> tuple[tuple, type[nn.Module], tuple, dict, tuple]:
+        """(cache key, module class, args, kwargs, input shape) of module ``name`` at widths (i, o)."""
         mod, ins = self.seen[name]
         if isinstance(mod, nn.Linear):
-            key = ("linear", i, o, mod.bias is not None, ins[1:-1])
-            return nn.Linear(i, o, bias=mod.bias is not None), torch.randn(self.batch, *ins[1:-1], i), key
+            bias = mod.bias is not None
+            return ("linear", i, o, bias, ins[1:-1]), nn.Linear, (i, o), {"bias": bias}, (*ins[1:-1], i)
         depthwise = self.kinds[name] == "depthwise"
         if mod.groups > 1 and not depthwise:
             raise AutopruneError(f"lut build: grouped convolution {name!r} (groups={mod.groups}) is not supported")
@@ -57,67 +101,140 @@ class LayerProfiler:
         kwargs = dict(kernel_size=mod.kernel_size, stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
                       groups=o if depthwise else 1, bias=mod.bias is not None)
         key = (cls.__name__, cin, o, tuple(sorted((k, str(v)) for k, v in kwargs.items())), ins[2:])
-        return cls(cin, o, **kwargs), torch.randn(self.batch, cin, *ins[2:]), key
+        return key, cls, (cin, o), kwargs, (cin, *ins[2:])
 
-    def __call__(self, name: str, i: int, o: int) -> float:
-        layer, x, key = self._layer(name, i, o)
+    def layer(self, name: str, i: int, o: int) -> tuple[nn.Module, torch.Tensor]:
+        """A standalone copy of module ``name`` at widths (i, o) and a random input for it."""
+        _key, cls, args, kwargs, shape = self.spec(name, i, o)
+        return cls(*args, **kwargs).eval().to(self.device), torch.randn(self.batch, *shape).to(self.device)
+
+class LayerProfiler(LayerShapes):
+    """Times standalone copies of the model's conv/linear modules at given (in, out) widths, each
+    interleaved with the reference op: ``profiler(name, i, o) -> (ms, rel)``.
+
+    Modules of the same shape share measurements (:class:`LayerShapes`). :meth:`measure` times many points in blocks of ``block`` (each block's
+    sessions are prepared, timed in ``rounds`` interleaved passes with the reference, and freed).
+    """
+
+    def __init__(self, graph: UnitGraph, batch: int = 1, threads: int = 1, repeats: int = 15,
+                 clock: Clock = "wall", runtime: str | Runtime | None = None, rounds: int = 5,
+                 block: int = 16) -> None:
+        super().__init__(graph, batch)
+        self.threads, self.repeats, self.clock, self.rounds, self.block = threads, repeats, clock, rounds, block
+        self.runtime = resolve_runtime(runtime)
+        self.cache: dict[tuple, tuple[float, float]] = {}
+        self.reference = reference_session(self.runtime, batch, threads, self.device)
+        self.reference_ms: list[float] = []
+
+    def measure(self, points: Sequence[tuple[str, int, int]], progress: bool = False) -> None:
+        """Time every point of ``points`` not yet measured (see the class docstring)."""
+        from tqdm.auto import tqdm
+
+        todo: dict[tuple, tuple[str, int, int]] = {}
+        for point in points:
+            key = self.spec(*point)[0]
+            if key not in self.cache:
+                todo.setdefault(key, point)
+        keys = list(todo)
+        samples = max(3, -(-self.repeats // self.rounds))
+        with tqdm(total=len(keys), desc=f"profiling layers ({self.runtime.name})", unit="point",
+                  disable=not progress or None) as bar:
+            for start in range(0, len(keys), self.block):
+                chunk = keys[start:start + self.block]
+                with thread_count(self.threads):
+                    sessions = [self.runtime.prepare(layer, x, self.threads)
+                                for layer, x in (self.layer(*todo[k]) for k in chunk)]
+                timed = time_interleaved(self.reference, sessions, self.threads, self.rounds, samples,
+                                         min_sample_ms=0.5, clock=self.clock, ref_every=4)
+                self.reference_ms.append(timed.base_ms)
+                for k, ms, rel in zip(chunk, timed.ms, timed.relative, strict=True):
+                    self.cache[k] = (ms, rel)
+                bar.update(len(chunk))
+
+    def __call__(self, name: str, i: int, o: int) -> tuple[float, float]:
+        key = self.spec(name, i, o)[0]
         if key not in self.cache:
-            self.cache[key] = measure_latency(layer, (), threads=self.threads, warmup=3, repeats=self.repeats,
-                                              min_sample_ms=0.5, inputs=x, clock=self.clock).median_ms
+            self.measure([(name, i, o)])
         return self.cache[key]
 
 
 def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, threads: int = 1, step: int = 8,
               device: str | None = None, repeats: int = 15, calibration_plans: int = 12, seed: int = 0,
-              progress: bool = True, model_name: str | None = None, clock: str = "wall") -> Lut:
+              progress: bool = True, model_name: str | None = None, clock: Clock = "wall",
+              runtime: str | Runtime | None = None, fine: bool = True) -> Lut:
     """Profile ``model``'s modules over a (in, out) grid and calibrate: a ready :class:`Lut`.
 
     :param step: grid spacing in channels (1 = every channel count: slower, most accurate).
-    :param calibration_plans: random pruned variants timed, with the unpruned model, to fit
-        ``predicted = scale * sum + offset`` (0: plain sum + remainder).
-    :param clock: ``"wall"`` or ``"cpu"`` (see :func:`measure_latency`); stored in the header.
+    :param device: the device name stored in the header (default: the CPU's or GPU's model name).
+    :param calibration_plans: random pruned variants timed, with the unpruned model, to fit the
+        prediction (0: plain sum + remainder).
+    :param clock: ``"wall"`` or ``"cpu"`` (see :mod:`autoprune.latency.timing`); stored in the header.
     :param model_name: stored in the header as ``model`` (informative; the signature pins the model).
+    :param runtime: ``"torch"`` (default) or ``"onnxruntime"`` (or a runtime object).
+    :param fine: also time each axis of every module at every width (the other axis full): the
+        fine curves that correct the grid between its points (ONNX Runtime's kernels are much
+        slower at widths that are not multiples of 4 or 16, a step no coarse grid can see).
     """
-    from tqdm.auto import tqdm
-
     check_threads(threads)
     clock_fn(clock, threads)
+    rt = resolve_runtime(runtime)
     start = time.perf_counter()
     graph = build_unit_graph(model, input_shape)
-    total = sum(len(a) * len(b) for a, b in module_axes(graph, step).values())
-    profiler = LayerProfiler(graph, batch, threads, repeats, clock)
-    with tqdm(total=total, desc="profiling layers", unit="point", disable=not progress or None) as bar:
-        def timed(name: str, i: int, o: int) -> float:
-            bar.update(1)
-            return profiler(name, i, o)
-
-        tables = tabulate(graph, timed, step)
-    lut = Lut(make_header(graph, device=device or default_device_name(), threads=threads, batch=batch,
-                          step=step, repeats=repeats, clock=clock, model=model_name), tables)
-    calibrate(lut, graph, model, calibration_plans, seed, repeats, progress)
+    where = model_device(model)
+    profiler = LayerProfiler(graph, batch, threads, repeats, clock, rt)
+    axes = module_axes(graph, step)
+    points = [(name, i, o) for name, (ins, outs) in axes.items() for i in ins for o in outs]
+    profiler.measure(points + (fine_points(graph) if fine else []), progress)
+    tables = tabulate(graph, profiler, step)
+    if fine:
+        add_fine_curves(graph, tables, profiler)
+    header = make_header(graph, device=device or default_device_name(str(where)), device_kind=where.type,
+                         runtime=rt.name, runtime_version=rt.version(), threads=threads, batch=batch, step=step,
+                         repeats=repeats, clock=clock_name(clock), model=model_name, unit="reference", fine=fine,
+                         reference={"op": REFERENCE_OP, "ms": float(np.median(profiler.reference_ms))})
+    lut = Lut(header, tables)
+    calibrate(lut, graph, model, calibration_plans, seed, repeats, progress, runtime=rt, clock=clock)
     lut.header["build_seconds"] = round(time.perf_counter() - start, 3)
     lut.header["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return lut
 
 
 def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 12, seed: int = 0, repeats: int = 15,
-              progress: bool = True) -> None:
-    """Time the unpruned model and ``plans`` random variants; store remainder and calibration."""
+              progress: bool = True, runtime: str | Runtime | None = None, clock: Clock | None = None) -> None:
+    """Time the unpruned model against the reference op and ``plans`` random variants against the
+    unpruned model; store ``base_reference``, ``base_measured_ms``, the remainder and the calibration."""
+    rt = resolve_runtime(runtime or lut.header["runtime"])
+    h = lut.header
+    batch, threads, clock = int(h["batch"]), int(h["threads"]), clock or h.get("clock", "wall")
     widths = WidthModel(graph)
     rng = np.random.default_rng([seed, 1])
     counts = [list(graph.channels)] + [random_counts(graph, rng) for _ in range(plans)]
+    base = time_base_against_reference(model, graph.input_shape, batch, threads, max(repeats, 30), clock, rt)
+    timing = time_plans(graph, model, counts[1:], batch, threads, max(repeats, 30), clock, desc="calibrating",
+                        progress=progress, runtime=rt) if plans > 0 else None
+    relative = [1.0, *timing.relative] if timing else [1.0]
+    fit_calibration(lut, counts, [lut.raw_sum(graph, widths, c) for c in counts],
+                    [widths.activations(c) / 1e6 for c in counts], relative, base.relative[0])
+    h["base_measured_ms"] = timing.base_ms if timing else base.ms[0]
+
+
+def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[float], melements: Sequence[float],
+                    relative: Sequence[float], base_reference: float) -> None:
+    """Fit ``value = scale * raw + per_melement * melements + offset`` to measured latencies (reference units).
+
+    :param counts: the plans, the unpruned model first (stored in the header for later baselines).
+    :param raw: each plan's table sum; ``melements``: its kept output elements (millions).
+    :param relative: each plan's measured latency as a fraction of the unpruned model's (1.0 first).
+    :param base_reference: the unpruned model's latency in reference-op units.
+    """
     h = lut.header
-    timing = time_plans(graph, model, counts, int(h["batch"]), int(h["threads"]), max(repeats, 30),
-                        h.get("clock", "wall"), desc="calibrating", progress=progress)
-    measured = np.array(timing.ms)
-    raw = np.array([lut.raw_sum(graph, widths, c) for c in counts])
-    elements = np.array([widths.activations(c) / 1e6 for c in counts])
-    lut.header["base_measured_ms"] = timing.base_ms
-    lut.header["remainder_ms"] = float(timing.base_ms - raw[0])
-    lut.header.pop("calibration", None)
-    if plans < 1 or np.ptp(raw) <= 0:
+    raw, elements, relative = np.asarray(raw, float), np.asarray(melements, float), np.asarray(relative, float)
+    measured = relative * base_reference
+    h.update(base_reference=float(base_reference), remainder=float(base_reference - raw[0]))
+    h.pop("calibration", None)
+    if len(raw) < 2 or np.ptp(raw) <= 0:
         return
-    # measured ~ scale * raw + ms_per_melement * elements + offset, every coefficient >= 0
+    # measured ~ scale * raw + per_melement * elements + offset, every coefficient >= 0
     coef, _ = nnls(np.column_stack([raw, elements, np.ones_like(raw)]), measured)
     if coef[0] <= 0:  # the tables explain nothing: fall back to a plain linear fit on the sum
         scale, offset = np.polyfit(raw, measured, 1)
@@ -127,40 +244,59 @@ def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 12, see
         log.warning("LUT calibration fit failed (scale %.3g); using sum + remainder", scale)
         return
     fit = scale * raw + per_melement * elements + offset
-    lut.header["calibration"] = {"scale": scale, "ms_per_melement": per_melement, "offset_ms": offset,
-                                 "plans": int(plans + 1),
-                                 "fit_mape": float(np.mean(np.abs(fit - measured) / measured) * 100)}
+    h["calibration"] = {"scale": scale, "per_melement": per_melement, "offset": offset, "plans": len(raw),
+                        "fit_mape": float(np.mean(np.abs(fit / fit[0] - relative) / relative) * 100),
+                        "counts": [list(map(int, c)) for c in counts], "relative": relative.tolist()}
+
+
+def time_base_against_reference(model: nn.Module, input_shape: Sequence[int], batch: int, threads: int,
+                                repeats: int, clock: Clock, runtime: Runtime) -> TimedPlans:
+    """The unpruned model timed interleaved with the reference op (``relative[0]``: in reference units)."""
+    from autoprune.latency.timing import example_input
+
+    where = model_device(model)
+    with eval_mode(model), thread_count(threads):
+        session = runtime.prepare(model, example_input(model, input_shape, batch), threads)
+        ref = reference_session(runtime, batch, threads, where)
+        return time_interleaved(ref, [session], threads, 5, max(3, -(-repeats // 5)), clock=clock, ref_every=1)
 
 
 def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeats: int = 15,
-              progress: bool = True) -> dict[str, Any]:
-    """Time ``plans`` random pruned variants of ``model`` and compare with the LUT's predictions.
+              progress: bool = True, runtime: str | None = None) -> dict[str, Any]:
+    """Time ``plans`` random pruned variants of ``model`` interleaved with the unpruned model and
+    compare with the LUT's predictions, as fractions of the unpruned model (the target) and in ms.
 
-    The plans come from a random stream separate from the build's calibration plans and are
-    timed with :func:`time_plans` (against the base model). Returns ``plans``, ``mape`` (mean
-    absolute % error), ``within_10pct`` (fraction), ``max_abs_pct``, the points, and the same
-    three numbers ``*_drift_corrected``: measured latencies rescaled by ``drift`` (the base
-    model's latency now / at build time), i.e. the check at the machine speed the LUT was built
-    at. Fractional latency budgets depend only on those relative predictions.
+    The plans come from a random stream separate from the build's calibration plans. Returns
+    ``plans``, ``mape`` (mean absolute % error of the predicted fraction), ``within_10pct`` (share
+    of plans within +-10%), ``max_abs_pct``, the same three for the ms predictions (``*_ms``; these
+    move with the machine's speed), ``drift`` (the unpruned model's latency now / at build time),
+    and the points (``predicted_rel``, ``measured_rel``, ``predicted_ms``, ``measured_ms``).
+
+    :param runtime: the runtime to time in; must be the LUT's (the default).
     """
     if plans < 1:
         raise AutopruneError(f"--plans must be >= 1 (got {plans})")
+    lut.check_target(runtime=runtime, source="the LUT")
     graph = build_unit_graph(model, lut.header["input_shape"])
     lut.check(graph)
     cost = LutCost(lut, graph)
     rng = np.random.default_rng([seed, 2])
     counts = [random_counts(graph, rng) for _ in range(plans)]
-    predicted = np.array([cost(c) for c in counts])
-    timing = time_plans(graph, model, counts, cost.batch, cost.threads, repeats, cost.clock, desc="checking",
-                        progress=progress)
-    measured = np.array(timing.ms)
-    built = float(lut.header.get("base_measured_ms") or timing.base_ms)
-    drift = timing.base_ms / built
-    out: dict[str, Any] = {"plans": int(plans), "predicted_ms": predicted.tolist(), "measured_ms": measured.tolist(),
-                           "base_ms_now": timing.base_ms, "base_ms_at_build": built, "drift": drift,
-                           "batch": cost.batch, "threads": cost.threads, "clock": cost.clock}
-    for suffix, m in (("", measured), ("_drift_corrected", measured / drift)):
-        err = np.abs(predicted - m) / m
+    predicted_rel = np.array([cost.fraction(c) for c in counts])
+    predicted_ms = predicted_rel * cost.base
+    timing = time_plans(graph, model, counts, cost.batch, cost.threads, repeats, lut.header.get("clock", "wall"),
+                        desc="checking", progress=progress, runtime=cost.runtime)
+    measured_rel, measured_ms = np.array(timing.relative), np.array(timing.ms)
+    out: dict[str, Any] = {
+        "plans": int(plans), "runtime": cost.runtime, "device": lut.header["device"],
+        "device_now": default_device_name(str(model_device(model))),
+        "predicted_rel": predicted_rel.tolist(), "measured_rel": measured_rel.tolist(),
+        "predicted_ms": predicted_ms.tolist(), "measured_ms": measured_ms.tolist(),
+        "base_ms_now": timing.base_ms, "base_ms_at_build": cost.base, "drift": timing.base_ms / cost.base,
+        "batch": cost.batch, "threads": cost.threads, "clock": cost.clock}
+    for suffix, p, m in (("", predicted_rel, measured_rel), ("_ms", predicted_ms, measured_ms)):
+        err = np.abs(p - m) / m
         out.update({f"mape{suffix}": float(err.mean() * 100), f"within_10pct{suffix}": float((err <= 0.10).mean()),
                     f"max_abs_pct{suffix}": float(err.max() * 100)})
     return out
+

@@ -1,12 +1,27 @@
-"""Measured latency, and the ``latency`` cost model (from a lookup table, or measured).
+"""Measuring latency: sessions, clocks, and timing interleaved with a reference.
 
-How latency is measured (:func:`measure_latency`): the model in eval mode under
-``torch.inference_mode``, a fixed random input of ``(batch, *input_shape)``, a fixed thread count
-(``torch.set_num_threads``, restored afterwards), ``warmup`` untimed forwards, then ``repeats``
-timed samples with ``time.perf_counter`` (``clock="wall"``). A fast model runs several times per
-sample (>= ``min_sample_ms``). Result: the median in ms and the spread (p10 to p90 / median).
-``clock="cpu"`` (one thread) uses ``time.thread_time``: the timing thread's CPU time, leaving out
-time given to other processes (for busy machines; not end-to-end latency).
+What is timed is a *session* (:mod:`autoprune.latency.runtimes`): one forward pass of a model on a
+fixed input, in ``torch`` or ``onnxruntime``. A sample runs the session enough times to last at
+least ``min_sample_ms`` and is timed with
+
+* ``clock="wall"``: ``time.perf_counter`` (end-to-end latency), or
+* ``clock="cpu"``: ``time.thread_time``, the timing thread's CPU time (one thread only; leaves out
+  time the OS gave to other processes: for busy machines, but not end-to-end latency), or
+* CUDA events with synchronisation when the session runs on a CUDA device (``clock`` must then be
+  ``"wall"``; the events time the GPU stream from before the first run to after the last).
+
+**Drift-proof comparisons.** Every timing that is compared with another is taken interleaved
+with a *reference* (:func:`time_interleaved`): in each of ``rounds`` passes the reference is timed
+before the first candidate, after every ``ref_every`` candidates and at the end; a session's
+timing in a pass is the fastest of a few samples (on a shared machine interference only ever adds
+time), and each candidate's ratio in a pass is its timing over the faster of the reference timings
+on either side of it. A candidate's ``relative`` latency is the median of those per-pass ratios;
+its ``ms`` is its fastest pass. A machine that runs uniformly faster or slower changes ``ms`` but
+not ``relative``, and a slow spell lands on one pass of a candidate and its neighbouring
+references alike. Passes alternate direction, so a steady drift over a pass cancels out. (On the
+loaded 2-core VM, four repeats of the ratios of 8 ResNet-20 plans spread by 1.6-2.3% this way,
+against 2.3-27% with the median of samples instead of the fastest, 2026-11-30.) The reference is the unpruned model (calibration, checks, measured budgets, the
+speed-up benchmark) or a fixed reference op (LUT entries, :mod:`autoprune.latency.build`).
 
 On glibc the allocator is tuned first (:func:`tune_allocator`, the runtime equivalent of
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``): without it, forwards at batch 32 page-fault
@@ -14,11 +29,8 @@ thousands of times and run far slower than they need to. One thread is the defau
 2-core CPU two threads do not give repeatable numbers; with more threads, start the process with
 ``OMP_WAIT_POLICY=ACTIVE`` (it is read when torch is imported, so it cannot be set afterwards).
 
-:func:`time_against_base` times many models against a base model in interleaved passes (used by
-LUT calibration and checks, :mod:`autoprune.latency.build`, and the speed-up benchmark).
-
-The ``latency`` cost model prices channel counts in ms: from a LUT (:mod:`autoprune.latency.lut`), or by
-pruning and timing each new count vector (slow; cached by counts).
+The ``latency`` cost model (:func:`latency_cost`, a LUT or measured) lives in
+:mod:`autoprune.latency.costs`; ``COST_MODELS`` names it here through a lazy entry point.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +54,7 @@ from autoprune.core.graph import UnitGraph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
 from autoprune.errors import AutopruneError
-from autoprune.latency.lut import LutCost, load_lut
+from autoprune.latency.runtimes import Runtime, Session, get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +114,7 @@ class LatencyStats:
     threads: int
     clock: str = "wall"
     min_ms: float = float("nan")
+    runtime: str = "torch"
 
     @property
     def spread(self) -> float:
@@ -110,6 +123,113 @@ class LatencyStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "spread": self.spread}
+
+
+Clock = str | Callable[[], float]
+"""A name in :data:`CLOCKS` (``"wall"``, ``"cpu"``) or a function returning seconds."""
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+"""Clocks by name (tests add a fake one); ``cpu`` is the timing thread's CPU time (1 thread only)."""
+
+
+def clock_fn(clock: Clock, threads: int) -> Callable[[], float]:
+    """The timer for ``clock``: ``time.perf_counter``, ``time.thread_time`` or ``clock`` itself."""
+    if callable(clock):
+        return clock
+    if clock == "cpu" and threads != 1:
+        raise AutopruneError("the cpu clock times one thread; use --threads 1 or --clock wall")
+    if clock not in CLOCKS:
+        raise AutopruneError(f"unknown clock {clock!r}; choose 'wall' or 'cpu'")
+    return CLOCKS[clock]
+
+
+def clock_name(clock: Clock) -> str:
+    return clock if isinstance(clock, str) else getattr(clock, "__name__", "custom")
+
+
+class ClockTimer:
+    """Times ``runs`` calls of a CPU session with a clock function (ms per call)."""
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self.now = now
+
+    def sample(self, fn: Callable[[], Any], runs: int) -> float:
+        start = self.now()
+        for _ in range(runs):
+            fn()
+        return (self.now() - start) / runs * 1e3
+
+
+class CudaTimer:
+    """Times ``runs`` calls of a CUDA session with CUDA events (ms per call).
+
+    The device is synchronised before the start event is recorded, and the end event is waited
+    for, so the sample covers every kernel the calls launched and nothing before them.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.device = torch.device(device)
+
+    def sample(self, fn: Callable[[], Any], runs: int) -> float:
+        stream = torch.cuda.current_stream(self.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(self.device)
+        start.record(stream)
+        for _ in range(runs):
+            fn()
+        end.record(stream)
+        end.synchronize()
+        return float(start.elapsed_time(end)) / runs
+
+
+def make_timer(device: str, clock: Clock, threads: int) -> ClockTimer | CudaTimer:
+    """CUDA events for a CUDA device (``clock`` must be ``"wall"``), else ``clock``'s timer."""
+    if str(device).startswith("cuda"):
+        if clock != "wall":
+            raise AutopruneError(f"clock {clock_name(clock)!r} cannot time a CUDA device; use --clock wall "
+                                 "(CUDA events)")
+        return CudaTimer(device)
+    return ClockTimer(clock_fn(clock, threads))
+
+
+def runs_per_sample(fn: Callable[[], Any], timer: ClockTimer | CudaTimer, warmup: int,
+                    min_sample_ms: float) -> int:
+    """Run ``warmup`` untimed calls, time one, and return how many calls last ``min_sample_ms``."""
+    for _ in range(max(warmup, 1)):
+        fn()
+    once = timer.sample(fn, 1)
+    return int(min(1000, max(1, np.ceil(min_sample_ms / max(once, 1e-4)))))
+
+
+def resolve_runtime(runtime: str | Runtime | None) -> Runtime:
+    """A runtime object from its name (``None``: torch), or the object itself."""
+    return runtime if runtime is not None and not isinstance(runtime, str) else get_runtime(runtime)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter or buffer (CPU for a model without any)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def example_input(model: nn.Module, input_shape: Sequence[int], batch: int) -> torch.Tensor:
+    """A fixed random input of ``(batch, *input_shape)`` on ``model``'s device."""
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
+    return x.to(model_device(model))
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Put ``models`` in eval mode for the block, restoring each one's training flag."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
 
 
 def measure_latency(
@@ -121,165 +241,125 @@ def measure_latency(
     repeats: int = 20,
     min_sample_ms: float = 1.0,
     inputs: torch.Tensor | None = None,
-    clock: str = "wall",
+    clock: Clock = "wall",
+    runtime: str | Runtime | None = None,
 ) -> LatencyStats:
-    """Median forward latency of ``model`` (ms) on ``(batch, *input_shape)`` inputs.
+    """Median forward latency of ``model`` (ms) on ``(batch, *input_shape)`` inputs, alone.
+
+    Use :func:`time_against_base` for numbers that are compared with each other.
 
     :param model: any module; it is put in eval mode for the measurement and restored.
     :param input_shape: shape of one sample, e.g. ``(3, 32, 32)``.
     :param batch: batch size.
-    :param threads: torch intra-op threads during the measurement.
+    :param threads: intra-op threads during the measurement.
     :param warmup: untimed forwards first.
     :param repeats: timed samples (the median of these is reported).
     :param min_sample_ms: one sample runs the forward enough times to last at least this long.
     :param inputs: a ready input tensor (overrides ``batch``/``input_shape``).
     :param clock: ``"wall"`` (perf_counter) or ``"cpu"`` (thread CPU time; needs ``threads=1``).
+    :param runtime: ``"torch"`` (default), ``"onnxruntime"`` or a runtime object.
     """
     if repeats < 1 or batch < 1:
         raise AutopruneError(f"latency: repeats and batch must be >= 1 (got {repeats}, {batch})")
-    now = clock_fn(clock, threads)
+    rt = resolve_runtime(runtime)
+    x = inputs if inputs is not None else example_input(model, input_shape, batch)
+    timer = make_timer(str(x.device), clock, threads)
     tune_allocator()
-    x = inputs if inputs is not None else torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
-    was_training = model.training
-    model.eval()
-    try:
-        with thread_count(threads), torch.inference_mode():
-            for _ in range(max(warmup, 1)):
-                model(x)
-            start = now()
-            model(x)
-            once = now() - start
-            runs = int(min(1000, max(1, np.ceil(min_sample_ms / 1e3 / max(once, 1e-7)))))
-            samples = np.empty(repeats)
-            for i in range(repeats):
-                start = now()
-                for _ in range(runs):
-                    model(x)
-                samples[i] = (now() - start) / runs * 1e3
-    finally:
-        model.train(was_training)
+    with eval_mode(model), thread_count(threads):
+        session = rt.prepare(model, x, threads)
+        runs = runs_per_sample(session, timer, warmup, min_sample_ms)
+        samples = np.array([timer.sample(session, runs) for _ in range(repeats)])
     p10, med, p90 = np.percentile(samples, [10, 50, 90])
-    return LatencyStats(float(med), float(p10), float(p90), repeats, runs, int(x.shape[0]), threads, clock,
-                        float(samples.min()))
+    return LatencyStats(float(med), float(p10), float(p90), repeats, runs, int(x.shape[0]), threads,
+                        clock_name(clock), float(samples.min()), rt.name)
 
 
-def clock_fn(clock: str, threads: int):
-    """The timer for ``clock``: ``time.perf_counter`` or ``time.thread_time``."""
-    if clock == "wall":
-        return time.perf_counter
-    if clock == "cpu":
-        if threads != 1:
-            raise AutopruneError("the cpu clock times one thread; use --threads 1 or --clock wall")
-        return time.thread_time
-    raise AutopruneError(f"unknown clock {clock!r}; choose 'wall' or 'cpu'")
-
-
-class MeasuredLatencyCost:
-    """Latency (ms) of the real pruned model, timed for every new count vector (slow, cached).
-
-    Each call with new counts prunes a copy of ``model`` with torch-pruning (the channels chosen
-    do not matter for speed) and times it with :func:`measure_latency`. Expect 0.1-1 s per new
-    plan, so searchers that probe many plans (bisection, NetAdapt) are much slower than with a
-    LUT. Timing noise means two near-identical plans can come out in either order.
-    """
-
-    kind = "latency"
-    source = "measured"
-
-    def __init__(self, graph: UnitGraph, model: nn.Module, batch: int = 1, threads: int = 1,
-                 repeats: int = 15) -> None:
-        check_threads(threads)
-        self.graph, self.model = graph, model
-        self.batch, self.threads, self.repeats = batch, threads, repeats
-        self.cache: dict[tuple[int, ...], float] = {}
-        self._base = self(graph.channels)
-
-    @property
-    def base(self) -> float:
-        return self._base
-
-    def _time(self, model: nn.Module) -> float:
-        return measure_latency(model, self.graph.input_shape, self.batch, self.threads,
-                               repeats=self.repeats).median_ms
-
-    def __call__(self, counts: Sequence[int]) -> float:
-        key = tuple(int(c) for c in counts)
-        if key not in self.cache:
-            if key == tuple(self.graph.channels):
-                self.cache[key] = self._time(self.model)
-            else:
-                pruned = apply_plan(self.model, self.graph, PruningPlan.from_counts(self.graph, key))
-                self.cache[key] = self._time(pruned)
-        return self.cache[key]
-
-
-def latency_cost(graph: UnitGraph, model: nn.Module | None = None, lut: str | Path | None = None, **_: Any):
-    """Factory of the ``latency`` cost model: from ``lut`` when given, else measured on ``model``.
-
-    ``COST_MODELS`` names it with a lazy entry point (:mod:`autoprune.core.cost`), so nothing needs to
-    import this module for a ``latency`` budget to work.
-    """
-    if lut:
-        return LutCost(load_lut(lut, graph), graph)
-    model = model if model is not None else graph.model
-    if model is None:
-        raise AutopruneError("a latency budget needs the model (or budget.lut: a lookup table)")
-    log.info("no budget.lut: latency is measured on this machine for every plan (slow)")
-    return MeasuredLatencyCost(graph, model)
-
-
-def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any]:
-    """``summary.json`` entry for latency budgets: base and pruned latency, predicted and measured.
-
-    "Predicted" is the budget's cost model (the LUT, or the cached measurement used during the
-    search); "measured" times the base and the final (fine-tuned) pruned model now, with the
-    cost model's batch size and thread count.
-    """
-    cost = session.budget.cost
-    if session.budget.kind != "latency":
-        return {}
-    batch, threads = int(getattr(cost, "batch", 1)), int(getattr(cost, "threads", 1))
-    clock = str(getattr(cost, "clock", "wall"))
-    base = measure_latency(session.model, session.input_shape, batch, threads, repeats=30, clock=clock)
-    after = measure_latency(pruned, session.input_shape, batch, threads, repeats=30, clock=clock)
-    predicted = float(cost(plan.counts(session.graph)))
-    return {"latency": {
-        "unit": "ms", "source": getattr(cost, "source", "lut"), "batch": batch, "threads": threads, "clock": clock,
-        "budget_ms": float(session.budget.target),
-        "base_predicted_ms": float(cost.base), "base_measured_ms": base.median_ms,
-        "pruned_predicted_ms": predicted, "pruned_measured_ms": after.median_ms,
-        "kept_predicted": predicted / float(cost.base), "kept_measured": after.median_ms / base.median_ms,
-    }}
-
-
-# ------------------------------------------------------------------------------ LUT build / check
-
-
-def default_device_name() -> str:
-    """CPU model name and core count, e.g. ``"Intel(R) Xeon(R) ... (2 cores)"``."""
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name} ({os.cpu_count()} cores)"
+# ------------------------------------------------------------------------ interleaved with a reference
 
 
 @dataclass
 class TimedPlans:
-    """Latencies of models timed against a base model (see :func:`time_against_base`)."""
+    """Latencies of candidates timed interleaved with a reference (see :func:`time_interleaved`)."""
 
     ms: list[float]
-    """Each model's latency (ms)."""
+    """Each candidate's latency (ms, its fastest pass)."""
     relative: list[float]
-    """Each model's latency as a fraction of the base model's, timed alongside it."""
+    """Each candidate's latency as a fraction of the reference's, timed alongside it (median over passes)."""
     base_ms: float
-    """The base model's latency, timed in the same passes."""
+    """The reference's latency (ms, its fastest timing), from the same passes."""
+
+
+def time_interleaved(reference: Session, candidates: Sequence[Session], threads: int = 1, rounds: int = 5,
+                     samples: int = 3, warmup: int = 2, min_sample_ms: float = 1.0, clock: Clock = "wall",
+                     ref_every: int = 2, desc: str = "timing", progress: bool = False) -> TimedPlans:
+    """Time ``candidates`` interleaved with ``reference`` in ``rounds`` passes (see the module docstring).
+
+    :param reference: the session every candidate is compared with.
+    :param candidates: prepared sessions, all on the reference's device.
+    :param samples: timed samples per session per pass (the fastest is the pass's timing).
+    :param ref_every: candidates between two timings of the reference.
+    """
+    from tqdm.auto import tqdm
+
+    if rounds < 1 or samples < 1 or ref_every < 1:
+        raise AutopruneError(f"timing: rounds, samples and ref_every must be >= 1 (got {rounds}, {samples}, "
+                             f"{ref_every})")
+    devices = {str(s.device) for s in (reference, *candidates)}
+    if len(devices) > 1:
+        raise AutopruneError(f"timing: sessions on different devices ({', '.join(sorted(devices))})")
+    timer = make_timer(str(reference.device), clock, threads)
+    tune_allocator()
+    n = len(candidates)
+    ms, rel, ref_ms = np.full((rounds, n), np.inf), np.ones((rounds, n)), []
+    with thread_count(threads), tqdm(total=rounds * n, desc=desc, unit="run", disable=not progress or None) as bar:
+        runs = [runs_per_sample(s, timer, warmup, min_sample_ms) for s in (reference, *candidates)]
+
+        def timed(k: int) -> float:  # the fastest of ``samples`` samples
+            session = reference if k < 0 else candidates[k]
+            return min(timer.sample(session, runs[k + 1]) for _ in range(samples))
+
+        for r in range(rounds):
+            order = list(range(n)) if r % 2 == 0 else list(reversed(range(n)))
+            before = timed(-1)
+            ref_ms.append(before)
+            for start in range(0, n, ref_every):
+                block = [(k, timed(k)) for k in order[start:start + ref_every]]
+                after = timed(-1)
+                ref_ms.append(after)
+                for k, t in block:
+                    ms[r, k], rel[r, k] = t, t / max(min(before, after), 1e-12)
+                before = after
+                bar.update(len(block))
+    return TimedPlans(ms.min(axis=0).tolist(), np.median(rel, axis=0).tolist(), float(min(ref_ms)))
+
+
+def time_against_base(base: nn.Module, models: Sequence[nn.Module], input_shape: Sequence[int], batch: int = 1,
+                      threads: int = 1, repeats: int = 15, clock: Clock = "wall", rounds: int = 5,
+                      desc: str = "timing", progress: bool = False, runtime: str | Runtime | None = None,
+                      ref_every: int = 2) -> TimedPlans:
+    """Time each of ``models`` interleaved with ``base`` (:func:`time_interleaved`) in ``runtime``.
+
+    ``repeats`` samples per model in all, spread over ``rounds`` passes (at least 3 per pass). The
+    models are put in eval mode for the timing (and restored); the input is a fixed random
+    ``(batch, *input_shape)`` tensor on ``base``'s device.
+    """
+    from tqdm.auto import tqdm
+
+    rt = resolve_runtime(runtime)
+    x = example_input(base, input_shape, batch)
+    with eval_mode(base, *models), thread_count(threads):
+        sessions = {}
+        for m in tqdm([base, *models], desc=f"{desc}: preparing ({rt.name})", unit="model",
+                      disable=not progress or rt.name == "torch" or None):
+            if id(m) not in sessions:
+                sessions[id(m)] = rt.prepare(m, x, threads)
+        return time_interleaved(sessions[id(base)], [sessions[id(m)] for m in models], threads, rounds,
+                                max(3, -(-repeats // rounds)), clock=clock, ref_every=ref_every, desc=desc,
+                                progress=progress)
 
 
 def time_plans(graph: UnitGraph, model: nn.Module, plans: list[list[int]], batch: int = 1, threads: int = 1,
-               repeats: int = 15, clock: str = "wall", desc: str = "timing", progress: bool = False,
+               repeats: int = 15, clock: Clock = "wall", desc: str = "timing", progress: bool = False,
                **kwargs: Any) -> TimedPlans:
     """Prune ``model`` to each count vector of ``plans`` and time them with :func:`time_against_base`."""
     from tqdm.auto import tqdm
@@ -290,29 +370,35 @@ def time_plans(graph: UnitGraph, model: nn.Module, plans: list[list[int]], batch
                              progress=progress, **kwargs)
 
 
-def time_against_base(base: nn.Module, models: Sequence[nn.Module], input_shape: Sequence[int], batch: int = 1,
-                      threads: int = 1, repeats: int = 15, clock: str = "wall", rounds: int = 5,
-                      desc: str = "timing", progress: bool = False) -> TimedPlans:
-    """Time ``base`` and each of ``models`` in ``rounds`` interleaved passes; keep each one's fastest.
+def default_device_name(device: str = "cpu") -> str:
+    """A CUDA device's name, or the CPU model name and core count, e.g. ``"Intel(R) Xeon(R) ... (2 cores)"``."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name} ({os.cpu_count()} cores)"
 
-    Every pass times every model a few samples (their median), so a slow spell of the machine
-    lands on one pass of many models instead of on every sample of a few; the fastest pass is
-    the least disturbed one (on a shared machine interference only ever adds time). On this
-    project's 2-core VM two timings of the same 50 plans agreed to 4.3% mean difference this way,
-    against 7.4% for the median of all samples (README: Building a LUT). The base model is timed in the same
-    passes, so ``relative`` compares models measured under the same conditions.
+
+# ----------------------------------------------------------------------- the ``latency`` cost model
+
+
+def latency_cost(graph: UnitGraph, model: nn.Module | None = None, lut: str | Path | None = None, **options: Any):
+    """Factory of the ``latency`` cost model (see :func:`autoprune.latency.costs.make_latency_cost`).
+
+    ``COST_MODELS`` names it with a lazy entry point (:mod:`autoprune.core.cost`), so nothing needs to
+    import this module for a ``latency`` budget to work.
     """
-    from tqdm.auto import tqdm
+    from autoprune.latency.costs import make_latency_cost
 
-    per_round = max(3, -(-repeats // rounds))
-    everything = [base, *models]
-    medians = np.zeros((rounds, len(everything)))
-    with tqdm(total=rounds * len(everything), desc=f"{desc}: timing", unit="run",
-              disable=not progress or None) as bar:
-        for r in range(rounds):
-            for k, m in enumerate(everything):
-                medians[r, k] = measure_latency(m, input_shape, batch, threads, warmup=5 if r == 0 else 2,
-                                                repeats=per_round, clock=clock).median_ms
-                bar.update(1)
-    fastest = medians.min(axis=0)
-    return TimedPlans(fastest[1:].tolist(), (fastest[1:] / fastest[0]).tolist(), float(fastest[0]))
+    return make_latency_cost(graph, model, lut, **options)
+
+
+def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any]:
+    """``summary.json`` entry for latency budgets (see :func:`autoprune.latency.costs.latency_summary`)."""
+    from autoprune.latency import costs
+
+    return costs.latency_summary(session, pruned, plan)

@@ -17,9 +17,7 @@ share of the remaining time, so folding is what lets latency fall with FLOPs (RE
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
-import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +25,8 @@ from torch import nn
 
 from autoprune.atomic import atomic_write_bytes, check_writable
 from autoprune.errors import AutopruneError
+from autoprune.latency import onnx_export
+from autoprune.latency.onnx_export import PoolAsMatmul, onnx_friendly  # noqa: F401  (their old home)
 from autoprune.pipeline.artifacts import read_pruned
 
 FORMATS = {"torch": "pt2", "onnx": "onnx"}
@@ -71,57 +71,6 @@ def export_torch(model: nn.Module, example: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-class PoolAsMatmul(nn.Module):
-    """``AdaptiveAvgPool2d`` at a fixed input size as two matrix products (exact, ONNX-exportable).
-
-    The TorchScript ONNX exporter rejects adaptive pooling whose output size does not divide the
-    input size (e.g. a 2x2 map pooled to 4x4); the pooling is a fixed linear map, so we write it
-    as one.
-    """
-
-    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
-        super().__init__()
-        self.register_buffer("ph", _pool_matrix(in_hw[0], out_hw[0]))
-        self.register_buffer("pw", _pool_matrix(in_hw[1], out_hw[1]).t().contiguous())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(torch.matmul(self.ph, x), self.pw)
-
-
-def _pool_matrix(size: int, out: int) -> torch.Tensor:
-    m = torch.zeros(out, size)
-    for i in range(out):
-        start, end = (i * size) // out, -((-(i + 1) * size) // out)
-        m[i, start:end] = 1.0 / (end - start)
-    return m
-
-
-def onnx_friendly(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` with non-divisible adaptive average pools replaced by :class:`PoolAsMatmul`."""
-    model = copy.deepcopy(model)
-    sizes: dict[str, tuple[int, int]] = {}
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: sizes.__setitem__(n, (tuple(i[0].shape[-2:]),
-                                                                                     tuple(o.shape[-2:]))))
-               for n, m in model.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
-    with torch.no_grad():
-        model(example)
-    for h in handles:
-        h.remove()
-    for name, (in_hw, out_hw) in sizes.items():
-        if any(i % o for i, o in zip(in_hw, out_hw, strict=True)):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, PoolAsMatmul(in_hw, out_hw))
-    return model
-
-
 def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
-    if importlib.util.find_spec("onnx") is None:
-        raise AutopruneError("ONNX export needs the onnx extra: pip install 'autoprune[onnx]' (onnx, onnxruntime)")
-    model = onnx_friendly(model, example)
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return buf.getvalue()
+    """A deployable ONNX file's bytes: dynamic batch, constants folded (see :mod:`autoprune.latency.onnx_export`)."""
+    return onnx_export.export_onnx(model, example, dynamic_batch=True, fold_constants=True)

@@ -1,24 +1,33 @@
-"""Latency lookup-table files (``autoprune lut build|check``): build a LUT for a named model and write
-it; check one against fresh timings and write the scatter plot (and a JSON summary).
+"""Latency lookup-table files (``autoprune lut build|check|probes|import|list``): build a LUT for a named
+model and write it; check one against fresh timings (scatter plot, JSON summary, and the result
+recorded in the LUT's header); write probe models for a device without Python autoprune and import
+their timings; list a LUT directory.
 
 Timing runs in this process (see :mod:`autoprune.latency.build` and :mod:`autoprune.latency.timing`).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from autoprune.atomic import atomic_write_json, atomic_write_text, atomic_write_with, check_writable
+from autoprune.errors import AutopruneError
 from autoprune.latency.build import build_lut, check_lut
 from autoprune.latency.lut import Lut, load_lut
+from autoprune.latency.lutdir import LutEntry, list_luts, lut_dir, record_check
+from autoprune.latency.probes import import_probes, write_probes
 from autoprune.models.zoo import model_from_name
+
+log = logging.getLogger(__name__)
 
 
 def build_lut_file(model: str, input_shape: tuple[int, ...], out: str | Path, model_kwargs: dict | None = None,
                    num_classes: int | None = None, **options: Any) -> Lut:
     """Profile the model named ``model`` (random weights: latency does not depend on them) and write its
-    LUT to ``out``. ``options`` are :func:`~autoprune.latency.build.build_lut`'s (batch, threads, step, ...)."""
+    LUT to ``out``. ``options`` are :func:`~autoprune.latency.build.build_lut`'s (batch, threads, step,
+    runtime, ...)."""
     out = Path(out)
     check_writable(out.parent if str(out.parent) else Path("."))
     net = model_from_name(model, model_kwargs, input_shape, num_classes)
@@ -29,12 +38,14 @@ def build_lut_file(model: str, input_shape: tuple[int, ...], out: str | Path, mo
 
 def check_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | None = None,
                    num_classes: int | None = None, plot: str | Path | None = None,
-                   json_out: str | Path | None = None, **options: Any) -> dict[str, Any]:
+                   json_out: str | Path | None = None, record: bool = True, **options: Any) -> dict[str, Any]:
     """Time random pruned plans of ``model`` and compare with the LUT's predictions.
 
-    Writes the scatter plot to ``plot`` (default: next to ``json_out``, else ``<lut>.check.png``) and,
-    with ``json_out``, the result there. ``options`` are :func:`~autoprune.latency.build.check_lut`'s
-    (plans, seed, repeats, progress). Returns the result with ``plot`` added.
+    Writes the scatter plot to ``plot`` (default: next to ``json_out``, else ``<lut>.check.png``),
+    with ``json_out`` the result there, and with ``record`` a summary into the LUT file's header
+    (``last_check``: what ``autoprune lut list`` shows). ``options`` are
+    :func:`~autoprune.latency.build.check_lut`'s (plans, seed, repeats, progress, runtime). Returns the
+    result with ``plot`` added.
     """
     lut = load_lut(lut_path)
     net = model_from_name(model, model_kwargs, tuple(lut.header["input_shape"]), num_classes)
@@ -42,15 +53,49 @@ def check_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | None =
     if plot is None:
         plot = Path(json_out).with_suffix(".png") if json_out else Path(lut_path).with_suffix(".check.png")
     plot = Path(plot)
-    scatter(result["predicted_ms"], result["measured_ms"], plot, lut.header.get("device", ""))
+    scatter(result["predicted_rel"], result["measured_rel"], plot,
+            f"{lut.header.get('device', '')}, {lut.header['runtime']}")
     summary = {**result, "plot": str(plot)}
     if json_out:
         atomic_write_json(json_out, summary)
+    if record:
+        try:
+            record_check(lut_path, result)
+        except (OSError, AutopruneError) as exc:
+            log.warning("could not record the check in %s: %s", lut_path, exc)
     return summary
 
 
-def scatter(predicted: list[float], measured: list[float], path: Path, device: str = "") -> None:
-    """Predicted vs measured latency, with the y = x line and a +-10% band (PNG, Agg backend)."""
+def probes_dir(model: str, input_shape: tuple[int, ...], out: str | Path, model_kwargs: dict | None = None,
+               num_classes: int | None = None, **options: Any) -> dict[str, Any]:
+    """Write the probe models, manifest and timing script of a LUT build of ``model`` into ``out``
+    (:func:`~autoprune.latency.probes.write_probes`; ``options``: batch, step, calibration_plans, seed)."""
+    out = Path(out)
+    check_writable(out.parent if str(out.parent) else Path("."))
+    net = model_from_name(model, model_kwargs, input_shape, num_classes)
+    return write_probes(net, input_shape, out, model_name=model, **options)
+
+
+def import_lut_file(probe_dir: str | Path, out: str | Path, device: str | None = None) -> Lut:
+    """Read a probe directory's ``timings.json`` into a LUT and write it to ``out``."""
+    out = Path(out)
+    check_writable(out.parent if str(out.parent) else Path("."))
+    lut = import_probes(probe_dir, device)
+    atomic_write_text(out, lut.to_json())
+    return lut
+
+
+def list_lut_dir(folder: str | Path | None = None) -> tuple[Path, list[LutEntry]]:
+    """The LUTs in ``folder`` (default ``$AUTOPRUNE_LUT_DIR``)."""
+    path = lut_dir(folder)
+    if path is None:
+        raise AutopruneError("no LUT directory: give --dir DIR or set AUTOPRUNE_LUT_DIR")
+    return path, list_luts(path)
+
+
+def scatter(predicted: list[float], measured: list[float], path: Path, title: str = "") -> None:
+    """Predicted vs measured latency as a fraction of the unpruned model's, with the y = x line and a
+    +-10% band (PNG, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,8 +108,8 @@ def scatter(predicted: list[float], measured: list[float], path: Path, device: s
     ax.plot(line, line, "k-", lw=1, label="y = x")
     ax.fill_between(line, line * 0.9, line * 1.1, color="0.85", label="+-10%")
     ax.scatter(measured, predicted, s=14, zorder=3)
-    ax.set(xlabel="measured latency (ms)", ylabel="LUT prediction (ms)", xlim=(lo, hi), ylim=(lo, hi),
-           title=f"LUT check{': ' + device if device else ''}"[:60])
+    ax.set(xlabel="measured latency / unpruned", ylabel="LUT prediction / unpruned", xlim=(lo, hi), ylim=(lo, hi),
+           title=f"LUT check{': ' + title if title else ''}"[:60])
     ax.legend(loc="upper left")
     fig.tight_layout()
     atomic_write_with(path, lambda buf: fig.savefig(buf, format="png", dpi=110))

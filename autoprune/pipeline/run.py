@@ -7,12 +7,16 @@ that fails before a trial finished leaves no run dir behind (:mod:`autoprune.pip
 
 The FLOPs and params in ``summary.json`` come from the session's plan-only cost models, the same
 counter the search and ``trials.parquet`` use (for ``fine`` / ``nm``: non-zero weights and MACs).
+Its ``timing`` (:func:`timing_summary`) counts the whole run over every ``--resume`` (the segments in
+``run_state.json``, :class:`~autoprune.pipeline.rundir.RunClock`); ``wall_seconds`` is that total,
+``timing.run_seconds``.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,11 +34,14 @@ from autoprune.core.sparsity import make_permanent, sparse_layer_formats, storag
 from autoprune.core.train import dataset_accuracy, train_model
 from autoprune.errors import AutopruneError
 from autoprune.latency.timing import latency_summary
+from autoprune.pipeline import finetune
 from autoprune.pipeline.artifacts import model_spec, save_pruned
 from autoprune.pipeline.rundir import (
+    RunClock,
     check_run_dir,
     create_run_dir,
     default_run_dir,
+    read_run_state,
     remove_new,
     saved_base_model,
 )
@@ -61,21 +68,39 @@ def run_search(
     start = time.time()
     run_dir = Path(resume or out or default_run_dir(cfg))
     check_run_dir(run_dir, cfg, bool(resume))
+    previous = read_run_state(run_dir, bool(resume))
     session = prepare(cfg, saved_base_model(run_dir, bool(resume)), progress)
     trials = run_dir / "trials.parquet"
     recorder = TrialRecorder.resume(trials) if resume else TrialRecorder(trials)
+    clock = RunClock(run_dir, start, "resume" if resume else "start", lambda: len(recorder.rows), previous)
+    clock.add("setup", time.time() - start)
+    clock.add("base_training", session.base_training_seconds)
     created = create_run_dir(run_dir)
+    status = "failed"
     try:
         if not resume:
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             if not cfg.model.checkpoint:
                 atomic_write_with(run_dir / "base_model.pt", lambda b: torch.save(session.model.state_dict(), b))
-        plan, evaluator = search(session, run_dir, recorder, bool(resume), progress)
-        return finish(session, evaluator, plan, run_dir, len(recorder.rows), start, progress)
+            clock.beat()
+        recorder.heartbeat = clock.beat  # a resume writes run_state.json from its first saved trial
+        with clock.phase("search"):
+            plan, evaluator = search(session, run_dir, recorder, bool(resume), progress)
+        clock.beat()
+        done = finish(session, evaluator, plan, run_dir, recorder, clock, progress)
+        status = "finished"
+        return done
     except AutopruneError:
         if not resume and not recorder.rows:  # nothing finished: leave no half-written run dir
+            clock.close("failed", write=False)
             remove_new(run_dir, created)
         raise
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        recorder.heartbeat = None
+        clock.close(status)  # (finish closed it already when it wrote summary.json)
 
 
 def search(session: Session, run_dir: Path | None, recorder: TrialRecorder, resume: bool = False,
@@ -100,17 +125,20 @@ def search(session: Session, run_dir: Path | None, recorder: TrialRecorder, resu
     return plan, evaluator
 
 
-def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: Path, evaluations: int,
-           start: float, progress: bool = True) -> Path:
+def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: Path, recorder: TrialRecorder,
+           clock: RunClock, progress: bool = True) -> Path:
     """Prune to ``plan``, fine-tune, test; write ``pruned_model.pt`` and ``summary.json``.
 
-    ``evaluations`` (the search's) and the time since ``start`` go into the summary.
+    The search's trials (``recorder``) and the times of every segment of the run (``clock``, which
+    this closes as ``finished``) go into the summary: :func:`timing_summary`.
     """
     cfg, data = session.cfg, session.data
     pruned = evaluator.prune(plan)
     val_before = evaluator.score(pruned)
-    test_before = dataset_accuracy(pruned, data.test)
-    pruned, test_after, failure = _finetune_or_keep(session, evaluator, plan, pruned, progress)
+    with clock.phase("test"):
+        test_before = dataset_accuracy(pruned, data.test)
+        test_base = dataset_accuracy(session.model, data.test)
+    pruned, test_after, failure = _finetune_or_keep(session, evaluator, plan, pruned, progress, clock, run_dir)
     save_pruned(run_dir / "pruned_model.pt", pruned, model_spec(cfg, data, session.input_shape), plan,
                 cfg.pruning.granularity)
 
@@ -119,23 +147,55 @@ def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: P
         "name": cfg.name, "searcher": cfg.searcher_name, "seed": cfg.seed,
         "budget": {"kind": session.budget.kind, "fraction": session.budget.fraction,
                    "target": session.budget.target},
-        "base": {**base, "val_accuracy": evaluator.base_accuracy(),
-                 "test_accuracy": dataset_accuracy(session.model, data.test)},
+        "base": {**base, "val_accuracy": evaluator.base_accuracy(), "test_accuracy": test_base},
         "pruned": {**kept, "val_accuracy_before_finetune": val_before,
                    "test_accuracy_before_finetune": test_before, "test_accuracy_after_finetune": test_after},
-        "evaluations": evaluations,
-        "wall_seconds": time.time() - start,
+        "evaluations": len(recorder.rows),
         "units": len(session.graph),
     }
     if failure:
         summary["finetune_failed"] = failure
     for extra in SUMMARY_EXTRAS:
         summary.update(extra(session, pruned, plan))
+    now = time.time()
+    summary["timing"] = timing_summary(clock, recorder.rows, now)
+    summary["wall_seconds"] = summary["timing"]["run_seconds"]
     atomic_write_json(run_dir / "summary.json", summary)
+    clock.close("finished", now)
     if failure:
         raise AutopruneError(f"{failure}; the run dir {str(run_dir)!r} is complete with the pruned weights from "
                              "before the failed fine-tune (summary.json: finetune_failed)")
     return run_dir
+
+
+def timing_summary(clock: RunClock, rows: list[dict[str, Any]], now: float) -> dict[str, Any]:
+    """``summary.json``'s ``timing``: seconds summed over every segment of the run (its start and each
+    ``--resume``, killed ones up to their last heartbeat), and the segments themselves.
+
+    ``run_seconds`` is the whole run (``wall_seconds`` repeats it); ``setup_seconds`` loading data and
+    preparing the base model, of which ``base_training_seconds`` training it; ``search_seconds`` the
+    searcher's wall time (its evaluator included), of which ``evaluation_seconds`` is the sum of the
+    trials' ``seconds`` (scoring plans; with Ray workers they overlap, so the sum may exceed it);
+    ``finetune_seconds`` the long-term fine-tune; ``test_seconds`` the test-set accuracies;
+    ``other_seconds`` the rest (pruning and scoring the best plan, latency, saving).
+    """
+    t = clock.totals(now, "finished")
+    seconds = [float(r["seconds"]) for r in rows if _number(r.get("seconds"))]
+    cached = sum(1 for r in rows if _number(r.get("cached")) and bool(r["cached"]))
+    other = t["run_seconds"] - sum(t[f"{p}_seconds"] for p in ("setup", "search", "finetune", "test"))
+    return {"run_seconds": t["run_seconds"], "setup_seconds": t["setup_seconds"],
+            "base_training_seconds": t["base_training_seconds"], "search_seconds": t["search_seconds"],
+            "evaluation_seconds": float(sum(seconds)), "evaluations": len(rows), "cached_evaluations": cached,
+            "finetune_seconds": t["finetune_seconds"], "test_seconds": t["test_seconds"],
+            "other_seconds": max(0.0, other), "segments": t["segments"]}
+
+
+def _number(value: Any) -> bool:
+    """A present, non-NaN number (or bool) in a trial row."""
+    try:
+        return value is not None and not math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def plan_costs_summary(session: Session, plan: PruningPlan) -> tuple[dict[str, int], dict[str, Any]]:
@@ -156,33 +216,47 @@ def plan_costs_summary(session: Session, plan: PruningPlan) -> tuple[dict[str, i
 
 
 def _finetune_or_keep(session: Session, evaluator: Evaluator, plan: PruningPlan, pruned: nn.Module,
-                      progress: bool) -> tuple[nn.Module, float | None, str | None]:
+                      progress: bool, clock: RunClock, run_dir: Path | None = None,
+                      ) -> tuple[nn.Module, float | None, str | None]:
     """Long-term fine-tune; if it fails (e.g. a NaN loss), keep the pruned weights from before it.
+    With ``run_dir`` it is checkpointed every epoch there, and resumed from its last finished epoch.
 
     Returns (model to save, its test accuracy after the fine-tune or None, the failure or None).
     """
     kept = copy.deepcopy(pruned)
     seed_everything(session.cfg.seed)
     try:
-        tuned = long_term_finetune(session, evaluator, plan, pruned, progress)
+        with clock.phase("finetune"):
+            tuned = long_term_finetune(session, evaluator, plan, pruned, progress, run_dir)
     except AutopruneError as exc:
         log.info("the fine-tune failed (%s); keeping the pruned weights from before it", exc)
         return make_permanent(kept), None, str(exc)
-    return tuned, dataset_accuracy(tuned, session.data.test), None
+    with clock.phase("test"):
+        return tuned, dataset_accuracy(tuned, session.data.test), None
 
 
 def long_term_finetune(session: Session, evaluator: Evaluator, plan: PruningPlan, pruned: nn.Module,
-                       progress: bool = True) -> nn.Module:
+                       progress: bool = True, run_dir: Path | None = None) -> nn.Module:
     """The final fine-tune of the best plan (NetAdapt's long-term fine-tune).
 
     One-shot, or iterative with ``finetune.schedule``, with optional lottery-ticket
     ``finetune.rewind_epoch`` (see :mod:`autoprune.core.iterative`); fine/N:M masks are kept throughout and
-    folded into the weights at the end.
+    folded into the weights at the end. A one-shot fine-tune runs in-process or on Ray Train
+    (``finetune.workers``) and, with ``run_dir``, is checkpointed every epoch into
+    ``run_dir/finetune_ckpt`` and resumed from there (:mod:`autoprune.pipeline.finetune`); an iterative
+    one runs in-process and starts over when resumed.
     """
     cfg = session.cfg
+    ft = cfg.finetune
+    one_shot = (ft.schedule is None or ft.schedule.steps == 1) and ft.rewind_epoch is None
 
     def train(model: nn.Module, lr: float) -> nn.Module:
-        return train_model(model, session.data.train_augmented, cfg.train, epochs=cfg.finetune.epochs, lr=lr,
+        if one_shot:  # called once, with the pruned model
+            return finetune.train(model, cfg, epochs=ft.epochs, lr=lr, workers=ft.workers, desc="fine-tune",
+                                  spec=model_spec(cfg, session.data, session.input_shape), plan=plan,
+                                  ckpt_dir=None if run_dir is None else run_dir / finetune.CKPT_DIR,
+                                  train_data=session.data.train_augmented, progress=progress)
+        return train_model(model, session.data.train_augmented, cfg.train, epochs=ft.epochs, lr=lr,
                            seed=cfg.seed, desc="fine-tune", progress=progress)
 
     return iterative_long_term(cfg, session.model, session.graph, plan, pruned, train,

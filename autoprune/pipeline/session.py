@@ -11,6 +11,7 @@ API::
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class Session:
     :param budget: the budget a plan must meet.
     :param searcher_cls: the configured searcher.
     :param searcher_options: its parsed options.
+    :param base_training_seconds: wall time spent training the base model here (0 when it was loaded).
     """
 
     cfg: ExperimentConfig
@@ -67,6 +69,7 @@ class Session:
     budget: Budget
     searcher_cls: type[Searcher]
     searcher_options: Any
+    base_training_seconds: float = 0.0
 
     def evaluator(self) -> Evaluator:
         """In-process evaluator, or a Ray actor pool (same interface) when ``ray.workers > 0``."""
@@ -108,6 +111,12 @@ def base_model(cfg: ExperimentConfig, data: DataBundle, checkpoint: str | Path |
     if ckpt:
         load_checkpoint(model, ckpt)
         return model.eval(), input_shape, False
+    if cfg.train.workers > 0:  # on Ray Train (rewinding, which records in-process, is refused with it)
+        from autoprune.pipeline import finetune
+
+        finetune.train(model, cfg, epochs=cfg.train.epochs, lr=cfg.train.lr, workers=cfg.train.workers,
+                       desc="train base model", spec=spec)
+        return model.eval(), input_shape, True
     with recording(model, cfg.finetune.rewind_epoch, steps_per_epoch(len(data.train), cfg.train.batch_size)):
         train_model(model, data.train_augmented, cfg.train, seed=cfg.seed, desc="train base model", progress=progress)
     return model.eval(), input_shape, True
@@ -139,20 +148,27 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
         from autoprune.pipeline.pool import check_ray_address
 
         check_ray_address(cfg.ray.address)
+    if cfg.train.workers > 0 or cfg.finetune.workers > 0:  # Ray Train: fail before any long work
+        from autoprune.pipeline.finetune import check_workers
+
+        check_workers(cfg)
     data = load_data(cfg.data)
     labels = data.train.tensors[1] if hasattr(data.train, "tensors") else None
     if labels is not None and len(labels) == 0:
         raise AutopruneError("the training split is empty")
-    model, input_shape, _ = base_model(cfg, data, base_checkpoint, progress)
+    started = time.time()
+    model, input_shape, trained = base_model(cfg, data, base_checkpoint, progress)
+    training_seconds = time.time() - started if trained else 0.0
     check_recorded(cfg, model)
     graph = build_unit_graph(model, input_shape)
     b = cfg.budget
     budget = make_budget(graph, b.kind, b.value, absolute=b.latency_ms is not None, pruning=cfg.pruning,
-                         model=model, lut=b.lut)
+                         model=model, lut=b.lut, runtime=b.runtime, device=b.device, luts=cfg.luts)
     costs = plan_costs(graph, cfg.pruning)
     costs[budget.kind] = budget.cost
     session = Session(cfg=cfg, data=data, model=model, input_shape=input_shape, graph=graph, costs=costs,
-                      budget=budget, searcher_cls=searcher_cls, searcher_options=options)
+                      budget=budget, searcher_cls=searcher_cls, searcher_options=options,
+                      base_training_seconds=training_seconds)
     reach = SearchContext(graph=graph, evaluator=None, budget=budget, costs=costs, pruning=cfg.pruning)
     budget.check_reachable(reach.min_counts())
     return session

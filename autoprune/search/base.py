@@ -19,9 +19,10 @@ Register a searcher of your own::
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -185,6 +186,59 @@ class Searcher(ABC):
     @abstractmethod
     def search(self) -> PruningPlan:
         """Return the best plan found (its ``meta`` carries costs and ``val_accuracy``)."""
+
+
+BUDGET_OPTIONS = ("evaluations", "episodes")
+"""The names searchers give their budget of plan evaluations: ``evaluations`` (random, tpe, cmaes) and
+``episodes`` (ddpg: one plan evaluation per episode). :func:`switch_searcher` carries one over as the
+other. (``uniform``, ``sensitivity`` and ``netadapt`` take no such budget.)"""
+
+
+def switch_searcher(section: Any, name: str, given: Iterable[str] = ()) -> tuple[dict[str, Any], str]:
+    """The ``searcher:`` section for searcher ``name``, made from one written for another searcher.
+
+    The options ``name`` also takes are kept; the budget of evaluations is carried over under ``name``'s
+    key for it (:data:`BUDGET_OPTIONS`: ``evaluations`` <-> ``episodes``); the others are dropped.
+    ``given`` names options the caller sets afterwards (``--set searcher.KEY=...``): they win, so an
+    option that would land on one of them is dropped too.
+
+    Returns the new section (``name`` included) and a one-line note of what was kept and dropped, e.g.
+    ``keeping episodes=50 (from evaluations); dropping: foo=1 (not an option of ddpg)`` ("" when the
+    section held nothing to carry over). An unknown ``name`` raises the registry's error.
+    """
+    cls = SEARCHERS.get(name)
+    old = section if isinstance(section, dict) else {}
+    if old.get("name") == name:
+        return dict(old), ""
+    takes = {f.name for f in dataclasses.fields(cls.Options)} if dataclasses.is_dataclass(cls.Options) else set()
+    budget = next((k for k in BUDGET_OPTIONS if k in takes), None)
+    given = set(given)
+    new: dict[str, Any] = {"name": name}
+    kept, foreign, overridden = [], [], []
+    direct = [k for k in old if k != "name" and k in takes]
+    mapped = [k for k in old if k != "name" and k not in takes]
+    for key in direct + mapped:  # an option of the same name wins over a carried-over budget
+        into = key if key in takes else budget if key in BUDGET_OPTIONS else None
+        shown = f"{key}={_show(old[key])}"
+        if into is None:
+            foreign.append(shown)
+        elif into in given or into in new:
+            overridden.append(f"{shown} (by searcher.{into})")
+        else:
+            new[into] = old[key]
+            kept.append(shown if into == key else f"{into}={_show(old[key])} (from {key})")
+    parts = [f"keeping {', '.join(kept)}"] if kept else []
+    if foreign:
+        what = "an option" if len(foreign) == 1 else "options"
+        parts.append(f"dropping: {', '.join(foreign)} (not {what} of {name})")
+    if overridden:
+        parts.append(f"overridden: {', '.join(overridden)}")
+    return new, "; ".join(parts)
+
+
+def _show(value: Any) -> str:
+    """An option's value as written in YAML (``budget``, ``[8, 8]``, ``true``)."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def register_searcher(cls: type[Searcher]) -> type[Searcher]:

@@ -21,6 +21,9 @@ class TrialRecorder:
         self._last_flush = 0.0
         self.observers: list[Callable[[dict[str, Any]], None]] = []
         """Called with each appended row (after it is saved): experiment tracking hooks in here."""
+        self.heartbeat: Callable[[], None] | None = None
+        """Called after each write of ``trials.parquet``: the run keeps its time on record with it
+        (:class:`~autoprune.pipeline.rundir.RunClock`)."""
 
     @classmethod
     def resume(cls, path: Path) -> TrialRecorder:
@@ -40,3 +43,5 @@ class TrialRecorder:
         if self.path is not None and self.rows:
             atomic_write_parquet(self.path, pd.DataFrame(self.rows))
             self._last_flush = time.time()
+            if self.heartbeat is not None:
+                self.heartbeat()

@@ -1,0 +1,128 @@
+"""Runtimes that latency is measured in: ``torch`` (eager) and ``onnxruntime``.
+
+A runtime turns a model and an example input into a :class:`Session`: a zero-argument callable
+that runs one forward pass on that input, and knows the device it runs on. Everything that times
+(:mod:`autoprune.latency.timing`) times sessions, so a LUT, a check, a measured-latency budget
+and the speed-up benchmark measure the same thing in any runtime.
+
+* ``torch``: the module as it is, on the example's device (CPU or CUDA), under
+  ``torch.inference_mode``; the thread count is set by the timing code (``torch.set_num_threads``).
+* ``onnxruntime``: the module exported to an in-memory ONNX graph with fixed shapes
+  (:func:`autoprune.latency.onnx_export.export_onnx`), run by an ``InferenceSession`` on the CPU
+  execution provider with ``threads`` intra-op threads, 1 inter-op thread, sequential execution
+  and every graph optimisation (BatchNorm is folded into the convs there).
+
+Add a runtime with ``RUNTIMES.register("name", factory)``; a factory takes no arguments and
+returns an object with ``name``, ``version()`` and ``prepare(model, example, threads)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from autoprune.errors import AutopruneError
+from autoprune.registry import Registry
+
+
+class Session(Protocol):
+    """One prepared forward pass: ``session()`` runs it; ``device`` is ``"cpu"`` or ``"cuda:N"``."""
+
+    device: str
+
+    def __call__(self) -> Any: ...
+
+
+class Runtime(Protocol):
+    name: str
+
+    def version(self) -> str: ...
+
+    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1) -> Session: ...
+
+
+class TorchSession:
+    """``model(example)`` in eval mode under ``torch.inference_mode`` (the caller sets the threads)."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
+        self.model, self.example = model, example
+        self.device = str(example.device)
+
+    def __call__(self) -> Any:
+        with torch.inference_mode():
+            return self.model(self.example)
+
+
+class TorchRuntime:
+    """PyTorch eager on the example's device. The model is used as given (eval mode is the
+    caller's business: :func:`~autoprune.latency.timing.time_models` sets it)."""
+
+    name = "torch"
+
+    def version(self) -> str:
+        return torch.__version__.split("+")[0]
+
+    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1) -> Session:
+        return TorchSession(model, example)
+
+
+class OrtSession:
+    """An ONNX Runtime ``InferenceSession`` bound to one input array."""
+
+    device = "cpu"
+
+    def __init__(self, onnx_bytes: bytes, example: torch.Tensor, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        self.feed = {self.session.get_inputs()[0].name: example.detach().cpu().numpy()}
+
+    def __call__(self) -> Any:
+        return self.session.run(None, self.feed)
+
+
+class OnnxRuntime:
+    """ONNX Runtime on the CPU (see the module docstring)."""
+
+    name = "onnxruntime"
+
+    def __init__(self) -> None:
+        for package in ("onnx", "onnxruntime"):
+            if importlib.util.find_spec(package) is None:
+                raise AutopruneError(f"runtime 'onnxruntime' needs the {package} package: "
+                                     "pip install 'autoprune[onnx]' (onnx, onnxruntime)")
+
+    def version(self) -> str:
+        import onnxruntime
+
+        return str(onnxruntime.__version__)
+
+    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1) -> Session:
+        from autoprune.latency.onnx_export import export_onnx
+
+        return OrtSession(export_onnx(model, example, dynamic_batch=False, fold_constants=False), example, threads)
+
+
+RUNTIMES: Registry = Registry("runtime")
+RUNTIMES.register("torch", TorchRuntime)
+RUNTIMES.register("onnxruntime", OnnxRuntime)
+
+
+def get_runtime(name: str | None) -> Runtime:
+    """The runtime called ``name`` (``None``: ``torch``); a one-line error if unknown or not installed."""
+    factory: Callable[[], Runtime] = RUNTIMES.get(name or "torch")
+    return factory()
+
+
+def runtime_names() -> list[str]:
+    return sorted(RUNTIMES.names())
