@@ -51,6 +51,7 @@ from autoprune.atomic import atomic_write_with
 from autoprune.core.graph import UnitGraph
 from autoprune.core.plan import PruningPlan, resolve_count
 from autoprune.core.prune import apply_plan
+from autoprune.device import cpu_state
 from autoprune.errors import AutopruneError, BudgetError, ConfigError
 from autoprune.search.base import Searcher, plan_from_row, positive, register_searcher
 from autoprune.search.evaluate import EvalResult
@@ -230,7 +231,7 @@ class NetAdaptSearcher(Searcher):
         self._last_saved = iteration
         if self.ctx.run_dir is None or self.model is None:
             return
-        state = {"iteration": iteration, "counts": list(counts), "state_dict": self.model.state_dict()}
+        state = {"iteration": iteration, "counts": list(counts), "state_dict": cpu_state(self.model)}  # loads anywhere
         atomic_write_with(self._weights_path(iteration), lambda buf: torch.save(state, buf))
 
     def _prune_saved(self, iteration: int) -> None:

@@ -294,6 +294,45 @@ class RayConfig:
     """Evaluation actors; 0 evaluates in-process without Ray."""
     max_retries: int = 2
     """Retries of a failed evaluation or trial."""
+    gpus_per_worker: float = 0.0
+    """GPUs each evaluation actor and each ``autoprune run`` trial asks Ray for (fractions share a GPU,
+    e.g. 0.25 puts four on one); each uses the GPU Ray gives it. 0: CPU only."""
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""``runtime.device`` values (``cuda:N`` too); ``auto`` is CUDA when available, else the CPU."""
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the model runs (see :mod:`autoprune.device`): base training, adaptive BN,
+    scoring, fine-tunes and data-driven criteria all follow it; artifacts are saved on the CPU."""
+
+    device: str = "cpu"
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps`` (``auto``: CUDA when available, else cpu)."""
+    amp: str = "off"
+    """Autocast for scoring and fine-tuning: ``off`` | ``bf16`` (CPU too) | ``fp16`` (CUDA; a GradScaler
+    guards training)."""
+    channels_last: bool = False
+    """Models (and image batches) in channels-last memory format (faster convolutions on GPUs)."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 reads in the calling process)."""
+    pin_memory: bool = False
+    """Page-locked host memory and non-blocking copies to the GPU."""
+
+    def validate(self) -> None:
+        device = str(self.device)
+        if not (device in DEVICES or _is_cuda_index(device)):
+            check_choice("runtime.device", device, (*DEVICES, "cuda:0"))
+        check_choice("runtime.amp", self.amp, AMP_MODES)
+        if self.num_workers < 0:
+            raise ConfigError(f"runtime.num_workers must be >= 0 (got {self.num_workers}); 0 reads in-process")
+
+
+def _is_cuda_index(device: str) -> bool:
+    head, _, index = device.partition(":")
+    return head == "cuda" and index.isdigit()
 
 
 @dataclass
@@ -348,6 +387,8 @@ class ExperimentConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Device, mixed precision, memory format and DataLoader settings (default: CPU, fp32)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """Optional experiment tracking (MLflow, TensorBoard); off by default."""
     rerank: RerankConfig = field(default_factory=RerankConfig)
@@ -388,6 +429,9 @@ class ExperimentConfig:
             raise ConfigError(f"data.val_samples must be >= 1 (got {self.data.val_samples})")
         if self.ray.workers < 0:
             raise ConfigError(f"ray.workers must be >= 0 (got {self.ray.workers})")
+        if not self.ray.gpus_per_worker >= 0:  # NaN fails too
+            raise ConfigError(f"ray.gpus_per_worker must be >= 0 (got {self.ray.gpus_per_worker}); 0 runs on CPUs")
+        self.runtime.validate()
         self.tracking.validate()
         self._check_ranges()
 

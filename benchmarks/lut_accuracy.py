@@ -1,83 +1,150 @@
-"""LUT accuracy: 50 random plans each for resnet20, resnet56, mobilenetv2_small.
+"""LUT accuracy per runtime: 50 random plans each for resnet20, resnet56, mobilenetv2_small.
 
-For each model: build a LUT (batch 1, 1 thread, step-4 grid for the ResNets and step 8
-for MobileNetV2, calibrated on random variants), then time 50 random pruned variants (a random
-stream separate from the calibration plans, timed against the base model: see
-``autoprune.latency.time_against_base``) and compare with the LUT's predictions: mean absolute
-% error and the share within +-10%. Each model is built and checked ``--runs`` times (calibration
-and check plans seeded by the run index); the target uses the median share, because on a shared
-VM one run says as much about the machine's mood as about the predictor. The table also shows
-the share at the build-time speed (measured latencies divided by the unpruned model's drift since
-the build), which ``autoprune lut check`` prints too.
+For each runtime (``torch`` eager, ``onnxruntime``) and model: build a LUT (batch 1, 1 thread, a
+step-8 grid for the ResNets and step 16 for MobileNetV2, plus the fine curves; every entry timed
+interleaved with the reference op; calibrated on 12 random variants timed against the unpruned
+model), then time 50 random pruned variants (a random stream separate from the calibration
+plans) interleaved with the unpruned model and compare with the LUT's predictions. The target is
+the **relative** prediction (latency as a fraction of the unpruned model): the share of plans
+within +-10%, median of ``--runs`` build+check runs. The ms predictions (which move with the
+machine's speed between build and check) are reported too, and so is a plain ``a * MACs + b``
+regression fitted on the same calibration plans (the baseline a LUT has to beat).
 
-    python -m benchmarks.lut_accuracy [--clock wall|cpu] [--plans 50]
+    python -m benchmarks.lut_accuracy [--runtimes torch,onnxruntime] [--models ...] [--runs 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
 
 from autoprune.atomic import atomic_write_text
+from autoprune.core.cost import FlopsCost
+from autoprune.core.graph import build_unit_graph
 from autoprune.latency.build import build_lut, check_lut
-from autoprune.latency.lut import Lut
+from autoprune.latency.timing import tune_allocator
 from autoprune.models.zoo import build_model
-from benchmarks.common import ROOT, target, write_results
+from benchmarks.common import RESULTS, ROOT, target, write_results
 
 MODELS = ("resnet20", "resnet56", "mobilenetv2_small")
 SHAPE = (3, 32, 32)
 
 
-def lut_path(name: str) -> str:
-    return str(ROOT / "luts" / f"{name}_b1_t1.json")
+def lut_path(name: str, runtime: str) -> str:
+    return str(ROOT / "luts" / f"{name}_{runtime}_b1_t1.json")
+
+
+def macs_baseline(graph, lut, check: dict) -> dict[str, float]:
+    """``relative ~ a * MACs + b`` fitted on the LUT's calibration plans, scored on the check's plans."""
+    cal = lut.header.get("calibration")
+    if not cal:
+        return {}
+    flops = FlopsCost(graph)
+    x = np.array([flops(c) for c in cal["counts"]]) / flops.base
+    a, b = np.polyfit(x, np.array(cal["relative"]), 1)
+    predicted = (a * np.array([flops(c) for c in check["counts"]]) / flops.base + b) / (a + b)
+    err = np.abs(predicted - np.array(check["measured_rel"])) / np.array(check["measured_rel"])
+    return {"macs_mape": float(err.mean() * 100), "macs_within_10pct": float((err <= 0.10).mean())}
+
+
+def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict:
+    model = build_model(name, in_channels=3, num_classes=10).eval()
+    step = args.mobilenet_step if name.startswith("mobilenet") else args.step
+    start = time.perf_counter()
+    lut = build_lut(model, SHAPE, batch=1, threads=1, step=step, clock=args.clock, model_name=name, runtime=runtime,
+                    calibration_plans=args.calibration_plans, seed=run, progress=False,
+                    fine={"auto": None, "on": True, "off": False}[args.fine])
+    built = time.perf_counter() - start
+    if run == 0:
+        atomic_write_text(lut_path(name, runtime), lut.to_json())
+    start = time.perf_counter()
+    res = check_lut(lut, model, plans=args.plans, seed=run, progress=False)
+    keys = [k + sfx for sfx in ("", "_ms") for k in ("mape", "within_10pct", "max_abs_pct")]
+    row = {"runtime": runtime, "model": name, "run": run, "step": step, "fine": bool(lut.header["fine"]),
+           "plans": res["plans"],
+           **{k: res[k] for k in keys}, "drift": res["drift"], "base_ms": lut.header["base_measured_ms"],
+           "fit_mape": (lut.header.get("calibration") or {}).get("fit_mape", float("nan")),
+           **macs_baseline(build_unit_graph(model, SHAPE), lut, res),
+           "build_s": built, "check_s": time.perf_counter() - start}
+    print(f"{runtime} {name} run {run}: within +-10% {row['within_10pct']:.2f} (MACs baseline "
+          f"{row.get('macs_within_10pct', float('nan')):.2f}), {row['build_s']:.0f}+{row['check_s']:.0f} s", flush=True)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| runtime | model | run | grid step | fine | plans | rel. MAPE % | rel. within +-10% | rel. max % | "
+             "a*MACs+b MAPE % | a*MACs+b within +-10% | ms MAPE % | ms within +-10% | speed drift | "
+             "calibration fit MAPE % | base ms | build s | check s |",
+             "|---" * 18 + "|"]
+    lines += [f"| {r['runtime']} | {r['model']} | {r['run']} | {r['step']} | {'yes' if r.get('fine') else 'no'} | "
+              f"{r['plans']} | {r['mape']:.2f} | "
+              f"{r['within_10pct']:.2f} | {r['max_abs_pct']:.1f} | {r.get('macs_mape', float('nan')):.2f} | "
+              f"{r.get('macs_within_10pct', float('nan')):.2f} | {r['mape_ms']:.2f} | {r['within_10pct_ms']:.2f} | "
+              f"{r['drift']:.3f} | {r['fit_mape']:.1f} | {r['base_ms']:.2f} | {r['build_s']:.0f} | "
+              f"{r['check_s']:.0f} |" for r in rows]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--runtimes", default="torch,onnxruntime")
+    parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--clock", choices=("wall", "cpu"), default="cpu")
     parser.add_argument("--plans", type=int, default=50)
-    parser.add_argument("--step", type=int, default=4, help="grid step for the ResNets")
-    parser.add_argument("--mobilenet-step", type=int, default=8, help="grid step for mobilenetv2_small (wide layers)")
+    parser.add_argument("--step", type=int, default=8, help="grid step for the ResNets")
+    parser.add_argument("--mobilenet-step", type=int, default=16, help="grid step for mobilenetv2_small (wide layers)")
     parser.add_argument("--calibration-plans", type=int, default=12)
+    parser.add_argument("--fine", choices=("auto", "on", "off"), default="auto",
+                        help="fine curves: auto = the runtime's default (on for onnxruntime, off for torch on a CPU)")
     parser.add_argument("--runs", type=int, default=3, help="build + check this many times per model (seeds 0..)")
+    parser.add_argument("--note", default="", help="a line for the results (e.g. how loaded the machine was)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of other (runtime, model) pairs from the last results file")
     args = parser.parse_args()
-    rows, targets = [], []
-    keys = [k + sfx for sfx in ("", "_drift_corrected") for k in ("mape", "within_10pct", "max_abs_pct")]
-    for name in MODELS:
-        model = build_model(name, in_channels=3, num_classes=10).eval()
-        step = args.mobilenet_step if name.startswith("mobilenet") else args.step
-        for run in range(args.runs):
-            start = time.perf_counter()
-            lut: Lut = build_lut(model, SHAPE, batch=1, threads=1, step=step, clock=args.clock, model_name=name,
-                                 calibration_plans=args.calibration_plans, seed=run, progress=False)
-            built = time.perf_counter() - start
-            if run == 0:
-                atomic_write_text(lut_path(name), lut.to_json())
-            start = time.perf_counter()
-            res = check_lut(lut, model, plans=args.plans, seed=run, progress=False)
-            rows.append({"model": name, "run": run, "step": step, "plans": res["plans"], **{k: res[k] for k in keys},
-                         "drift": res["drift"], "base_ms": lut.header.get("base_measured_ms"),
-                         "calibration": lut.header.get("calibration"), "build_s": built,
-                         "check_s": time.perf_counter() - start})
-        share = float(np.median([r["within_10pct"] for r in rows if r["model"] == name]))
-        targets.append(target(f"{name}: share within +-10%, median of {args.runs} build+check runs", ">= 0.95",
-                              round(share, 3), share >= 0.95))
-    table = ["| model | run | grid step | plans | MAPE % | within +-10% | max abs % | calibration fit MAPE % | "
-             "speed drift | within +-10% at build speed | base ms | build s | check s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    table += [f"| {r['model']} | {r['run']} | {r['step']} | {r['plans']} | {r['mape']:.2f} | {r['within_10pct']:.2f} | "
-              f"{r['max_abs_pct']:.1f} | {(r['calibration'] or {}).get('fit_mape', float('nan')):.1f} | "
-              f"{r['drift']:.3f} | {r['within_10pct_drift_corrected']:.2f} | {r['base_ms']:.2f} | "
-              f"{r['build_s']:.0f} | {r['check_s']:.0f} |" for r in rows]
-    write_results("lut_accuracy", "\n".join(table) + f"\n\nbatch 1, 1 thread, "
-                  f"{args.calibration_plans} calibration plans, clock `{args.clock}`; speed drift = the unpruned "
-                  "model's latency at check time / at build time",
-                  {"rows": rows, "clock": args.clock}, targets,
-                  f"python -m benchmarks.lut_accuracy --clock {args.clock} --plans {args.plans} --step {args.step} "
-                  f"--mobilenet-step {args.mobilenet_step} --calibration-plans {args.calibration_plans} "
-                  f"--runs {args.runs}")
+    tune_allocator()
+    runtimes, models = args.runtimes.split(","), args.models.split(",")
+    rows, started = [], time.perf_counter()
+    for runtime in runtimes:
+        for name in models:
+            rows += [run_one(name, runtime, run, args) for run in range(args.runs)]
+    minutes = (time.perf_counter() - started) / 60
+    command = (f"python -m benchmarks.lut_accuracy --runtimes {args.runtimes} --models {args.models} --clock {args.clock} "
+               f"--plans {args.plans} --step {args.step} --mobilenet-step {args.mobilenet_step} "
+               f"--calibration-plans {args.calibration_plans} --runs {args.runs} --fine {args.fine}")
+    runs = [{"command": command, "minutes": round(minutes, 1), "date": time.strftime("%Y-%m-%d"),
+             "note": args.note, "pairs": sorted({f"{r['runtime']}/{r['model']}" for r in rows})}]
+    if args.merge and (RESULTS / "lut_accuracy.json").exists():  # keep the other (runtime, model) pairs' rows
+        old = json.loads((RESULTS / "lut_accuracy.json").read_text())
+        done = {(r["runtime"], r["model"]) for r in rows}
+        rows = [r for r in old.get("rows", []) if (r.get("runtime"), r["model"]) not in done] + rows
+        runs = [r for r in old.get("runs", []) if set(r["pairs"]) - {f"{a}/{b}" for a, b in done}] + runs
+    write_results("lut_accuracy", table(rows) + notes(args, runs), {"rows": rows, "runs": runs}, targets(rows),
+                  " ; ".join(r["command"] for r in runs))
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    out = []
+    for runtime, name in dict.fromkeys((r["runtime"], r["model"]) for r in rows):
+        got = [r for r in rows if (r["runtime"], r["model"]) == (runtime, name)]
+        share = float(np.median([r["within_10pct"] for r in got]))
+        macs = float(np.median([r.get("macs_within_10pct", np.nan) for r in got]))
+        out.append(target(f"{runtime} / {name}: share of plans within +-10% (relative prediction), median of "
+                          f"{len(got)} build+check run(s) (a*MACs+b baseline: {macs:.2f})", ">= 0.95", round(share, 3),
+                          share >= 0.95))
+    return out
+
+
+def notes(args: argparse.Namespace, runs: list[dict]) -> str:
+    lines = [f"batch 1, 1 thread, {args.calibration_plans} calibration plans; rel. = latency as a fraction of the "
+             "unpruned model, timed interleaved with it (the target); ms = absolute; speed drift = the unpruned "
+             "model's latency at check time / at build time; a*MACs+b = a plain MACs regression fitted on the same "
+             "calibration plans, scored on the same check plans. Runs:"]
+    lines += [f"- {r['date']}: `{r['command']}` ({r['minutes']} min; {', '.join(r['pairs'])})"
+              + (f" {r['note']}" if r.get("note") else "") for r in runs]
+    return "\n\n" + "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,7 @@ def main() -> None:
     if args.child:
         child(Path(args.child), Path(args.child_out))
         return
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="autoprune-scale-"))
     try:
         sizes = {}
@@ -165,7 +166,12 @@ def main() -> None:
                                                                / rate(m, "in-memory tensors", 0), 2)
              for m in ("mnist_cnn", "resnet20") for w in (0, 2)}
     table += ["", *[f"- {k}: {v}x" for k, v in extra.items()]]
-    write_results("scale", "\n".join(table), {"sizes": list(sizes.values()), "throughput": rates, "ratios": extra},
+    wall, load_after = time.perf_counter() - started, os.getloadavg()[0]
+    table += ["", f"Whole benchmark: {wall / 60:.1f} min; 1-minute load average {load_before:.1f} at the start, "
+              f"{load_after:.1f} at the end (2 cores: above 2, other processes shared the CPUs and every wall "
+              "time and images/s above is slower than on an idle machine; peak RSS is not affected)."]
+    write_results("scale", "\n".join(table), {"sizes": list(sizes.values()), "throughput": rates, "ratios": extra,
+                                              "wall_s": wall, "load_average": [load_before, load_after]},
                   targets, f"python -m benchmarks.scale --copies {args.copies}")
 
 

@@ -1,145 +1,165 @@
-"""Speed-up: measured CPU latency of each searcher's best plan vs the base model.
+"""Speed-up per runtime: measured latency of pruned ResNet-20s vs the unpruned model.
 
-Loads the pruned models that ``benchmarks.search_quality`` wrote (seed 0) and times them against
-the base model at batch 1 and 32 (1 thread, the timing thread's CPU time: the machine is shared;
-``autoprune.latency.time_against_base``: interleaved passes, fastest pass kept). Two forms of
-every model, base included: ``eager`` (the module as trained) and ``folded`` (BatchNorm folded
-into the convs, as ``autoprune export --fold-bn`` writes it for deployment). Reports speed-up and
-speed-up x kept FLOPs (1.0 = latency fell exactly as much as FLOPs). Then compares, at equal
-FLOPs, the latency-LUT-guided NetAdapt plan with a FLOPs-guided NetAdapt plan (eager form: the
-form the LUT was built for).
+Runtimes: ``torch`` (eager), ``torch-folded`` (eager with BatchNorm folded into the convs, as
+``autoprune export --fold-bn`` writes it) and ``onnxruntime`` (CPU, which folds BatchNorm itself).
+Every model is timed interleaved with the unpruned model in the same runtime
+(``autoprune.latency.timing.time_against_base``: 1 thread, the timing thread's CPU time, fastest
+sample per pass, median ratio over passes), at batch 1 and 32. Reported: speed-up and speed-up x
+kept FLOPs (1.0 = latency fell exactly as much as FLOPs).
 
-    python -m benchmarks.speedup
+Plans (latency depends on channel counts only, so no training is needed for these): at 50% and
+25% of the FLOPs, ``uniform`` (every unit kept at the same ratio) and two ``random`` shapes (seeded
+random ratios scaled to the budget, as the random searcher draws them).
+
+Latency budget vs FLOPs budget at equal FLOPs, per runtime: the random searcher (``--evaluations``
+plans, adaptive-BN accuracy on MNIST-5k, the benchmark checkpoint) under ``latency: 0.5`` priced
+by that runtime's LUT (``benchmarks/luts/resnet20_<runtime>_b1_t1.json`` from
+``benchmarks.lut_accuracy``, built here if missing), then the same searcher and seed under a FLOPs
+budget equal to the FLOPs the latency plan kept; both plans timed at batch 1 in that runtime.
+
+    python -m benchmarks.speedup [--evaluations 16]
 """
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
+import argparse
+import time
+from pathlib import Path
 
-import torch
-from torch.profiler import ProfilerActivity, profile
+import numpy as np
 
-import autoprune
-from autoprune.latency.timing import time_against_base
-from autoprune.models.zoo import build_model, load_checkpoint
+from autoprune.core.cost import FlopsCost, make_budget
+from autoprune.core.graph import build_unit_graph
+from autoprune.core.plan import PruningPlan
+from autoprune.core.prune import apply_plan
+from autoprune.latency.build import build_lut
+from autoprune.latency.timing import time_against_base, tune_allocator
+from autoprune.models.zoo import build_model
 from autoprune.pipeline.export import fold_batchnorm
-from autoprune.pipeline.run import run_search
-from benchmarks.common import CHECKPOINT, base_config, target, write_results
-from benchmarks.search_quality import RUNS, searchers
+from autoprune.search.base import SearchContext
+from benchmarks.common import ensure_checkpoint, target, write_results
+from benchmarks.lut_accuracy import lut_path
 
 SHAPE = (3, 32, 32)
 BATCHES = (1, 32)
+FORMS = {"torch": "torch", "torch-folded": "torch", "onnxruntime": "onnxruntime"}
+"""Timed form -> the runtime its sessions run in."""
 
 
-def timed(base, models, batch: int):
-    return time_against_base(base, models, SHAPE, batch=batch, threads=1, repeats=15, clock="cpu")
+def flops_plans(graph) -> list[dict]:
+    """Uniform and two random shapes at 50% and 25% of the FLOPs."""
+    out = []
+    for fraction in (0.5, 0.25):
+        ctx = SearchContext(graph=graph, evaluator=None, budget=make_budget(graph, "flops", fraction), costs={})
+        shapes = {"uniform": np.ones(len(graph))}
+        shapes |= {f"random{s}": np.random.default_rng(s).uniform(0.2, 1.0, len(graph)) for s in (1, 2)}
+        for label, ratios in shapes.items():
+            out.append({"budget": f"flops{fraction}", "plan": label,
+                        "counts": ctx.counts(ctx.fit_to_budget(ratios))})
+    return out
 
 
-LEAVES = {"conv": ("mkldnn_convolution", "thnn_conv", "_slow_conv", "convolution_overrideable"),
-          "batch norm": ("native_batch_norm", "_native_batch_norm_legit"),
-          "relu / add": ("aten::relu", "aten::add")}
-
-
-def op_profile(model, batch: int, iters: int = 20) -> dict[str, float]:
-    """ms per forward spent in conv kernels, batch norm, relu/add and everything else (torch.profiler,
-    self CPU time of leaf ops, 1 thread)."""
-    x = torch.randn(batch, *SHAPE)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            for _ in range(5):
-                model(x)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for _ in range(iters):
-                    model(x)
-    finally:
-        torch.set_num_threads(old)
-    out: dict[str, float] = defaultdict(float)
-    for e in prof.key_averages():
-        group = next((g for g, keys in LEAVES.items() if any(k in e.key for k in keys)), "other")
-        out[group] += e.self_cpu_time_total / iters / 1000
-    return dict(out)
-
-
-def main() -> None:
-    base = load_checkpoint(build_model("resnet20", in_channels=3, num_classes=10), CHECKPOINT).eval()
-    runs = [(budget, label, RUNS / f"{budget}__{label}__0") for budget in ("flops0.5", "flops0.25", "latency0.6")
-            for label in searchers(1)]
-    runs = [(b, label, r) for b, label, r in runs if (r / "pruned_model.pt").exists()]
-    models = [autoprune.load_pruned(r / "pruned_model.pt").eval() for _, _, r in runs]
-    rows = [{"budget": b, "searcher": label,
-             "flops_kept": json.loads((r / "summary.json").read_text())["pruned"]["flops_kept"]}
-            for b, label, r in runs]
+def time_forms(base, graph, rows: list[dict], forms: list[str]) -> dict[str, float]:
+    """Time every row's plan against ``base`` in each form and batch; fill the row's columns."""
+    flops = FlopsCost(graph)
+    models = [apply_plan(base, graph, PruningPlan.from_counts(graph, r["counts"])).eval() for r in rows]
     base_ms = {}
-    for form in ("eager", "folded"):
-        fb = base if form == "eager" else fold_batchnorm(base)
-        fm = models if form == "eager" else [fold_batchnorm(m) for m in models]
+    for form in forms:
+        fb, fm = (fold_batchnorm(base), [fold_batchnorm(m) for m in models]) if form == "torch-folded" else (base, models)
         for batch in BATCHES:
-            t = timed(fb, fm, batch)
+            t = time_against_base(fb, fm, SHAPE, batch=batch, threads=1, repeats=15, clock="cpu", runtime=FORMS[form])
             base_ms[f"{form}_b{batch}"] = t.base_ms
             for row, ms, rel in zip(rows, t.ms, t.relative, strict=True):
+                row["flops_kept"] = flops(row["counts"]) / flops.base
                 row[f"{form}_ms_b{batch}"] = ms
                 row[f"{form}_speedup_b{batch}"] = 1 / rel
                 row[f"{form}_efficiency_b{batch}"] = row["flops_kept"] / rel
-    comparison = {}
-    lat_run = RUNS / "latency0.6__netadapt__0"
-    if (lat_run / "summary.json").exists():
-        kept = json.loads((lat_run / "summary.json").read_text())["pruned"]["flops_kept"]
-        flops_run = RUNS / "equal_flops__netadapt__0"
-        if not (flops_run / "summary.json").exists():
-            cfg = base_config(["seed=0", "ray.workers=2"], searcher=searchers(1)["netadapt"],
-                              budget={"flops": round(kept, 4)})
-            run_search(cfg, out=flops_run, progress=False)
-        kept_f = json.loads((flops_run / "summary.json").read_text())["pruned"]["flops_kept"]
-        pair = [autoprune.load_pruned(r / "pruned_model.pt").eval() for r in (lat_run, flops_run)]
-        t = timed(base, pair, 1)
-        comparison = {"latency_guided": {"flops_kept": kept, "ms_b1": t.ms[0]},
-                      "flops_guided": {"flops_kept": kept_f, "ms_b1": t.ms[1]}}
-    profiles = {}
-    quarter = [m for (b, label, _), m in zip(runs, models, strict=True) if (b, label) == ("flops0.25", "uniform")]
-    for batch in BATCHES if quarter else ():
-        profiles[f"b{batch}"] = {"base": op_profile(base, batch), "uniform 25%": op_profile(quarter[0], batch)}
-    table = [", ".join(f"base {k.replace('_b', ' batch ')}: {v:.2f} ms" for k, v in base_ms.items()), ""]
-    if profiles:
-        groups = ["conv", "batch norm", "relu / add", "other"]
-        table += ["Where the time goes (eager, torch.profiler self CPU time, ms per forward, 1 thread):", "",
-                  "| batch | model | " + " | ".join(groups) + " | conv speed-up |", "|---" * (len(groups) + 3) + "|"]
-        for b, prof in profiles.items():
-            for name, g in prof.items():
-                speed = prof["base"].get("conv", 0) / max(g.get("conv", 1e-9), 1e-9)
-                table.append(f"| {b[1:]} | {name} | " + " | ".join(f"{g.get(k, 0):.2f}" for k in groups)
-                             + f" | {speed:.2f} |")
-        table.append("")
-    for form in ("folded", "eager"):
-        table += [f"**{form}**", "",
-                  "| budget | searcher | kept FLOPs | ms b1 | speed-up b1 | x kept FLOPs | ms b32 | speed-up b32 | x kept FLOPs |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        table += [f"| {r['budget']} | {r['searcher']} | {r['flops_kept']:.3f} | "
-                  + " | ".join(f"{r[f'{form}_ms_b{b}']:.2f} | {r[f'{form}_speedup_b{b}']:.2f} | "
-                               f"{r[f'{form}_efficiency_b{b}']:.2f}" for b in BATCHES) + " |" for r in rows]
-        table.append("")
-    if comparison:
-        lg, fg = comparison["latency_guided"], comparison["flops_guided"]
-        table += [f"NetAdapt at equal FLOPs (eager, batch 1): latency-LUT-guided {lg['flops_kept']:.3f} FLOPs kept, "
-                  f"{lg['ms_b1']:.2f} ms; FLOPs-guided {fg['flops_kept']:.3f}, {fg['ms_b1']:.2f} ms"]
-    flops_rows = [r for r in rows if r["budget"].startswith("flops")]
+    return base_ms
+
+
+def searched_plan(budget: dict, evaluations: int):
+    """The random searcher's plan under ``budget`` (no fine-tune: latency does not depend on weights)."""
+    from autoprune.pipeline.session import prepare
+    from benchmarks.common import base_config
+
+    cfg = base_config(["seed=0"], searcher={"name": "random", "evaluations": evaluations}, budget=budget)
+    session = prepare(cfg, progress=False)
+    plan = session.searcher_cls(session.context(progress=False), session.searcher_options).search()
+    return plan.counts(session.graph), session
+
+
+def latency_vs_flops(runtime: str, evaluations: int, graph) -> dict:
+    path = Path(lut_path("resnet20", runtime))
+    if not path.exists():
+        model = build_model("resnet20", in_channels=3, num_classes=10).eval()
+        path.write_text(build_lut(model, SHAPE, step=8, clock="cpu", runtime=runtime, model_name="resnet20",
+                                  progress=False).to_json())
+    lat_counts, session = searched_plan({"latency": 0.5, "lut": str(path), "runtime": runtime}, evaluations)
+    flops = FlopsCost(graph)
+    kept = flops(lat_counts) / flops.base
+    flops_counts, _ = searched_plan({"flops": round(kept, 4)}, evaluations)
+    pair = [apply_plan(session.model, graph, PruningPlan.from_counts(graph, c)).eval()
+            for c in (lat_counts, flops_counts)]
+    t = time_against_base(session.model, pair, SHAPE, batch=1, threads=1, repeats=15, clock="cpu", runtime=runtime)
+    return {"runtime": runtime, "latency_plan": {"flops_kept": kept, "ms": t.ms[0], "relative": t.relative[0],
+                                                 "lut_predicted": float(session.budget.cost.fraction(lat_counts))},
+            "flops_plan": {"flops_kept": flops(flops_counts) / flops.base, "ms": t.ms[1], "relative": t.relative[1]}}
+
+
+def tables(rows, base_ms, forms, comparisons) -> str:
+    out = [", ".join(f"base {k.replace('_b', ' batch ')}: {v:.2f} ms" for k, v in base_ms.items()), ""]
+    for form in forms:
+        out += [f"**{form}**", "",
+                "| budget | plan | kept FLOPs | ms b1 | speed-up b1 | x kept FLOPs | ms b32 | speed-up b32 | x kept FLOPs |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {r['budget']} | {r['plan']} | {r['flops_kept']:.3f} | "
+                + " | ".join(f"{r[f'{form}_ms_b{b}']:.2f} | {r[f'{form}_speedup_b{b}']:.2f} | "
+                             f"{r[f'{form}_efficiency_b{b}']:.2f}" for b in BATCHES) + " |" for r in rows]
+        out.append("")
+    if comparisons:
+        out += ["Latency budget (0.5, the runtime's LUT) vs FLOPs budget at the same FLOPs, random searcher, batch 1:", "",
+                "| runtime | latency plan: kept FLOPs | LUT-predicted latency | measured latency | "
+                "FLOPs plan: kept FLOPs | measured latency |", "|---|---|---|---|---|---|"]
+        out += [f"| {c['runtime']} | {c['latency_plan']['flops_kept']:.3f} | {c['latency_plan']['lut_predicted']:.3f} | "
+                f"{c['latency_plan']['relative']:.3f} | {c['flops_plan']['flops_kept']:.3f} | "
+                f"{c['flops_plan']['relative']:.3f} |" for c in comparisons]
+        out += ["", "(latencies as fractions of the unpruned model, timed interleaved with it)"]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--forms", default=",".join(FORMS))
+    parser.add_argument("--evaluations", type=int, default=16, help="random-search plans per search (0: skip)")
+    parser.add_argument("--note", default="", help="a line for the results (e.g. how loaded the machine was)")
+    args = parser.parse_args()
+    tune_allocator()
+    started = time.perf_counter()
+    forms = args.forms.split(",")
+    base = build_model("resnet20", in_channels=3, num_classes=10).eval()
+    graph = build_unit_graph(base, SHAPE)
+    rows = flops_plans(graph)
+    base_ms = time_forms(base, graph, rows, forms)
+    comparisons = []
+    if args.evaluations > 0:
+        ensure_checkpoint()
+        comparisons = [latency_vs_flops(rt, args.evaluations, graph) for rt in dict.fromkeys(FORMS[f] for f in forms)]
     targets = []
-    for form in ("folded", "eager"):
-        eff = [r[f"{form}_efficiency_b{b}"] for r in flops_rows for b in BATCHES]
-        worst, mean = (min(eff), sum(eff) / len(eff)) if eff else (float("nan"), float("nan"))
-        label = "speed-up x kept FLOPs, every FLOPs-budget plan, b1 and b32, " + (
-            "BatchNorm folded (as deployed)" if form == "folded" else "eager (informative)")
-        targets.append(target(label, ">= 0.85", {"worst": round(worst, 2), "mean": round(mean, 2)}, worst >= 0.85))
-    if comparison:
-        faster = comparison["latency_guided"]["ms_b1"] < 0.95 * comparison["flops_guided"]["ms_b1"]
-        targets.append(target("latency-LUT NetAdapt faster than FLOPs NetAdapt at equal FLOPs", "measurably (>5%)",
-                              [round(float(comparison["latency_guided"]["ms_b1"]), 2),
-                               round(float(comparison["flops_guided"]["ms_b1"]), 2)], faster))
-    write_results("speedup", "\n".join(table), {"base_ms": base_ms, "rows": rows, "netadapt": comparison,
-                                                 "op_profile": profiles}, targets,
-                  "python -m benchmarks.speedup")
+    best = {f: min(r[f"{f}_efficiency_b32"] for r in rows) for f in forms}
+    targets.append(target("speed-up x kept FLOPs at batch 32, every FLOPs-budget plan (worst), in at least one runtime",
+                          ">= 0.85", {f: round(v, 2) for f, v in best.items()}, max(best.values()) >= 0.85))
+    b1 = {f: round(min(r[f"{f}_efficiency_b1"] for r in rows), 2) for f in forms}
+    targets.append(target("speed-up x kept FLOPs at batch 1 (worst; informative)", "-", b1, True))
+    for c in comparisons:
+        lat, flo = c["latency_plan"], c["flops_plan"]
+        targets.append(target(f"{c['runtime']}: latency-budget plan faster than the FLOPs-budget plan at equal FLOPs "
+                              f"({lat['flops_kept']:.3f} vs {flo['flops_kept']:.3f} kept)", "faster",
+                              [round(lat["relative"], 3), round(flo["relative"], 3)], lat["relative"] < flo["relative"]))
+    minutes = (time.perf_counter() - started) / 60
+    note = f"\n\nTook {minutes:.0f} min." + (f" {args.note}" if args.note else "")
+    write_results("speedup", tables(rows, base_ms, forms, comparisons) + note,
+                  {"base_ms": base_ms, "rows": rows, "latency_vs_flops": comparisons, "minutes": minutes}, targets,
+                  f"python -m benchmarks.speedup --forms {args.forms} --evaluations {args.evaluations}")
 
 
 if __name__ == "__main__":

@@ -812,6 +812,45 @@ def case_searcher_flag_carries_a_budget_the_new_searcher_refuses(env):
                   searcher={"name": "random", "evaluations": 6})
 
 
+# ------------------------------------------------------------------------- runtime and GPUs
+
+
+@case
+def case_runtime_device_misspelled(env):
+    return search(env, r"runtime\.device 'cdua' is not a valid value; did you mean cuda\?", runtime={"device": "cdua"})
+
+
+@case
+def case_runtime_device_bad_index(env):
+    return search(env, r"runtime\.device 'cuda:x' is not a valid value", runtime={"device": "cuda:x"})
+
+
+@case
+def case_runtime_amp_misspelled(env):
+    return search(env, r"runtime\.amp 'bf61' is not a valid value; did you mean bf16\?", runtime={"amp": "bf61"})
+
+
+@case
+def case_runtime_key_misspelled(env):
+    return search(env, r"unknown config key runtime\.channel_last: did you mean runtime\.channels_last\?",
+                  runtime={"channel_last": True})
+
+
+@case
+def case_runtime_negative_num_workers(env):
+    return search(env, r"runtime\.num_workers must be >= 0 \(got -1\)", runtime={"num_workers": -1})
+
+
+@case
+def case_ray_negative_gpus_per_worker(env):
+    return search(env, r"ray\.gpus_per_worker must be >= 0 \(got -1", ray={"gpus_per_worker": -1})
+
+
+@case
+def case_runtime_fp16_on_the_cpu(env):
+    return search(env, r"runtime\.amp: fp16 needs a GPU", runtime={"device": "cpu", "amp": "fp16"})
+
+
 # -------------------------------------------------------------------------------- fixtures
 
 

@@ -558,3 +558,47 @@ def test_lut_directory_finds_luts_by_device_runtime_and_model(graph, tmp_path, m
     (a_torch,) = [line for line in lines if "a_torch.json" in line]
     assert "96% within +-10% (50 plans" in a_torch and "2026-11-30" in a_torch
     assert main(["lut", "list", "--dir", str(tmp_path / "nope")]) == 2
+
+
+def test_cuda_timer_synchronises_around_event_timing(monkeypatch):
+    """The CUDA path (no GPU here): synchronise, record start, run, record end, wait for it, divide."""
+    from autoprune.latency.timing import CudaTimer
+
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.name = "start" if not any(e.startswith("new") for e in log) else "end"
+            log.append(f"new {self.name}")
+
+        def record(self, stream=None):
+            log.append(f"record {self.name} on {stream}")
+
+        def synchronize(self):
+            log.append(f"wait {self.name}")
+
+        def elapsed_time(self, other):
+            return 12.0
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append(f"synchronize {device}"))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: "stream")
+    ms = CudaTimer("cuda:0").sample(lambda: log.append("run"), runs=3)
+    assert ms == 4.0
+    assert log == ["new start", "new end", "synchronize cuda:0", "record start on stream", "run", "run", "run",
+                   "record end on stream", "wait end"]
+
+
+def test_build_lut_in_onnxruntime_records_the_runtime_and_fine_curves(graph):
+    pytest.importorskip("onnxruntime")
+    lut = build_lut(graph.model, SHAPE, step=8, repeats=3, calibration_plans=2, progress=False, runtime="onnxruntime")
+    h = lut.header
+    assert h["runtime"] == "onnxruntime" and h["runtime_version"] and h["fine"] is True
+    assert {t.name: set(t.fine) for t in lut.tables} == {"conv1": {"out"}, "conv2": {"in", "out"}, "fc": {"in"}}
+    conv2 = next(t for t in lut.tables if t.name == "conv2")
+    assert conv2.fine["out"].widths == list(range(1, 17)) and (conv2.fine["out"].rel > 0).all()
+    back = Lut.from_dict(json.loads(lut.to_json()))
+    cost, again = LutCost(lut, graph), LutCost(back, graph)
+    for counts in ([5, 7], [8, 13], [1, 1]):  # off-grid widths go through the fine curves
+        assert again.fraction(counts) == pytest.approx(cost.fraction(counts), rel=1e-5)

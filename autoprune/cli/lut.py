@@ -81,9 +81,9 @@ def _shape_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-plans", type=int, default=12,
                    help="random pruned variants timed to calibrate the prediction (default 12; 0 = sum + remainder)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration plans")
-    p.add_argument("--no-fine", action="store_true",
-                   help="skip the fine curves (each axis at every width): faster, but blind to kernels that "
-                        "favour multiples of 4 or 16 (ONNX Runtime)")
+    p.add_argument("--fine", action=argparse.BooleanOptionalAction, default=None,
+                   help="time each axis at every width too (the fine curves): needed where kernels favour "
+                        "multiples of 4 or 16 (default: on for onnxruntime and CUDA, off for torch on the CPU)")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -125,7 +125,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     lut = build_lut_file(args.model, shape, args.out, model_kwargs(args), args.num_classes, batch=args.batch,
                          threads=args.threads, step=args.step, device=args.device_name, repeats=args.repeats,
                          calibration_plans=args.calibration_plans, seed=args.seed, progress=not args.no_progress,
-                         clock=args.clock, runtime=args.runtime, fine=not args.no_fine)
+                         clock=args.clock, runtime=args.runtime, fine=args.fine)
     h = lut.header
     cal = h.get("calibration")
     print(f"wrote {Path(args.out)}: {len(lut.tables)} module tables, {h['runtime']} {h['runtime_version']}, "
@@ -160,7 +160,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input_shape)
     _positive(args, "batch", "step")
     m = probes_dir(args.model, shape, args.out, model_kwargs(args), args.num_classes, batch=args.batch,
-                   step=args.step, calibration_plans=args.calibration_plans, seed=args.seed, fine=not args.no_fine)
+                   step=args.step, calibration_plans=args.calibration_plans, seed=args.seed, fine=args.fine is not False)
     print(f"wrote {len(m['probes'])} layer probes, the reference probe, the model and {len(m['calibration'])} "
           f"calibration plans to {args.out}; on the device run: python time_probes.py (onnxruntime + numpy), "
           f"copy timings.json back, then: autoprune lut import {args.out} --out LUT.json")

@@ -88,8 +88,10 @@ class UnitGraph:
         raise AutopruneError(f"unknown prunable unit {name!r}; units: {', '.join(self.names)}")
 
 
-def example_input(input_shape: Sequence[int], batch: int = 1) -> torch.Tensor:
-    return torch.randn(batch, *input_shape)
+def example_input(input_shape: Sequence[int], batch: int = 1, model: nn.Module | None = None) -> torch.Tensor:
+    """A random input batch, on the device of ``model``'s parameters when given (else the CPU)."""
+    device = next((p.device for p in model.parameters()), None) if model is not None else None
+    return torch.randn(batch, *input_shape).to(device or "cpu")
 
 
 def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:
@@ -98,7 +100,7 @@ def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.D
     try:
         with torch.enable_grad():  # torch-pruning traces the autograd graph
             return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input(input_shape), verbose=False
+            model, example_inputs=example_input(input_shape, model=model), verbose=False
         )
     finally:
         model.train(was_training)
@@ -113,7 +115,7 @@ def forward_with_hooks(model: nn.Module, input_shape: Sequence[int], hook) -> No
     model.eval()
     try:
         with torch.no_grad():
-            model(example_input(input_shape))
+            model(example_input(input_shape, model=model))
     finally:
         model.train(was_training)
         for h in handles:

@@ -23,6 +23,7 @@ from autoprune.core.criteria import Batch, Criterion, get_criterion
 from autoprune.core.graph import UnitGraph, build_dependency_graph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.sparsity import SPARSE_GRANULARITIES, check_granularity, sparse_prune
+from autoprune.device import Device, model_device
 from autoprune.errors import AutopruneError
 
 Removal = tuple[str, list[int]]
@@ -55,6 +56,8 @@ def channel_prune(
     todo = [(u, k) for u, k in todo if k < u.out_channels]
     if not todo:
         return pruned
+    if calibration:  # the batches follow the model to its device
+        calibration = Device(model_device(pruned)).batches(calibration)
     if criterion.needs_data:
         if not calibration:
             raise AutopruneError("this criterion needs calibration batches")

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from autoprune.config import TrainConfig
+from autoprune.device import CPU, Device
 from autoprune.errors import AutopruneError
 
 log = logging.getLogger(__name__)
@@ -121,16 +122,24 @@ def train_model(
     progress: bool = True,
     loader: LoaderSettings | None = None,
     hooks: TrainHooks | None = None,
+    runtime: Device | None = None,
 ) -> nn.Module:
     """Train ``model`` in place for ``epochs`` (or ``max_steps`` batches) on ``train``, streamed
     (shuffled with ``seed``) through :func:`make_loader` with ``loader``'s settings; returns it.
-    ``hooks`` (:class:`TrainHooks`): a data shard, a wrapper (DDP), epoch checkpoints, resuming."""
+    ``hooks`` (:class:`TrainHooks`): a data shard, a wrapper (DDP), epoch checkpoints, resuming.
+    ``runtime`` (:class:`~autoprune.device.Device`, default the CPU in fp32): the model is moved there
+    (and stays there), batches follow, the forward pass runs under its autocast (fp16 with a
+    GradScaler), and its DataLoader settings apply unless ``loader`` is given."""
     epochs = cfg.epochs if epochs is None else epochs
     lr = cfg.lr if lr is None else lr
     if len(train) == 0:  # type: ignore[arg-type]
         raise AutopruneError("the training split is empty")
-    opts = loader or LoaderSettings()
     hooks = hooks or TrainHooks()
+    if runtime is None and hooks.device is not None:
+        runtime = Device(torch.device(hooks.device))
+    if runtime is not None:
+        runtime.place(model)
+    opts = loader or (LoaderSettings(**runtime.loader_kwargs()) if runtime is not None else LoaderSettings())
     batches = make_loader(train, cfg.batch_size, shuffle=True, seed=seed, num_workers=opts.num_workers,
                           pin_memory=opts.pin_memory, sampler=hooks.sampler)
     total = max_steps if max_steps is not None else epochs * len(batches)
@@ -138,11 +147,11 @@ def train_model(
         return model
     with torch.random.fork_rng(devices=[]):  # augmentation and dropout draw from ``seed`` only
         torch.manual_seed(seed)
-        return _train_loop(model, batches, cfg, lr, total, desc, progress, hooks)
+        return _train_loop(model, batches, cfg, lr, total, desc, progress, hooks, runtime)
 
 
 def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: float, total: int, desc: str,
-                progress: bool, hooks: TrainHooks) -> nn.Module:
+                progress: bool, hooks: TrainHooks, runtime: Device | None = None) -> nn.Module:
     resume = hooks.resume
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -150,6 +159,8 @@ def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: floa
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     loss_fn = nn.CrossEntropyLoss()
+    dev = runtime or CPU
+    scaler = dev.grad_scaler()
     good = copy.deepcopy(model.state_dict())
     net.train()
     step = 0
@@ -166,9 +177,10 @@ def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: floa
             if hasattr(loader.sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
                 loader.sampler.set_epoch(step // per_epoch)
             for x, y in read(loader):
-                if hooks.device is not None:
-                    x, y = x.to(hooks.device, non_blocking=True), y.to(hooks.device, non_blocking=True)
-                loss = loss_fn(net(x), y)
+                if runtime is not None:
+                    x, y = runtime.to_device((x, y))
+                with dev.autocast():
+                    loss = loss_fn(net(x), y)
                 if not torch.isfinite(loss):
                     model.load_state_dict(good)
                     raise AutopruneError(
@@ -176,8 +188,9 @@ def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: floa
                         "Lower the learning rate (train.lr or finetune.lr_scale)"
                     )
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 step += 1
                 bar.update(1)
@@ -197,15 +210,20 @@ def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: floa
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, batches: Iterable[Batch]) -> float:
+def accuracy(model: nn.Module, batches: Iterable[Batch], runtime: Device | None = None) -> float:
     """Top-1 accuracy of ``model`` (eval mode) over ``batches`` of ``(x, y)``: a DataLoader or any
-    iterable, counted batch by batch (nothing is stacked)."""
+    iterable, counted batch by batch (nothing is stacked). Batches are moved to the device ``model``
+    is on; ``runtime`` adds its autocast and memory format."""
+    dev = (runtime or CPU).following(model)
     was_training = model.training
     model.eval()
     correct = total = 0
     try:
         for x, y in read(batches):
-            correct += (model(x).argmax(1) == y).sum().item()
+            x, y = dev.to_device((x, y))
+            with dev.autocast():
+                out = model(x)
+            correct += (out.argmax(1) == y).sum().item()
             total += len(y)
     finally:
         model.train(was_training)
@@ -214,7 +232,9 @@ def accuracy(model: nn.Module, batches: Iterable[Batch]) -> float:
     return correct / total
 
 
-def dataset_accuracy(model: nn.Module, ds: Dataset, batch_size: int = 256, loader: LoaderSettings | None = None) -> float:
-    """Top-1 accuracy of ``model`` on the whole of ``ds``, streamed in order."""
-    opts = loader or LoaderSettings()
-    return accuracy(model, make_loader(ds, batch_size, num_workers=opts.num_workers, pin_memory=opts.pin_memory))
+def dataset_accuracy(model: nn.Module, ds: Dataset, batch_size: int = 256, loader: LoaderSettings | None = None,
+                     runtime: Device | None = None) -> float:
+    """Top-1 accuracy of ``model`` on the whole of ``ds``, streamed in order (see :func:`accuracy`)."""
+    opts = loader or (LoaderSettings(**runtime.loader_kwargs()) if runtime is not None else LoaderSettings())
+    return accuracy(model, make_loader(ds, batch_size, num_workers=opts.num_workers, pin_memory=opts.pin_memory),
+                    runtime)

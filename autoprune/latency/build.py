@@ -161,7 +161,7 @@ class LayerProfiler(LayerShapes):
 def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, threads: int = 1, step: int = 8,
               device: str | None = None, repeats: int = 15, calibration_plans: int = 12, seed: int = 0,
               progress: bool = True, model_name: str | None = None, clock: Clock = "wall",
-              runtime: str | Runtime | None = None, fine: bool = True) -> Lut:
+              runtime: str | Runtime | None = None, fine: bool | None = None) -> Lut:
     """Profile ``model``'s modules over a (in, out) grid and calibrate: a ready :class:`Lut`.
 
     :param step: grid spacing in channels (1 = every channel count: slower, most accurate).
@@ -174,6 +174,7 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
     :param fine: also time each axis of every module at every width (the other axis full): the
         fine curves that correct the grid between its points (ONNX Runtime's kernels are much
         slower at widths that are not multiples of 4 or 16, a step no coarse grid can see).
+        Default: when the runtime says its kernels are stepped there (onnxruntime; torch on CUDA).
     """
     check_threads(threads)
     clock_fn(clock, threads)
@@ -182,6 +183,8 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
     graph = build_unit_graph(model, input_shape)
     where = model_device(model)
     profiler = LayerProfiler(graph, batch, threads, repeats, clock, rt)
+    if fine is None:
+        fine = bool(getattr(rt, "stepped", lambda device: False)(str(where)))
     axes = module_axes(graph, step)
     points = [(name, i, o) for name, (ins, outs) in axes.items() for i in ins for o in outs]
     profiler.measure(points + (fine_points(graph) if fine else []), progress)
@@ -270,7 +273,7 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
     ``plans``, ``mape`` (mean absolute % error of the predicted fraction), ``within_10pct`` (share
     of plans within +-10%), ``max_abs_pct``, the same three for the ms predictions (``*_ms``; these
     move with the machine's speed), ``drift`` (the unpruned model's latency now / at build time),
-    and the points (``predicted_rel``, ``measured_rel``, ``predicted_ms``, ``measured_ms``).
+    and the points (``counts``, ``predicted_rel``, ``measured_rel``, ``predicted_ms``, ``measured_ms``).
 
     :param runtime: the runtime to time in; must be the LUT's (the default).
     """
@@ -288,7 +291,7 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
                         desc="checking", progress=progress, runtime=cost.runtime)
     measured_rel, measured_ms = np.array(timing.relative), np.array(timing.ms)
     out: dict[str, Any] = {
-        "plans": int(plans), "runtime": cost.runtime, "device": lut.header["device"],
+        "plans": int(plans), "runtime": cost.runtime, "device": lut.header["device"], "counts": counts,
         "device_now": default_device_name(str(model_device(model))),
         "predicted_rel": predicted_rel.tolist(), "measured_rel": measured_rel.tolist(),
         "predicted_ms": predicted_ms.tolist(), "measured_ms": measured_ms.tolist(),

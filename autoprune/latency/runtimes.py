@@ -13,7 +13,9 @@ and the speed-up benchmark measure the same thing in any runtime.
   and every graph optimisation (BatchNorm is folded into the convs there).
 
 Add a runtime with ``RUNTIMES.register("name", factory)``; a factory takes no arguments and
-returns an object with ``name``, ``version()`` and ``prepare(model, example, threads)``.
+returns an object with ``name``, ``version()`` and ``prepare(model, example, threads)`` (and
+optionally ``stepped(device) -> bool``: whether its kernels' speed steps with channel counts, so
+LUTs for it need fine curves; see :func:`autoprune.latency.build.build_lut`).
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class TorchRuntime:
     def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1) -> Session:
         return TorchSession(model, example)
 
+    def stepped(self, device: str) -> bool:
+        """CUDA kernels (tensor cores) favour multiples of 8; CPU eager latency is smooth in the widths."""
+        return str(device).startswith("cuda")
+
 
 class OrtSession:
     """An ONNX Runtime ``InferenceSession`` bound to one input array."""
@@ -111,6 +117,11 @@ class OnnxRuntime:
         from autoprune.latency.onnx_export import export_onnx
 
         return OrtSession(export_onnx(model, example, dynamic_batch=False, fold_constants=False), example, threads)
+
+    def stepped(self, device: str) -> bool:
+        """MLAS convolutions slow down by up to 60% off multiples of 4 input channels and step in
+        blocks of 16 output channels (measured on x86, 2026-11-30)."""
+        return True
 
 
 RUNTIMES: Registry = Registry("runtime")

@@ -24,6 +24,7 @@ from autoprune.core.cost import SPARSE_GRANULARITIES
 from autoprune.core.graph import build_unit_graph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
+from autoprune.device import cpu_state
 from autoprune.errors import AutopruneError
 from autoprune.models.zoo import build_model
 
@@ -50,7 +51,7 @@ def spec_model(spec: dict[str, Any]) -> nn.Module:
 def save_pruned(path: Path, model: nn.Module, spec: dict[str, Any], plan: PruningPlan, granularity: str) -> None:
     """Write ``pruned_model.pt`` atomically (see the module docstring for the format)."""
     payload = {"format": PRUNED_FORMAT, "model": spec, "plan": plan.to_dict(), "granularity": granularity,
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+               "state_dict": cpu_state(model)}  # CPU tensors: loads anywhere (load_pruned's map_location)
     atomic_write_with(path, lambda buf: torch.save(payload, buf))
 
 

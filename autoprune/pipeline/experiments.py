@@ -9,6 +9,8 @@ Each trial is ``autoprune search`` for one combination: it writes the same run d
 in-process on 1 CPU (trials run side by side); with ``ray.workers: N`` each trial reserves N CPUs
 for its own evaluation actors (a placement group with an empty head bundle: the trial's driver
 mostly waits for the actors, and fine-tunes the best plan after they are gone).
+With ``ray.gpus_per_worker: g`` an in-process trial asks for ``g`` GPUs and each actor bundle for
+``g`` GPUs; a trial that got a GPU runs on it (``runtime.device: cuda``), one that got none on the CPU.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from autoprune.atomic import atomic_write_text, check_writable
 from autoprune.config import ExperimentConfig, dump_config, load_config, parse_budget
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.pipeline.artifacts import read_summary
-from autoprune.pipeline.pool import ensure_ray
+from autoprune.pipeline.pool import check_gpus, ensure_ray
 from autoprune.pipeline.run import run_search
 from autoprune.search.base import SEARCHERS
 
@@ -87,6 +89,8 @@ def run_trial(config: dict[str, Any]) -> None:
         sys.path.insert(0, config["cwd"])
     torch.set_num_threads(config["threads"])
     cfg = load_config(config["trial"]["config"])
+    if cfg.ray.gpus_per_worker > 0:  # the device Ray assigned this trial (CUDA_VISIBLE_DEVICES), else the CPU
+        cfg.runtime.device = "cuda" if cfg.ray.workers == 0 and torch.cuda.is_available() else "cpu"
     run_dir = Path(config["runs"]) / config["trial"]["name"]
     if not (run_dir / "summary.json").is_file():
         resume = run_dir if (run_dir / "config.yaml").is_file() else None
@@ -98,13 +102,15 @@ def run_trial(config: dict[str, Any]) -> None:
                  "evaluations": s["evaluations"], "run_dir": str(run_dir)})
 
 
-def trial_resources(workers: int):
-    """1 CPU per in-process trial; else N actor CPUs (the driver itself reserves none)."""
+def trial_resources(workers: int, gpus: float = 0.0):
+    """1 CPU (and ``gpus`` GPUs) per in-process trial; else N actor bundles of 1 CPU (and ``gpus``
+    GPUs) each (the driver itself reserves none)."""
     from ray import tune
 
     if workers <= 0:
-        return {"cpu": 1}
-    return tune.PlacementGroupFactory([{}] + [{"CPU": 1}] * workers)
+        return {"cpu": 1, "gpu": gpus} if gpus > 0 else {"cpu": 1}
+    bundle = {"CPU": 1, "GPU": gpus} if gpus > 0 else {"CPU": 1}
+    return tune.PlacementGroupFactory([{}] + [dict(bundle) for _ in range(workers)])
 
 
 # --------------------------------------------------------------------------------- experiment
@@ -130,7 +136,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, resume: bool = False)
     started = ensure_ray(cfg.ray.address)
     try:
         _check_cpus(cfg.ray.workers)
-        trainable = tune.with_resources(run_trial, trial_resources(cfg.ray.workers))
+        check_gpus(cfg.ray.gpus_per_worker, max(1, cfg.ray.workers), together=True)
+        trainable = tune.with_resources(run_trial, trial_resources(cfg.ray.workers, cfg.ray.gpus_per_worker))
         if resume:
             tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)

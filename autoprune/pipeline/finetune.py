@@ -58,6 +58,7 @@ from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
 from autoprune.core.sparsity import apply_masks, masks_of
 from autoprune.core.train import TrainHooks, train_model
+from autoprune.device import Device, to_cpu
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.pipeline.artifacts import spec_model
 
@@ -82,7 +83,10 @@ def use_gpu(cfg: ExperimentConfig) -> bool:
     (CPU otherwise). Inside a worker the device itself comes from ``ray.train.torch.get_device()``.
     """
     runtime = getattr(cfg, "runtime", None)
-    return str(getattr(runtime, "device", None) or "cpu").startswith("cuda")
+    device = str(getattr(runtime, "device", None) or "cpu")
+    if device == "auto":
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -122,9 +126,14 @@ class EpochCheckpoints:
 
     def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
         self.directory, self.meta = Path(directory), meta
+        self._clock = time.monotonic()
 
     def record(self, epoch: int, state: dict[str, Any]) -> dict[str, Any]:
-        return {"format": CKPT_FORMAT, "epoch": int(epoch), "meta": self.meta, "state": state}
+        """The file's content; ``seconds``: since the previous record (or this object was made)."""
+        now = time.monotonic()
+        seconds, self._clock = now - self._clock, now
+        return {"format": CKPT_FORMAT, "epoch": int(epoch), "meta": self.meta, "state": to_cpu(state),
+                "seconds": seconds}
 
     def save(self, epoch: int, state: dict[str, Any]) -> None:
         """Write ``epoch_<epoch>.pt`` (a record of ``state``), then remove the older files."""
@@ -168,7 +177,7 @@ class EpochCheckpoints:
 
 def train(model: nn.Module, cfg: ExperimentConfig, *, epochs: int, lr: float, workers: int, desc: str,
           spec: dict[str, Any], plan: PruningPlan | None = None, ckpt_dir: Path | None = None,
-          train_data=None, progress: bool = True) -> nn.Module:
+          train_data=None, progress: bool = True, runtime: Device | None = None) -> nn.Module:
     """Train ``model`` (in place when in-process) for ``epochs`` at ``lr`` with ``cfg.train``'s loop,
     in-process (``workers`` 0) or on Ray Train; checkpointed per epoch into ``ckpt_dir`` (None: not
     saved) and resumed from its last finished epoch. Returns the trained model.
@@ -176,9 +185,11 @@ def train(model: nn.Module, cfg: ExperimentConfig, *, epochs: int, lr: float, wo
     :param spec: the unpruned model's spec (rebuilds the architecture in Ray workers).
     :param plan: the plan ``model`` was pruned to (None: unpruned).
     :param train_data: the training split (in-process only; Ray workers load it from ``cfg.data``).
+    :param runtime: the device in-process training runs on (default the CPU; the model moves there);
+        Ray Train workers use the device Ray gives them.
     """
     meta = {"desc": desc, "epochs": int(epochs), "lr": float(lr), "seed": int(cfg.seed), "workers": int(workers),
-            "batch_size": int(cfg.train.batch_size), "plan": None if plan is None else plan.to_dict()}
+            "batch_size": int(cfg.train.batch_size), "plan": None if plan is None else plan.to_json()}
     ckpts = EpochCheckpoints(ckpt_dir, meta) if ckpt_dir is not None else None
     start = ckpts.latest() if ckpts is not None else None
     if start is not None:
@@ -193,7 +204,7 @@ def train(model: nn.Module, cfg: ExperimentConfig, *, epochs: int, lr: float, wo
 
             train_data = load_data(cfg.data).train_augmented
         return train_model(model, train_data, cfg.train, epochs=epochs, lr=lr, seed=cfg.seed, desc=desc,
-                           progress=progress, hooks=hooks)
+                           progress=progress, hooks=hooks, runtime=runtime)
     if start is not None and start["epoch"] >= epochs:  # finished before the kill: no need for Ray
         model.load_state_dict(start["state"]["model"])
         return model.eval()
@@ -219,8 +230,8 @@ def check_workers(cfg: ExperimentConfig) -> None:
     from autoprune.pipeline.pool import check_ray_address
 
     check_ray_address(cfg.ray.address)
-    if ray.is_initialized():
-        check_resources(workers, use_gpu(cfg), wait_s=0.0)
+    if ray.is_initialized():  # the cluster's size only: what is busy now may be free when the fit starts
+        check_resources(workers, use_gpu(cfg), wait_s=None)
     elif not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
         cpus = os.cpu_count() or 1
         for key in ("train.workers", "finetune.workers"):
@@ -230,9 +241,10 @@ def check_workers(cfg: ExperimentConfig) -> None:
                                   f"set {key} <= {cpus}")
 
 
-def check_resources(workers: int, gpu: bool, wait_s: float = FREE_WAIT_S) -> None:
+def check_resources(workers: int, gpu: bool, wait_s: float | None = FREE_WAIT_S) -> None:
     """A one-line error unless the running Ray cluster has ``workers`` CPUs (and GPUs when ``gpu``),
-    and they become free within ``wait_s`` seconds (other work may hold them for a while)."""
+    and they become free within ``wait_s`` seconds (other work may hold them for a while; None: the
+    cluster's size is checked, not what is free)."""
     import ray
 
     needs = {"CPU": float(workers), **({"GPU": float(workers)} if gpu else {})}
@@ -241,6 +253,8 @@ def check_resources(workers: int, gpu: bool, wait_s: float = FREE_WAIT_S) -> Non
         if total.get(kind, 0.0) < amount:
             raise AutopruneError(f"{workers} Ray Train workers need {amount:g} {kind}s (one each) but the Ray cluster "
                                  f"has {total.get(kind, 0.0):g}; lower train.workers / finetune.workers")
+    if wait_s is None:
+        return
     deadline = time.monotonic() + wait_s
     while True:
         free = ray.available_resources()
@@ -355,10 +369,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
                 if ckpts is not None:
                     ckpts.write(record)
                 checkpoint = Checkpoint.from_directory(folder)
-            ray.train.report({"epoch": epoch}, checkpoint=checkpoint)
+            ray.train.report({"epoch": epoch, "seconds": record["seconds"]}, checkpoint=checkpoint)
 
     wrap: Callable[[nn.Module], nn.Module] | None = ray_torch.prepare_model if world > 1 else None
     train_model(model, train, train_cfg, epochs=config["epochs"], lr=config["lr"], seed=cfg.seed,
-                desc=config["desc"], progress=False,
+                desc=config["desc"], progress=False, runtime=Device.from_config(cfg.runtime, device),
                 hooks=TrainHooks(sampler=sampler, wrap=wrap, device=device,
                                  resume=None if start is None else start["state"], on_epoch_end=on_epoch_end))

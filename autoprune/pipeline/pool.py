@@ -10,6 +10,13 @@ Each actor asks Ray for one CPU and runs torch with one thread: ``workers`` acto
 ``workers`` cores, without oversubscription (on 2 cores, 2 actors x 1 thread). The driver keeps
 a local evaluator for what is not a search evaluation (pruning the best plan, base accuracy).
 
+With ``ray.gpus_per_worker: g`` every actor also asks Ray for ``g`` GPUs (fractions share one) and
+runs on the GPU Ray assigns it (``cuda`` inside the actor; the CPU when it got none), with the rest
+of the ``runtime:`` section (amp, channels_last, DataLoader settings). Asking for more GPUs than the
+cluster has is a one-line error (:func:`check_gpus`), not a hang. The data travels as its
+``DataConfig``: each actor opens the dataset itself (an image folder by its path), so no split goes
+through the object store; only the model's weights do, once.
+
 Ray is started on demand: ``address: null`` joins the Ray named by ``RAY_ADDRESS`` or starts a
 local one with the machine's cores (no dashboard); an address joins that cluster; a running Ray
 (``ray.is_initialized()``) is used as is. The pool shuts down only what it started.
@@ -28,10 +35,11 @@ from typing import Any
 
 from torch import nn
 
-from autoprune.config import ExperimentConfig
+from autoprune.config import DataConfig, ExperimentConfig, RuntimeConfig
 from autoprune.core.graph import UnitGraph
 from autoprune.core.plan import PruningPlan
-from autoprune.errors import AutopruneError
+from autoprune.device import Device, actor_device
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.search.evaluate import EvalResult, Evaluator
 
 log = logging.getLogger(__name__)
@@ -111,6 +119,43 @@ def ensure_ray(address: str | None = None) -> bool:
     return True
 
 
+def check_gpus(gpus_per_worker: float, workers: int = 1, together: bool = False) -> None:
+    """Raise a one-line ``ConfigError`` when the running Ray cluster has fewer GPUs than one worker's
+    ``gpus_per_worker`` (or, ``together``, than all ``workers``' at once: a Tune trial's placement
+    group), which Ray would otherwise wait for forever."""
+    import ray
+
+    if gpus_per_worker <= 0:
+        return
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if together and gpus_per_worker * workers > have:
+        raise ConfigError(f"ray.gpus_per_worker={gpus_per_worker:g} x {workers} workers per trial needs "
+                          f"{gpus_per_worker * workers:g} GPUs but the Ray cluster has {have:g}; lower "
+                          "ray.gpus_per_worker or ray.workers, or set ray.gpus_per_worker: 0 (CPU)")
+    if gpus_per_worker > have:
+        raise ConfigError(f"ray.gpus_per_worker={gpus_per_worker:g} but the Ray cluster has {have:g} GPUs; "
+                          "set ray.gpus_per_worker: 0 (CPU) or join a cluster with GPUs (ray.address)")
+    if gpus_per_worker * workers > have:
+        log.warning("ray.gpus_per_worker=%g x ray.workers=%d > the cluster's %g GPUs: only %d actors run at once",
+                    gpus_per_worker, workers, have, int(have // gpus_per_worker))
+
+
+def check_cluster_gpus(cfg: ExperimentConfig) -> None:
+    """Before the base model trains: the GPUs ``ray.gpus_per_worker`` asks for exist (starts Ray for
+    the check and shuts down what it started)."""
+    import ray
+
+    if cfg.ray.gpus_per_worker <= 0 or cfg.ray.workers <= 0:
+        return
+    started = ensure_ray(cfg.ray.address)
+    try:
+        if not _in_placement_group():
+            check_gpus(cfg.ray.gpus_per_worker, cfg.ray.workers)
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def _in_placement_group() -> bool:
     from ray.util import get_current_placement_group
 
@@ -125,17 +170,27 @@ def _actor_class():
     class EvalWorker:
         """Holds one :class:`Evaluator` built from the shared payload; evaluates plan dicts."""
 
-        def __init__(self, payload: dict[str, Any], threads: int) -> None:
+        def __init__(self, payload: dict[str, Any], threads: int, gpus: float = 0.0,
+                     runtime: RuntimeConfig | None = None) -> None:
             import torch
 
+            from autoprune.data.datasets import load_data
+
             torch.set_num_threads(threads)
-            self.evaluator = Evaluator(**payload)
+            payload = dict(payload)
+            if isinstance(payload["data"], DataConfig):  # opened here, by path, not shipped
+                payload["data"] = load_data(payload["data"])
+            device = actor_device(gpus)  # the GPU Ray assigned (CUDA_VISIBLE_DEVICES), else the CPU
+            self.evaluator = Evaluator(**payload, runtime=Device.from_config(runtime or RuntimeConfig(), device))
 
         def evaluate(self, plan: dict[str, Any], finetune_steps: int) -> EvalResult:
             return self.evaluator.evaluate(PruningPlan.from_dict(plan), finetune_steps)
 
         def pid(self) -> int:
             return os.getpid()
+
+        def device(self) -> str:
+            return str(self.evaluator.runtime.device)
 
     return EvalWorker
 
@@ -150,14 +205,22 @@ class RayEvaluatorPool(Evaluator):
     :param address: Ray address; ``None`` -> ``RAY_ADDRESS`` or a local Ray.
     :param max_retries: how often one plan is retried on a replacement actor after its actor died.
     :param threads: torch threads per actor.
+    :param gpus_per_worker: GPUs each actor asks Ray for (0: CPU actors).
+    :param runtime_config: the ``runtime:`` section the actors follow (their device is the one Ray
+        assigns them).
+    :param data_config: the data's config: actors then open the data themselves from it (a folder by
+        its path) instead of receiving ``data`` through the object store.
+    :param runtime: the driver's local evaluator's device (:class:`~autoprune.device.Device`).
     The other parameters are :class:`Evaluator`'s.
     """
 
     def __init__(self, model: nn.Module, graph: UnitGraph, data, evaluation=None, pruning=None, train=None,
                  finetune=None, seed: int = 0, *, workers: int = 2, address: str | None = None,
-                 max_retries: int = 2, threads: int = 1) -> None:
+                 max_retries: int = 2, threads: int = 1, gpus_per_worker: float = 0.0,
+                 runtime_config: RuntimeConfig | None = None, data_config: DataConfig | None = None,
+                 runtime: Device | None = None) -> None:
         super().__init__(model, graph, data, evaluation=evaluation, pruning=pruning, train=train,
-                         finetune=finetune, seed=seed)
+                         finetune=finetune, seed=seed, runtime=runtime)
         import ray
 
         if workers < 1:
@@ -165,9 +228,18 @@ class RayEvaluatorPool(Evaluator):
         self.max_retries = max_retries
         self.threads = threads
         self.replaced = 0
+        self.actors: list[Any] = []
         self._started_ray = ensure_ray(address)
+        self.gpus_per_worker = float(gpus_per_worker)
+        self.runtime_config = runtime_config
+        if not _in_placement_group():
+            try:
+                check_gpus(self.gpus_per_worker, workers)
+            except ConfigError:
+                self.close()
+                raise
         self.workers = self._fit_workers(workers)
-        payload = {"model": model, "graph": graph, "data": data, "evaluation": self.evaluation,
+        payload = {"model": model, "graph": graph, "data": data_config or data, "evaluation": self.evaluation,
                    "pruning": self.pruning, "train": self.train_cfg, "finetune": self.finetune_cfg,
                    "seed": seed}
         self._payload = ray.put(payload)  # once; every actor (and replacement) reads this one copy
@@ -175,11 +247,14 @@ class RayEvaluatorPool(Evaluator):
         self.actors = [self._new_actor() for _ in range(self.workers)]
 
     @classmethod
-    def from_config(cls, model: nn.Module, graph: UnitGraph, data, cfg: ExperimentConfig) -> RayEvaluatorPool:
-        """The pool ``cfg`` describes (its evaluation, pruning, train, fine-tune, seed and ray sections)."""
+    def from_config(cls, model: nn.Module, graph: UnitGraph, data, cfg: ExperimentConfig,
+                    runtime: Device | None = None) -> RayEvaluatorPool:
+        """The pool ``cfg`` describes (its evaluation, pruning, train, fine-tune, seed, ray and runtime
+        sections); the actors open the data from ``cfg.data``; ``runtime`` is the driver's device."""
         return cls(model, graph, data, evaluation=cfg.evaluation, pruning=cfg.pruning, train=cfg.train,
                    finetune=cfg.finetune, seed=cfg.seed, workers=cfg.ray.workers, address=cfg.ray.address,
-                   max_retries=cfg.ray.max_retries)
+                   max_retries=cfg.ray.max_retries, gpus_per_worker=cfg.ray.gpus_per_worker,
+                   runtime_config=cfg.runtime, data_config=cfg.data, runtime=runtime)
 
     def _fit_workers(self, workers: int) -> int:
         import ray
@@ -193,7 +268,9 @@ class RayEvaluatorPool(Evaluator):
         return max(1, min(workers, cpus))
 
     def _new_actor(self):
-        return self._cls.remote(self._payload, self.threads)
+        options = {"num_gpus": self.gpus_per_worker} if self.gpus_per_worker > 0 else {}
+        return self._cls.options(**options).remote(self._payload, self.threads, self.gpus_per_worker,
+                                                   self.runtime_config)
 
     # ------------------------------------------------------------------------- evaluation
     def evaluate(self, plan: PruningPlan, finetune_steps: int = 0) -> EvalResult:

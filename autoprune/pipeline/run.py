@@ -32,6 +32,7 @@ from autoprune.core.iterative import long_term as iterative_long_term
 from autoprune.core.plan import PruningPlan
 from autoprune.core.sparsity import make_permanent, sparse_layer_formats, storage_report
 from autoprune.core.train import dataset_accuracy, train_model
+from autoprune.device import cpu_state
 from autoprune.errors import AutopruneError
 from autoprune.latency.timing import latency_summary
 from autoprune.pipeline import finetune
@@ -81,7 +82,7 @@ def run_search(
         if not resume:
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             if not cfg.model.checkpoint:
-                atomic_write_with(run_dir / "base_model.pt", lambda b: torch.save(session.model.state_dict(), b))
+                atomic_write_with(run_dir / "base_model.pt", lambda b: torch.save(cpu_state(session.model), b))
             clock.beat()
         recorder.heartbeat = clock.beat  # a resume writes run_state.json from its first saved trial
         with clock.phase("search"):
@@ -136,9 +137,10 @@ def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: P
     pruned = evaluator.prune(plan)
     val_before = evaluator.score(pruned)
     with clock.phase("test"):
-        test_before = dataset_accuracy(pruned, data.test)
-        test_base = dataset_accuracy(session.model, data.test)
+        test_before = dataset_accuracy(pruned, data.test, runtime=session.runtime)
+        test_base = dataset_accuracy(session.model, data.test, runtime=session.runtime)
     pruned, test_after, failure = _finetune_or_keep(session, evaluator, plan, pruned, progress, clock, run_dir)
+    pruned.to("cpu", memory_format=torch.contiguous_format)  # saved, measured and returned like the base model
     save_pruned(run_dir / "pruned_model.pt", pruned, model_spec(cfg, data, session.input_shape), plan,
                 cfg.pruning.granularity)
 
@@ -232,7 +234,7 @@ def _finetune_or_keep(session: Session, evaluator: Evaluator, plan: PruningPlan,
         log.info("the fine-tune failed (%s); keeping the pruned weights from before it", exc)
         return make_permanent(kept), None, str(exc)
     with clock.phase("test"):
-        return tuned, dataset_accuracy(tuned, session.data.test), None
+        return tuned, dataset_accuracy(tuned, session.data.test, runtime=session.runtime), None
 
 
 def long_term_finetune(session: Session, evaluator: Evaluator, plan: PruningPlan, pruned: nn.Module,
@@ -255,9 +257,10 @@ def long_term_finetune(session: Session, evaluator: Evaluator, plan: PruningPlan
             return finetune.train(model, cfg, epochs=ft.epochs, lr=lr, workers=ft.workers, desc="fine-tune",
                                   spec=model_spec(cfg, session.data, session.input_shape), plan=plan,
                                   ckpt_dir=None if run_dir is None else run_dir / finetune.CKPT_DIR,
-                                  train_data=session.data.train_augmented, progress=progress)
+                                  train_data=session.data.train_augmented, progress=progress,
+                                  runtime=session.runtime)
         return train_model(model, session.data.train_augmented, cfg.train, epochs=ft.epochs, lr=lr,
-                           seed=cfg.seed, desc="fine-tune", progress=progress)
+                           seed=cfg.seed, desc="fine-tune", progress=progress, runtime=session.runtime)
 
     return iterative_long_term(cfg, session.model, session.graph, plan, pruned, train,
                                evaluator.calibration, evaluator.criterion)

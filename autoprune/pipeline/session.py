@@ -28,6 +28,7 @@ from autoprune.core.graph import UnitGraph, build_unit_graph
 from autoprune.core.iterative import check_recorded, recording, steps_per_epoch
 from autoprune.core.train import dataset_accuracy, train_model
 from autoprune.data.datasets import DataBundle, load_data
+from autoprune.device import CPU, Device, cpu_state
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.models.zoo import check_input_shape, load_checkpoint
 from autoprune.pipeline.artifacts import model_spec, spec_model
@@ -58,6 +59,8 @@ class Session:
     :param searcher_cls: the configured searcher.
     :param searcher_options: its parsed options.
     :param base_training_seconds: wall time spent training the base model here (0 when it was loaded).
+    :param runtime: where models run (``runtime:``, resolved on this machine); ``model`` itself stays on
+        the CPU and each evaluator holds its own copy on the device.
     """
 
     cfg: ExperimentConfig
@@ -70,6 +73,7 @@ class Session:
     searcher_cls: type[Searcher]
     searcher_options: Any
     base_training_seconds: float = 0.0
+    runtime: Device = CPU
 
     def evaluator(self) -> Evaluator:
         """In-process evaluator, or a Ray actor pool (same interface) when ``ray.workers > 0``."""
@@ -77,9 +81,9 @@ class Session:
         if c.ray.workers > 0:
             from autoprune.pipeline.pool import RayEvaluatorPool
 
-            return RayEvaluatorPool.from_config(self.model, self.graph, self.data, c)
+            return RayEvaluatorPool.from_config(self.model, self.graph, self.data, c, self.runtime)
         return Evaluator(self.model, self.graph, self.data, evaluation=c.evaluation, pruning=c.pruning,
-                         train=c.train, finetune=c.finetune, seed=c.seed)
+                         train=c.train, finetune=c.finetune, seed=c.seed, runtime=self.runtime)
 
     def context(self, evaluator=None, recorder: TrialRecorder | None = None, run_dir: Path | None = None,
                 resume: bool = False, progress: bool = True) -> SearchContext:
@@ -93,8 +97,9 @@ class Session:
 
 
 def base_model(cfg: ExperimentConfig, data: DataBundle, checkpoint: str | Path | None = None,
-               progress: bool = True) -> tuple[nn.Module, tuple[int, ...], bool]:
-    """Build the base model; load its checkpoint, or train it. Returns (model, input shape, trained)."""
+               progress: bool = True, runtime: Device | None = None) -> tuple[nn.Module, tuple[int, ...], bool]:
+    """Build the base model; load its checkpoint, or train it (on ``runtime``'s device). Returns
+    (model on the CPU, input shape, trained)."""
     input_shape = tuple(cfg.model.input_shape or data.input_shape)
     if len(input_shape) != 3:
         raise ConfigError(f"model.input_shape must be [C, H, W] (got {list(input_shape)})")
@@ -118,18 +123,22 @@ def base_model(cfg: ExperimentConfig, data: DataBundle, checkpoint: str | Path |
                        desc="train base model", spec=spec)
         return model.eval(), input_shape, True
     with recording(model, cfg.finetune.rewind_epoch, steps_per_epoch(len(data.train), cfg.train.batch_size)):
-        train_model(model, data.train_augmented, cfg.train, seed=cfg.seed, desc="train base model", progress=progress)
+        train_model(model, data.train_augmented, cfg.train, seed=cfg.seed, desc="train base model", progress=progress,
+                    runtime=runtime)
+    if runtime is not None and not runtime.is_default:  # the session's model lives on the CPU
+        model.to("cpu", memory_format=torch.contiguous_format)
     return model.eval(), input_shape, True
 
 
 def train_base_model(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -> tuple[nn.Module, float]:
     """Train the configured base model, save its state_dict to ``out``; return it and its test accuracy."""
     cfg.validate()
+    runtime = Device.from_config(cfg.runtime)
     out = Path(out)
     check_writable(out.parent)
     data = load_data(cfg.data)
-    model, _shape, _ = base_model(cfg, data, progress=progress)
-    atomic_write_with(out, lambda buf: torch.save(model.state_dict(), buf))
+    model, _shape, _ = base_model(cfg, data, progress=progress, runtime=runtime)
+    atomic_write_with(out, lambda buf: torch.save(cpu_state(model), buf))
     return model, dataset_accuracy(model, data.test)
 
 
@@ -141,6 +150,7 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
     :param progress: show progress bars while training the base model.
     """
     cfg.validate()
+    runtime = Device.from_config(cfg.runtime)  # a device this machine lacks fails here, before any work
     searcher_cls = SEARCHERS.get(cfg.searcher_name)
     options = searcher_cls.parse_options(cfg.searcher)
     CRITERIA.get(cfg.pruning.criterion)
@@ -148,6 +158,10 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
         from autoprune.pipeline.pool import check_ray_address
 
         check_ray_address(cfg.ray.address)
+    if cfg.ray.workers > 0 and cfg.ray.gpus_per_worker > 0:  # GPUs the cluster lacks: an error, not a hang
+        from autoprune.pipeline.pool import check_cluster_gpus
+
+        check_cluster_gpus(cfg)
     if cfg.train.workers > 0 or cfg.finetune.workers > 0:  # Ray Train: fail before any long work
         from autoprune.pipeline.finetune import check_workers
 
@@ -157,7 +171,7 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
     if labels is not None and len(labels) == 0:
         raise AutopruneError("the training split is empty")
     started = time.time()
-    model, input_shape, trained = base_model(cfg, data, base_checkpoint, progress)
+    model, input_shape, trained = base_model(cfg, data, base_checkpoint, progress, runtime)
     training_seconds = time.time() - started if trained else 0.0
     check_recorded(cfg, model)
     graph = build_unit_graph(model, input_shape)
@@ -168,7 +182,7 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
     costs[budget.kind] = budget.cost
     session = Session(cfg=cfg, data=data, model=model, input_shape=input_shape, graph=graph, costs=costs,
                       budget=budget, searcher_cls=searcher_cls, searcher_options=options,
-                      base_training_seconds=training_seconds)
+                      base_training_seconds=training_seconds, runtime=runtime)
     reach = SearchContext(graph=graph, evaluator=None, budget=budget, costs=costs, pruning=cfg.pruning)
     budget.check_reachable(reach.min_counts())
     return session

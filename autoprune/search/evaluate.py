@@ -14,6 +14,7 @@ batch by batch through a DataLoader. Any map-style Dataset works, not only tenso
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,7 @@ from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
 from autoprune.core.train import LoaderSettings, accuracy, make_loader, read, train_model
 from autoprune.data.datasets import DataBundle
+from autoprune.device import CPU, Device
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,10 @@ def fixed_batches(ds: Dataset, n_batches: int, batch_size: int, seed: int, cache
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Sequence[Batch]) -> None:
-    """Reset BN running stats and re-estimate them on ``batches`` (cumulative average)."""
+def recalibrate_bn(model: nn.Module, batches: Sequence[Batch], runtime: Device | None = None) -> None:
+    """Reset BN running stats and re-estimate them on ``batches`` (cumulative average), moved to the
+    device ``model`` is on and run under ``runtime``'s autocast."""
+    dev = (runtime or CPU).following(model)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or not batches:
         return
@@ -112,7 +116,8 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[Batch]) -> None:
         bn.momentum = None
     model.train()
     for x, _ in batches:
-        model(x)
+        with dev.autocast():
+            model(dev.to_device(x))
     for bn, momentum in saved:
         bn.momentum = momentum
     model.eval()
@@ -129,7 +134,11 @@ class Evaluator:
     :param train: training settings (batch size and lr for short-term fine-tuning).
     :param finetune: ``lr_scale`` for short-term fine-tuning.
     :param seed: seeds the fixed BN/calibration batches.
-    :param loader: DataLoader settings (workers, pinned memory) for everything the evaluator reads.
+    :param loader: DataLoader settings (workers, pinned memory) for everything the evaluator reads
+        (default: ``runtime``'s).
+    :param runtime: where plans are pruned, fine-tuned and scored (:class:`~autoprune.device.Device`;
+        default the CPU in fp32). The evaluator holds its own copy of ``model`` there (``self.model``;
+        the caller's stays where it is) and the pruned models it returns are there too.
     """
 
     def __init__(
@@ -143,8 +152,10 @@ class Evaluator:
         finetune: FinetuneConfig | None = None,
         seed: int = 0,
         loader: LoaderSettings | None = None,
+        runtime: Device | None = None,
     ) -> None:
-        self.model = model.eval()
+        self.runtime = runtime or CPU
+        self.model = (model if self.runtime.is_default else self.runtime.place(copy.deepcopy(model))).eval()
         self.graph = graph
         self.data = data
         self.evaluation = evaluation or EvaluationConfig()
@@ -153,20 +164,21 @@ class Evaluator:
         self.finetune_cfg = finetune or FinetuneConfig()
         self.seed = seed
         self.criterion = get_criterion(self.pruning)
-        self.loader = loader or LoaderSettings()
+        self.loader = loader or LoaderSettings(**self.runtime.loader_kwargs())
         cap = self.evaluation.score_samples
         self.val = data.val if cap is None or cap >= len(data.val) else Subset(data.val, range(cap))
         bn_batch = min(64, self.train_cfg.batch_size)
         n_bn = max(self.evaluation.adaptive_bn_batches, self.pruning.calibration_batches)
         batches = fixed_batches(data.train, n_bn, bn_batch, seed, self.evaluation.cache_mb, self.loader)
-        self.bn_batches = batches[: self.evaluation.adaptive_bn_batches]
-        self.calibration = batches[: self.pruning.calibration_batches]
+        self.bn_batches = self.runtime.batches(batches[: self.evaluation.adaptive_bn_batches])
+        self.calibration = self.runtime.batches(batches[: self.pruning.calibration_batches])
         self.cache: dict[tuple, EvalResult] = {}
         self.evaluations = 0
 
     def prune(self, plan: PruningPlan) -> nn.Module:
         """The pruned copy of the base model for ``plan`` (weights as pruned, BN not recalibrated)."""
-        return apply_plan(self.model, self.graph, plan, self.pruning, self.calibration, self.criterion)
+        pruned = apply_plan(self.model, self.graph, plan, self.pruning, self.calibration, self.criterion)
+        return pruned if self.runtime.is_default else self.runtime.place(pruned)  # pruning drops channels_last
 
     def val_batches(self) -> DataLoader:
         """The search-validation subset, in order, as a DataLoader."""
@@ -175,14 +187,14 @@ class Evaluator:
 
     def score(self, model: nn.Module) -> float:
         """Adaptive BN, then val accuracy."""
-        recalibrate_bn(model, self.bn_batches)
-        return accuracy(model, self.val_batches())
+        recalibrate_bn(model, self.bn_batches, self.runtime)
+        return accuracy(model, self.val_batches(), self.runtime)
 
     def short_term_finetune(self, model: nn.Module, steps: int, seed: int | None = None) -> nn.Module:
         lr = self.train_cfg.lr * self.finetune_cfg.lr_scale
         return train_model(model, self.data.train_augmented, self.train_cfg, lr=lr, max_steps=steps,
                            seed=self.seed if seed is None else seed, desc="short-term", progress=False,
-                           loader=self.loader)
+                           loader=self.loader, runtime=self.runtime)
 
     def evaluate(self, plan: PruningPlan, finetune_steps: int = 0) -> EvalResult:
         """Accuracy of ``plan`` on the search-validation split (cached by channel counts)."""
@@ -207,4 +219,4 @@ class Evaluator:
         return [self.evaluate(p, finetune_steps) for p in plans]
 
     def base_accuracy(self) -> float:
-        return accuracy(self.model, self.val_batches())
+        return accuracy(self.model, self.val_batches(), self.runtime)

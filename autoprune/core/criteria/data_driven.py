@@ -122,7 +122,7 @@ class APoZ(Criterion):
         finally:
             for h in handles:
                 h.remove()
-        self.zeros = {m: sums[m] / counts[m] for m in sums}
+        self.zeros = {m: (sums[m] / counts[m]).cpu() for m in sums}  # scored on the CPU
 
     def scores(self, group: tp.Group) -> torch.Tensor | None:
         n = len(group[0].idxs)
@@ -141,8 +141,8 @@ class _LayerData:
     def __init__(self, module: nn.Module, x: torch.Tensor, gen: torch.Generator) -> None:
         a = _patches(module, x)
         self.rows = torch.randperm(a.shape[0], generator=gen)[: max(MAX_ROWS, 2 * a.shape[1])]
-        self.a = a[self.rows].double()
-        w = _weight_matrix(module).double()
+        self.a = a[self.rows.to(a.device)].double().cpu()  # the least squares run on the CPU, in float64
+        w = _weight_matrix(module).double().cpu()
         self.y = self.a @ w  # original output (without bias) at the sampled positions
         self.w = w
         self.kk = a.shape[1] // module.weight.shape[1]
@@ -234,7 +234,7 @@ class Reconstruction(Criterion):
         def hook(mod, inputs):
             data = self.layers.get(mod)
             if data is not None and data.removed_in:
-                _refit(mod, data, _patches(mod, inputs[0])[data.rows].double())
+                _refit(mod, data, _patches(mod, inputs[0])[data.rows.to(inputs[0].device)].double().cpu())
 
         self._forward(model, batches, hook)
         self.layers = {}
@@ -277,7 +277,7 @@ def _refit(module: nn.Module, data: _LayerData, a_new: torch.Tensor) -> None:
     keep_out = [i for i in range(data.y.shape[1]) if i not in set(data.removed_out)]
     y = data.y[:, keep_out]
     if module.bias is not None:
-        y = y + module.bias.detach().double()[None, :]  # the (already pruned) original bias
+        y = y + module.bias.detach().double().cpu()[None, :]  # the (already pruned) original bias
         a_new = torch.cat([a_new, torch.ones(len(a_new), 1, dtype=a_new.dtype)], 1)
     sol = torch.linalg.lstsq(a_new, y, driver="gelsd").solution
     if module.bias is not None:
