@@ -432,6 +432,9 @@ class ExperimentConfig:
         if not self.ray.gpus_per_worker >= 0:  # NaN fails too
             raise ConfigError(f"ray.gpus_per_worker must be >= 0 (got {self.ray.gpus_per_worker}); 0 runs on CPUs")
         self.runtime.validate()
+        if self.runtime.amp == "fp16" and self.ray.workers > 0 and not self.ray.gpus_per_worker > 0:
+            raise ConfigError("runtime.amp: fp16 needs a GPU, but the evaluation actors get none "
+                              "(ray.gpus_per_worker: 0); set ray.gpus_per_worker > 0 or runtime.amp: bf16")
         self.tracking.validate()
         self._check_ranges()
 

@@ -109,7 +109,7 @@ class Device:
 
     @property
     def is_default(self) -> bool:
-        """CPU, fp32, contiguous: placing a model changes nothing."""
+        """On the CPU and contiguous: placing a model changes nothing (``amp`` may still be on)."""
         return self.device.type == "cpu" and not self.channels_last
 
     def following(self, model: nn.Module) -> Device:

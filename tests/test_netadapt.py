@@ -210,3 +210,27 @@ def test_kill_9_then_resume_continues_from_the_carried_weights(tmp_path):
     assert list(chosen["iteration"]) == list(range(1, len(chosen) + 1))  # one per iteration, none lost
     plan = json.loads((out / "best_plan.json").read_text())
     assert (out / plan["meta"]["weights"]).is_file() and plan["meta"]["flops_kept"] <= 0.5 + 1e-9
+
+
+def test_the_long_term_fine_tune_starts_from_the_carried_weights(tmp_path):
+    """With ``continue_weights`` the pipeline fine-tunes NetAdapt's carried network, not the base
+    model pruned again: the pruned model before fine-tuning holds the saved weights."""
+    import torch
+
+    from autoprune.config import load_config
+    from autoprune.pipeline.run import _pruned_start, search
+    from autoprune.pipeline.session import prepare
+    from autoprune.search.records import TrialRecorder
+    from conftest import tiny_config
+
+    cfg = load_config(tiny_config(searcher={"name": "netadapt", "initial_reduction": 0.2,
+                                            "short_term_batches": 2, "max_iterations": 3}))
+    session = prepare(cfg, progress=False)
+    plan, evaluator = search(session, tmp_path, TrialRecorder(tmp_path / "trials.parquet"), progress=False)
+    assert plan.meta.get("weights")
+    saved = torch.load(tmp_path / plan.meta["weights"], weights_only=True)["state_dict"]
+    start = _pruned_start(session, evaluator, plan, tmp_path)
+    for name, value in start.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    base_pruned = evaluator.prune(plan)
+    assert any(not torch.equal(v, base_pruned.state_dict()[k]) for k, v in start.state_dict().items())

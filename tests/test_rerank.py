@@ -122,3 +122,25 @@ def test_rerank_with_the_real_evaluator_after_a_random_search(tiny_session, tmp_
 def test_the_rerank_section_is_validated(bad):
     with pytest.raises(ConfigError):
         load_config({**tiny_config(), "rerank": bad})
+
+
+def test_run_search_reranks_and_reports_the_stage_in_the_summary(tmp_path):
+    """``rerank.top_k`` is wired into ``autoprune search``: the summary reports the stage's cost and
+    counts the searcher's evaluations without the re-ranking rows."""
+    import json
+
+    import pandas as pd
+
+    from autoprune.config import load_config
+    from autoprune.pipeline.run import run_search
+    from conftest import tiny_config
+
+    cfg = load_config(tiny_config(searcher={"name": "random", "evaluations": 4},
+                                  rerank={"top_k": 2, "steps": 3}))
+    run_dir = run_search(cfg, out=tmp_path / "run", progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    reranked = trials[trials.get("stage") == "rerank"] if "stage" in trials else trials.iloc[:0]
+    assert summary["rerank"]["candidates"] == 2
+    assert summary["rerank"]["evaluations"] == len(reranked) == 2
+    assert summary["evaluations"] == len(trials) - len(reranked)

@@ -14,6 +14,7 @@ Its ``timing`` (:func:`timing_summary`) counts the whole run over every ``--resu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -47,8 +48,10 @@ from autoprune.pipeline.rundir import (
     saved_base_model,
 )
 from autoprune.pipeline.session import Session, prepare, seed_everything
+from autoprune.pipeline.tracking import track
 from autoprune.search.evaluate import Evaluator
 from autoprune.search.records import TrialRecorder
+from autoprune.search.rerank import rerank, search_rows, without_rerank_rows
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +88,11 @@ def run_search(
                 atomic_write_with(run_dir / "base_model.pt", lambda b: torch.save(cpu_state(session.model), b))
             clock.beat()
         recorder.heartbeat = clock.beat  # a resume writes run_state.json from its first saved trial
-        with clock.phase("search"):
-            plan, evaluator = search(session, run_dir, recorder, bool(resume), progress)
-        clock.beat()
-        done = finish(session, evaluator, plan, run_dir, recorder, clock, progress)
+        with track(cfg, run_dir, recorder):  # MLflow / TensorBoard, when cfg.tracking turns them on
+            with clock.phase("search"):
+                plan, evaluator = search(session, run_dir, recorder, bool(resume), progress)
+            clock.beat()
+            done = finish(session, evaluator, plan, run_dir, recorder, clock, progress)
         status = "finished"
         return done
     except AutopruneError:
@@ -114,7 +118,11 @@ def search(session: Session, run_dir: Path | None, recorder: TrialRecorder, resu
         ctx = session.context(evaluator, recorder, run_dir, resume, progress)
         searcher = session.searcher_cls(ctx, session.searcher_options)
         log.info("searching with %s over %d units", cfg.searcher_name, len(session.graph))
-        plan = searcher.search()
+        with without_rerank_rows(recorder) if resume else contextlib.nullcontext():
+            plan = searcher.search()
+        if cfg.rerank.top_k:  # re-score the proxy's best plans after the same short fine-tune
+            plan, report = rerank(ctx, plan, cfg.rerank)
+            plan.meta["rerank"] = report.to_dict()
     finally:  # a Ray pool frees its actors (it keeps a local evaluator for what follows)
         getattr(evaluator, "close", lambda: None)()
     recorder.flush()
@@ -134,7 +142,7 @@ def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: P
     this closes as ``finished``) go into the summary: :func:`timing_summary`.
     """
     cfg, data = session.cfg, session.data
-    pruned = evaluator.prune(plan)
+    pruned = _pruned_start(session, evaluator, plan, run_dir)
     val_before = evaluator.score(pruned)
     with clock.phase("test"):
         test_before = dataset_accuracy(pruned, data.test, runtime=session.runtime)
@@ -152,9 +160,11 @@ def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: P
         "base": {**base, "val_accuracy": evaluator.base_accuracy(), "test_accuracy": test_base},
         "pruned": {**kept, "val_accuracy_before_finetune": val_before,
                    "test_accuracy_before_finetune": test_before, "test_accuracy_after_finetune": test_after},
-        "evaluations": len(recorder.rows),
+        "evaluations": len(search_rows(recorder.rows)),
         "units": len(session.graph),
     }
+    if "rerank" in plan.meta:
+        summary["rerank"] = plan.meta["rerank"]
     if failure:
         summary["finetune_failed"] = failure
     for extra in SUMMARY_EXTRAS:
@@ -168,6 +178,22 @@ def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: P
         raise AutopruneError(f"{failure}; the run dir {str(run_dir)!r} is complete with the pruned weights from "
                              "before the failed fine-tune (summary.json: finetune_failed)")
     return run_dir
+
+
+def _pruned_start(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: Path) -> nn.Module:
+    """The network the long-term fine-tune starts from: the base model pruned to ``plan``, or the weights
+    the searcher carried to it (NetAdapt's ``continue_weights``: ``plan.meta["weights"]`` in the run dir).
+
+    Carried weights are not used with ``finetune.schedule`` or ``finetune.rewind_epoch``: both restart
+    from the base model's (or the early) weights by definition.
+    """
+    weights = plan.meta.get("weights")
+    ft = session.cfg.finetune
+    if weights and ft.schedule is None and ft.rewind_epoch is None and (run_dir / weights).is_file():
+        from autoprune.agents.netadapt import load_weights
+
+        return load_weights(evaluator, session.graph, plan, run_dir / weights)
+    return evaluator.prune(plan)
 
 
 def timing_summary(clock: RunClock, rows: list[dict[str, Any]], now: float) -> dict[str, Any]:

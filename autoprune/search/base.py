@@ -44,6 +44,8 @@ SEARCHERS: Registry = Registry("searcher", entry_points={
     "sensitivity": "autoprune.agents.sensitivity:SensitivitySearcher",
     "netadapt": "autoprune.agents.netadapt:NetAdaptSearcher",
     "ddpg": "autoprune.agents.ddpg:DdpgSearcher",
+    "tpe": "autoprune.agents.tpe:TpeSearcher",
+    "cmaes": "autoprune.agents.cma_es:CmaEsSearcher",
 })
 """Searchers by name: the built-ins are lazy entry points (imported on first use); add your own with
 :func:`register_searcher`."""
