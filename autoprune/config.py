@@ -309,7 +309,7 @@ class RuntimeConfig:
     """Where and how the model runs (see :mod:`autoprune.device`): base training, adaptive BN,
     scoring, fine-tunes and data-driven criteria all follow it; artifacts are saved on the CPU."""
 
-    device: str = "cpu"
+    device: str = "auto"
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps`` (``auto``: CUDA when available, else cpu)."""
     amp: str = "off"
     """Autocast for scoring and fine-tuning: ``off`` | ``bf16`` (CPU too) | ``fp16`` (CUDA; a GradScaler

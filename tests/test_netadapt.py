@@ -216,12 +216,12 @@ def test_the_long_term_fine_tune_starts_from_the_carried_weights(tmp_path):
     """With ``continue_weights`` the pipeline fine-tunes NetAdapt's carried network, not the base
     model pruned again: the pruned model before fine-tuning holds the saved weights."""
     import torch
+    from conftest import tiny_config
 
     from autoprune.config import load_config
     from autoprune.pipeline.run import _pruned_start, search
     from autoprune.pipeline.session import prepare
     from autoprune.search.records import TrialRecorder
-    from conftest import tiny_config
 
     cfg = load_config(tiny_config(searcher={"name": "netadapt", "initial_reduction": 0.2,
                                             "short_term_batches": 2, "max_iterations": 3}))

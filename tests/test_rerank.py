@@ -130,10 +130,10 @@ def test_run_search_reranks_and_reports_the_stage_in_the_summary(tmp_path):
     import json
 
     import pandas as pd
+    from conftest import tiny_config
 
     from autoprune.config import load_config
     from autoprune.pipeline.run import run_search
-    from conftest import tiny_config
 
     cfg = load_config(tiny_config(searcher={"name": "random", "evaluations": 4},
                                   rerank={"top_k": 2, "steps": 3}))

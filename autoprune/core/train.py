@@ -58,7 +58,7 @@ class TrainHooks:
     :param device: where batches are moved before the forward pass (None: where they are).
     :param resume: a state from ``on_epoch_end``: training continues after that epoch, bit for bit.
     :param on_epoch_end: ``(epochs finished, state)`` after every full epoch; ``state`` holds
-        ``model``, ``optimizer``, ``scheduler`` (state dicts), ``step``, ``rng`` and ``loader_rng``;
+        ``model``, ``optimizer``, ``scheduler``, ``scaler`` (state dicts), ``step``, ``rng`` and ``loader_rng``;
         the optimizer's tensors are live, so save (or copy) the state before returning.
     """
 
@@ -170,6 +170,8 @@ def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: floa
         step = int(resume["step"])
         torch.set_rng_state(resume["rng"])
         loader.generator.set_state(resume["loader_rng"])
+        if resume.get("scaler"):  # fp16's loss scale (empty when the scaler is off)
+            scaler.load_state_dict(resume["scaler"])
     per_epoch = max(1, len(loader))
     bar = tqdm(total=total, initial=step, desc=desc, unit="batch", leave=False, disable=not progress or None)
     try:
@@ -200,7 +202,8 @@ def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: floa
                     if hooks.on_epoch_end is not None:
                         hooks.on_epoch_end(step // per_epoch, {
                             "model": good, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "step": step, "rng": torch.get_rng_state(), "loader_rng": loader.generator.get_state()})
+                            "scaler": scaler.state_dict(), "step": step, "rng": torch.get_rng_state(),
+                            "loader_rng": loader.generator.get_state()})
                 if step >= total:
                     break
     finally:
