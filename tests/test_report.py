@@ -136,3 +136,14 @@ def test_run_rejects_a_bad_combination_before_starting(tmp_path, capsys):
     (tmp_path / "good.yaml").write_text(yaml.safe_dump(tiny_config()))
     assert main(["run", str(tmp_path / "good.yaml"), "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "no experiment to resume" in capsys.readouterr().err
+
+
+def test_run_refuses_ray_train_workers_inside_tune_trials(tmp_path, capsys):
+    """A Ray Train fit inside a Tune trial would wait for CPUs the trials hold: refused up front."""
+    cfg = tiny_config(searchers=["uniform"], finetune={"epochs": 1, "workers": 2})
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "finetune.workers" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

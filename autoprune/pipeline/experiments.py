@@ -51,6 +51,10 @@ def _label(budget: dict[str, Any]) -> str:
 
 def combinations(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """One ``{"name", "config"}`` per (searcher, budget, seed), each config validated now."""
+    if cfg.finetune.workers > 0 or cfg.train.workers > 0:
+        raise ConfigError("autoprune run: set finetune.workers and train.workers to 0 (each Tune trial runs "
+                          "on its own CPUs, so a Ray Train fit inside it would wait for CPUs the trials hold); "
+                          "use autoprune search for a fine-tune on Ray Train")
     base = cfg.to_dict()
     for key in ("searchers", "budgets", "seeds"):
         base.pop(key, None)

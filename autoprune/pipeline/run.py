@@ -18,6 +18,7 @@ import contextlib
 import copy
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -173,6 +174,7 @@ def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: P
     summary["timing"] = timing_summary(clock, recorder.rows, now)
     summary["wall_seconds"] = summary["timing"]["run_seconds"]
     atomic_write_json(run_dir / "summary.json", summary)
+    shutil.rmtree(run_dir / finetune.CKPT_DIR, ignore_errors=True)  # the run is complete: epoch checkpoints go
     clock.close("finished", now)
     if failure:
         raise AutopruneError(f"{failure}; the run dir {str(run_dir)!r} is complete with the pruned weights from "
