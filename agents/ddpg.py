@@ -15,7 +15,18 @@ Nothing of DDPG is written here: the agent is SB3's ``DDPG``, extended only thro
   ``_sample_action`` hook can take warm-up actions from a policy of ours instead of SB3's uniform
   samples (``warmup_sampling: budget``, below).
 
-Two optional departures from AMC, off by default (measured in benchmarks/search_quality
+Presets (``preset:``; options set explicitly override the preset's values):
+
+- ``autoprune`` (the default): AMC's settings plus ``repair_budget: true``: at each episode's end
+  the env scales the ratio vector up to use the budget (as the ``random`` searcher scales its
+  draws), so the plan scored, and the transitions stored, are the repaired ones. Without it, AMC's
+  per-step uniform warm-up plans keep ~72% of a 50% FLOPs budget on average and the best-of
+  selection on a noisy accuracy proxy can return a plan far under the budget (docs/amc.md).
+- ``amc``: AMC's published behaviour (He et al. 2018, mit-han-lab/amc defaults): warm-up 100
+  episodes of uniform per-step actions, sigma 0.5 decaying x0.95 per episode, upper action wall
+  only, no fill, no repair.
+
+Two further optional departures from AMC, off in both presets (measured in benchmarks/search_quality
 ``--ablation``: better plans on average at a 50% FLOPs budget, worse at 25%, best plan no better):
 
 - ``fill_budget: true``: the env's lower wall raises a count that would leave budget no later unit
@@ -57,6 +68,16 @@ from autoprune.search.base import Searcher, best_of, plan_from_row, positive, re
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "autoprune.ddpg-checkpoint/v1"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # AMC's published search (the mit-han-lab/amc defaults): the settings this searcher had before presets.
+    "amc": {"warmup": 100, "warmup_sampling": "actions", "fill_budget": False, "repair_budget": False,
+            "sigma": 0.5, "sigma_decay": 0.95},
+    # AMC plus the end-of-episode budget repair (the option defaults).
+    "autoprune": {"warmup": 100, "warmup_sampling": "actions", "fill_budget": False, "repair_budget": True,
+                  "sigma": 0.5, "sigma_decay": 0.95},
+}
+"""Searcher options each ``preset`` sets; options given explicitly override them."""
 
 
 class TruncatedNormalNoise(VectorizedActionNoise):
@@ -130,6 +151,9 @@ class DdpgSearcher(Searcher):
 
     @dataclass
     class Options:
+        preset: str = "autoprune"
+        """``autoprune`` (AMC plus ``repair_budget``) or ``amc`` (AMC's published settings); see PRESETS.
+        Options given explicitly override the preset's values."""
         episodes: int = 400
         """Episodes in total (one plan evaluation each), warm-up included."""
         warmup: int = 100
@@ -140,6 +164,9 @@ class DdpgSearcher(Searcher):
         fill_budget: bool = False
         """Raise a unit's count when the rest could not use the budget up (the env's lower wall; off:
         AMC's upper wall only). Leave it off with a reward that pays for cutting below the budget."""
+        repair_budget: bool = True
+        """At each episode's end scale the ratio vector up to use the budget; the repaired plan is
+        scored and its transitions stored (off in ``preset: amc``)."""
         sigma: float = 0.5
         """Exploration noise of the truncated normal, relative to the action range scaled to [0, 1]."""
         sigma_decay: float = 0.95
@@ -182,6 +209,7 @@ class DdpgSearcher(Searcher):
             self._check_parallel()
             make_reward(self.reward, self.reward_kwargs)
             check_choice("searcher.warmup_sampling", self.warmup_sampling, ("actions", "budget"))
+            check_choice("searcher.preset", self.preset, tuple(PRESETS))
             if self.tensorboard:
                 try:
                     import tensorboard  # noqa: F401
@@ -206,6 +234,15 @@ class DdpgSearcher(Searcher):
                 raise ConfigError(f"searcher.parallel_episodes is {n}, so searcher.episodes and searcher.warmup must "
                                   f"be multiples of {n} and searcher.replay_episodes at least {n}: set "
                                   + ", ".join(fixes))
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any]) -> Any:
+        """The preset's values (``preset``, default ``autoprune``), then the options given."""
+        raw = dict(raw or {})
+        preset = raw.get("preset", cls.Options.preset)
+        if isinstance(preset, str) and preset in PRESETS:
+            raw = {**PRESETS[preset], **raw}
+        return super().parse_options(raw)
 
     # ----------------------------------------------------------------------------- search
     def search(self) -> PruningPlan:
@@ -242,7 +279,7 @@ class DdpgSearcher(Searcher):
         ctx, p = self.ctx, self.ctx.pruning
         return ChannelPruningEnv(ctx.graph, ctx.evaluator, ctx.budget, self.options.reward, self.options.reward_kwargs,
                                  p.min_ratio, p.max_ratio, p.round_to, ctx.costs, defer_evaluation=True,
-                                 fill_budget=self.options.fill_budget)
+                                 fill_budget=self.options.fill_budget, repair_budget=self.options.repair_budget)
 
     def _warmup_actions(self) -> np.ndarray:
         """One action per env: each env plays a random-search plan (channel counts) drawn when its
@@ -379,8 +416,8 @@ class AMCEpisodes(BaseCallback):
         env = self.searcher.envs[0]
         rewards = np.array([env.reward_of(plan, res.accuracy) for (_, plan), res in zip(self.finished, results, strict=True)])
         base = float(rewards.mean()) if self.baseline is None else self.baseline
-        for (i, _), reward in zip(self.finished, rewards, strict=True):
-            self._rewrite(i, float(reward) - base)
+        for (i, plan), reward in zip(self.finished, rewards, strict=True):
+            self._rewrite(i, float(reward) - base, plan)
         b = base
         for reward in rewards:
             b = self.opts.baseline_decay * b + (1 - self.opts.baseline_decay) * float(reward)
@@ -402,11 +439,18 @@ class AMCEpisodes(BaseCallback):
                                  reward=f"{rewards[-1]:.4f}")
         self.finished = []
 
-    def _rewrite(self, env_index: int, value: float) -> None:
-        """Write ``value`` onto the episode's T transitions: the last T rows of column env_index."""
+    def _rewrite(self, env_index: int, value: float, plan: PruningPlan) -> None:
+        """Write ``value`` onto the episode's T transitions: the last T rows of column env_index.
+        With ``repair_budget`` the observations and actions become those of the repaired plan."""
         buf, steps = self.model.replay_buffer, self.searcher.steps
         rows = (buf.pos - steps + np.arange(steps)) % buf.buffer_size
         dones = buf.dones[rows, env_index]
         if dones[-1] != 1 or dones[:-1].any():
             raise RuntimeError("replay buffer rows do not hold exactly one episode (a bug)")
         buf.rewards[rows, env_index] = value
+        if self.opts.repair_budget:
+            obs, actions = self.searcher.envs[env_index].trajectory(plan.counts(self.ctx.graph))
+            buf.actions[rows, env_index] = actions
+            buf.observations[rows, env_index] = obs[:-1]
+            if not buf.optimize_memory_usage:
+                buf.next_observations[rows, env_index] = obs[1:]

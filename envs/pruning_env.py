@@ -23,6 +23,17 @@ to the smallest candidate for which the budget can still be used up with every l
 a plan that leaves budget unused (under an accuracy reward such a plan can only be worse).
 Leave it off with a reward that pays for cutting below the budget (``acc_flops``, ``blend``).
 
+**Budget repair** (``repair_budget=True``, an addition to AMC): at the last step the episode's
+preserve-ratio vector (the counts as chosen, divided by the channels) is scaled up by the
+largest factor whose clipped, rounded plan still meets the budget (what the ``random`` searcher's
+``fit_to_budget`` does to its draws), so the plan keeps its shape (which units are pruned harder)
+and uses the budget fully; what rounding leaves goes to single units, last unit first, until no
+unit can grow by one count. The repaired counts become the episode's counts: the plan scored is
+the repaired one, and :meth:`trajectory` gives the observations and actions that lead to it (the
+``ddpg`` searcher writes them into its replay buffer, so the agent learns from what was scored).
+The last step's ``info`` has ``repaired`` (whether any count changed). Leave it off with a reward
+that pays for cutting below the budget.
+
 **Observation** (AMC's embedding, float32 ``Box(0, 1, (12,))``): unit index, kind (conv 0,
 depthwise 0.5, linear 1), in channels, out channels, kernel, stride, input H, input W (each
 divided by its maximum over units), this unit's FLOPs, FLOPs already removed, FLOPs of the
@@ -65,6 +76,7 @@ class ChannelPruningEnv(gym.Env):
     :param costs: cost models by kind, reported in ``info`` and given to the reward; the
         ``flops`` one also builds the observation. Defaults to FLOPs, params and the budget's.
     :param fill_budget: also apply the lower wall described above.
+    :param repair_budget: scale the finished episode's ratios up to use the budget (above).
     :param defer_evaluation: if true, the last step does not evaluate: it returns reward 0 and
         the plan in ``info`` for the caller to score in a batch (see :meth:`reward_of`).
     """
@@ -84,6 +96,7 @@ class ChannelPruningEnv(gym.Env):
         costs: Mapping[str, CostModel] | None = None,
         defer_evaluation: bool = False,
         fill_budget: bool = False,
+        repair_budget: bool = False,
     ) -> None:
         if not 0 < min_ratio <= max_ratio <= 1:
             raise ConfigError(f"need 0 < min_ratio <= max_ratio <= 1 (got {min_ratio}, {max_ratio})")
@@ -92,6 +105,7 @@ class ChannelPruningEnv(gym.Env):
         self.graph, self.evaluator, self.budget = graph, evaluator, budget
         self.min_ratio, self.max_ratio, self.round_to = float(min_ratio), float(max_ratio), int(round_to)
         self.defer_evaluation, self.fill_budget = defer_evaluation, bool(fill_budget)
+        self.repair_budget = bool(repair_budget)
         costs = dict(costs or {})
         costs.setdefault("flops", FlopsCost(graph))
         costs.setdefault("params", ParamsCost(graph))
@@ -159,6 +173,12 @@ class ChannelPruningEnv(gym.Env):
         return self._observation(), reward, terminated, False, info
 
     def _finish(self, info: dict[str, Any]) -> float:
+        if self.repair_budget:
+            counts = self.repair(self._counts)
+            info["repaired"] = counts != self._counts
+            if info["repaired"]:
+                self._counts = counts
+                self._ratios = [c / u.out_channels for c, u in zip(counts, self.graph.units, strict=True)]
         plan = self.plan()
         info.update(plan=plan, costs=self.describe(self._counts))
         if self.defer_evaluation:
@@ -212,6 +232,54 @@ class ChannelPruningEnv(gym.Env):
         count = int(cand[_last(0, i, lambda k: fits(int(cand[k]), self.min_counts))])
         return count, count != desired
 
+    def repair(self, counts: Sequence[int], iters: int = 40) -> list[int]:
+        """Scale the ratio vector of ``counts`` up by the largest factor whose clipped, rounded plan
+        meets the budget (bisection on the factor; cost grows with it), then raise single counts,
+        last unit first, while the budget allows. Never shrinks a count; the result meets the budget
+        (given ``counts`` that do) and no unit of it can grow by one candidate count."""
+        units = self.graph.units
+        ratios = np.array([c / u.out_channels for c, u in zip(counts, units, strict=True)], dtype=np.float64)
+
+        def scaled(f: float) -> list[int]:
+            r = np.clip(ratios * f, self.min_ratio, self.max_ratio)
+            return [max(int(c), resolve_count(float(x), u.out_channels, self.round_to))
+                    for x, c, u in zip(r, counts, units, strict=True)]
+
+        lo, hi = 1.0, self.max_ratio / max(float(ratios.min()), 1e-6)
+        if hi > lo and self.budget.fits(scaled(hi)):
+            lo = hi
+        elif hi > lo:
+            for _ in range(iters):
+                mid = (lo + hi) / 2
+                if self.budget.fits(scaled(mid)):
+                    lo = mid
+                else:
+                    hi = mid
+        best = scaled(lo)
+        if not self.budget.fits(best):
+            best = list(counts)
+        # rounding leaves a remainder no uniform factor can use: last unit first, raise each count to
+        # the largest candidate that fits (earlier units only grow after it, so none can grow after)
+        for t in reversed(range(self.n_units)):
+            cand = self.candidates[t]
+            i = int(np.searchsorted(cand, best[t]))
+
+            def fits(j: int, t: int = t, cand: np.ndarray = cand) -> bool:
+                return self.budget.fits(best[:t] + [int(cand[j])] + best[t + 1:])
+
+            if i < len(cand) - 1 and fits(i):
+                best[t] = max(best[t], int(cand[_last(i, len(cand), fits)]))
+        return best
+
+    def trajectory(self, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Observations (T + 1, 12: before each step, then the terminal one) and actions (T, 1)
+        of an episode that chose ``counts`` (actions aim at each count's ratio)."""
+        units = self.graph.units
+        ratios = [c / u.out_channels for c, u in zip(counts, units, strict=True)]
+        obs = [self._observation_at(t, list(counts[:t]), ratios[t - 1] if t else 1.0) for t in range(self.n_units + 1)]
+        actions = np.stack([self.ratio_to_action(r) for r in ratios])
+        return np.stack(obs), actions
+
     def plan(self) -> PruningPlan:
         """The plan chosen so far (complete once the episode has terminated)."""
         counts = self._counts + [u.out_channels for u in self.graph.units[len(self._counts):]]
@@ -237,11 +305,14 @@ class ChannelPruningEnv(gym.Env):
         return float(self.reward_fn(self.outcome(counts, accuracy)))
 
     def _observation(self) -> np.ndarray:
-        t = min(self._t or 0, self.n_units - 1)
+        return self._observation_at(self._t or 0, self._counts, self._ratios[-1] if self._ratios else 1.0)
+
+    def _observation_at(self, t: int, counts: Sequence[int], prev: float) -> np.ndarray:
+        """The observation before step ``t`` after choosing ``counts`` (the first t units)."""
+        t = min(t, self.n_units - 1)
         base = max(self.flops.base, 1e-12)
-        partial = self._counts + [u.out_channels for u in self.graph.units[len(self._counts):]]
+        partial = list(counts) + [u.out_channels for u in self.graph.units[len(counts):]]
         reduced = (base - self.flops(partial)) / base
-        prev = self._ratios[-1] if self._ratios else 1.0
         static = self._static[t]
         obs = np.concatenate([static[:9], [reduced, static[9], prev]])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
