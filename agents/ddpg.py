@@ -20,7 +20,7 @@ Presets (``preset:``; options set explicitly override the preset's values):
 - ``autoprune`` (the default): AMC's settings plus ``repair_budget: true``: at each episode's end
   the env scales the ratio vector up to use the budget (as the ``random`` searcher scales its
   draws), so the plan scored, and the transitions stored, are the repaired ones. Without it, AMC's
-  per-step uniform warm-up plans keep ~72% of a 50% FLOPs budget on average and the best-of
+  per-step uniform warm-up plans keep ~74% of a 50% FLOPs budget on average and the best-of
   selection on a noisy accuracy proxy can return a plan far under the budget (docs/amc.md).
 - ``amc``: AMC's published behaviour (He et al. 2018, mit-han-lab/amc defaults): warm-up 100
   episodes of uniform per-step actions, sigma 0.5 decaying x0.95 per episode, upper action wall

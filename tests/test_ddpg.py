@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -139,7 +140,8 @@ def test_short_run_returns_within_budget_plan_and_fills_trials(tiny_session, tmp
 
 def test_warmup_episodes_play_random_search_plans(tiny_session, tmp_path):
     ctx = make_ctx(tiny_session, tmp_path / "run")
-    run(ctx, replay_episodes=10, episodes=4, warmup=4, warmup_sampling="budget")  # no lower wall: the plans as drawn
+    run(ctx, replay_episodes=10, episodes=4, warmup=4, warmup_sampling="budget",
+        repair_budget=False)  # no lower wall, no repair: the plans as drawn
     df = read_trials(tmp_path / "run" / "trials.parquet")
     counts = [[int(r[f"channels/{n}"]) for n in ctx.graph.names] for _, r in df.iterrows()]
     rng = np.random.default_rng(ctx.seed + 2)  # the random searcher's draw: uniform ratios scaled to the budget
@@ -157,12 +159,58 @@ def test_with_fill_budget_every_episode_ends_at_the_budget(tiny_session, tmp_pat
         assert ctx.budget.fits(c) and (c[-1] == top or not ctx.budget.fits(c[:-1] + [c[-1] + 1]))
 
 
-def test_amc_warmup_and_upper_wall_only_are_the_defaults(tiny_session, tmp_path):
+def test_amc_preset_is_upper_wall_only_without_repair(tiny_session, tmp_path):
     ctx = make_ctx(tiny_session, tmp_path / "run")
-    searcher, plan = run(ctx, replay_episodes=10, episodes=4, warmup=4)
-    assert searcher.model.warmup_policy is None and not searcher.envs[0].fill_budget and ctx.fits(plan)
+    searcher, plan = run(ctx, replay_episodes=10, episodes=4, warmup=4, preset="amc")
+    env = searcher.envs[0]
+    assert searcher.model.warmup_policy is None and not env.fill_budget and not env.repair_budget and ctx.fits(plan)
     with pytest.raises(ConfigError, match="warmup_sampling"):
         DdpgSearcher.parse_options({"warmup_sampling": "gaussian"})
+
+
+# The options before presets existed (AMC's published settings): preset amc must give exactly these.
+OLD_DEFAULTS = {"episodes": 400, "warmup": 100, "warmup_sampling": "actions", "fill_budget": False, "sigma": 0.5,
+                "sigma_decay": 0.95, "hidden": [300, 300], "actor_lr": 1e-4, "critic_lr": 1e-3, "tau": 0.01,
+                "gamma": 1.0, "batch_size": 64, "replay_episodes": 100, "baseline_decay": 0.95, "reward": "acc",
+                "reward_kwargs": {}, "parallel_episodes": 1, "checkpoint_every": 10, "tensorboard": False,
+                "device": "cpu"}
+
+
+def test_presets_amc_reproduces_the_old_defaults_and_autoprune_adds_the_repair():
+    amc = dataclasses.asdict(DdpgSearcher.parse_options({"preset": "amc"}))
+    assert amc == {**OLD_DEFAULTS, "preset": "amc", "repair_budget": False}
+    default = dataclasses.asdict(DdpgSearcher.parse_options({}))
+    assert default == {**OLD_DEFAULTS, "preset": "autoprune", "repair_budget": True}
+    assert dataclasses.asdict(DdpgSearcher.Options()) == default  # field defaults are the autoprune preset
+    with pytest.raises(ConfigError, match="preset"):
+        DdpgSearcher.parse_options({"preset": "amc2"})
+
+
+def test_explicit_options_override_the_preset():
+    o = DdpgSearcher.parse_options({"preset": "amc", "repair_budget": True, "warmup": 4, "sigma_decay": 0.99})
+    assert (o.preset, o.repair_budget, o.warmup, o.sigma_decay, o.fill_budget) == ("amc", True, 4, 0.99, False)
+    o = DdpgSearcher.parse_options({"repair_budget": False, "fill_budget": True})
+    assert (o.preset, o.repair_budget, o.fill_budget, o.warmup) == ("autoprune", False, True, 100)
+
+
+def test_default_preset_repairs_every_episode_and_the_best_plan_uses_the_budget(tiny_session, tmp_path):
+    ctx = make_ctx(tiny_session, tmp_path / "run")
+    searcher, plan = run(ctx, replay_episodes=10, episodes=8, warmup=4)  # AMC's per-step warm-up, then the agent
+    env, T, buf = searcher.envs[0], len(ctx.graph), searcher.model.replay_buffer
+    df = read_trials(tmp_path / "run" / "trials.parquet")
+    for e, (_, r) in enumerate(df.iterrows()):  # every plan scored is maximal within the budget
+        c = [int(r[f"channels/{n}"]) for n in ctx.graph.names]
+        assert ctx.budget.fits(c)
+        for t, cand in enumerate(env.candidates):
+            higher = cand[cand > c[t]]
+            assert not len(higher) or not ctx.budget.fits(c[:t] + [int(higher[0])] + c[t + 1:])
+        obs, actions = env.trajectory(c)  # the stored transitions are those of the repaired plan
+        assert np.allclose(buf.actions[e * T:(e + 1) * T, 0], actions)
+        assert np.allclose(buf.observations[e * T:(e + 1) * T, 0], obs[:-1])
+        assert np.allclose(buf.next_observations[e * T:(e + 1) * T, 0], obs[1:])
+    fraction = tiny_session.budget.fraction
+    assert (df["flops_kept"] <= fraction + 1e-9).all()
+    assert plan.meta["flops_kept"] >= 0.95 * fraction  # on this task: maximal plans are within 5% of it
 
 
 def test_parallel_episodes_are_scored_in_batches_and_rewritten_per_env(tiny_session, tmp_path):

@@ -172,6 +172,32 @@ def test_fill_budget_turns_all_minimum_actions_into_a_plan_at_the_budget():
     assert low < 0.3 and 0.4 < high <= 0.5 + 1e-9
 
 
+@pytest.mark.parametrize("name", ["cnn", "residual", "concat", "mnist_cnn"])
+@pytest.mark.parametrize("action", [-1.0, -0.6, 0.0])
+def test_repair_budget_scales_the_episode_up_to_a_maximal_plan_within_budget(name, action):
+    g = GRAPHS[name]
+    budget = make_budget(g, "flops", 0.5)
+    plain = ChannelPruningEnv(g, ConstantEvaluator(), budget)
+    repaired = ChannelPruningEnv(g, ConstantEvaluator(), budget, repair_budget=True)
+    before = run_episode(plain, [action] * len(g))[1][-1]["plan"].counts(g)
+    infos = run_episode(repaired, [action] * len(g))[1]
+    after = infos[-1]["plan"].counts(g)
+    assert budget.fits(after) and all(a >= b for a, b in zip(after, before, strict=True))
+    assert infos[-1]["repaired"] == (after != before)
+    for t, cand in enumerate(repaired.candidates):  # maximal: no unit can grow by one candidate count
+        higher = cand[cand > after[t]]
+        assert not len(higher) or not budget.fits(after[:t] + [int(higher[0])] + after[t + 1:])
+    # the trajectory that leads to the repaired plan: its actions resolve to the repaired counts
+    obs, actions = repaired.trajectory(after)
+    assert obs.shape == (len(g) + 1, len(OBS_FEATURES)) and actions.shape == (len(g), 1)
+    replay = ChannelPruningEnv(g, ConstantEvaluator(), budget)
+    first, _ = replay.reset(seed=0)
+    assert np.allclose(first, obs[0])
+    for t, a in enumerate(actions):
+        o, _r, _te, _tr, info = replay.step(a)
+        assert info["count"] == after[t] and np.allclose(o, obs[t + 1])
+
+
 def test_unreachable_budget_is_a_budget_error():
     g = GRAPHS["cnn"]
     with pytest.raises(BudgetError, match="below the minimum reachable"):

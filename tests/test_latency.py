@@ -136,8 +136,11 @@ def _mutations():
     def bad_calibration(d):
         d["header"]["calibration"] = {"scale": 1.0}
 
-    def negative_elementwise(d):
-        d["header"]["calibration"] = {"scale": 1.0, "offset": 0.1, "per_melement": -2.0}
+    def negative_misaligned(d):
+        d["header"]["calibration"] = {"scale": 1.0, "offset": 0.1, "align": 4, "per_misaligned": -2.0}
+
+    def unknown_alignment(d):
+        d["header"]["calibration"] = {"scale": 1.0, "offset": 0.1, "align": 3, "per_misaligned": 2.0}
 
     def unknown_unit(d):
         d["header"]["unit"] = "seconds"
@@ -152,7 +155,7 @@ def _mutations():
         d["modules"][1]["out"][-1] = 17
 
     return [(f.__name__, f) for f in (wrong_schema, missing_header_field, missing_module, missing_entry, ragged,
-                                      negative, nan, bad_calibration, negative_elementwise, signature,
+                                      negative, nan, bad_calibration, negative_misaligned, unknown_alignment, signature,
                                       grid_end, unknown_unit, reference_without_rel)]
 
 
@@ -214,7 +217,7 @@ def test_build_lut_profiles_every_dense_module_and_calibrates(graph):
     assert cost.fraction(graph.channels) == pytest.approx(1.0) and cost.base == h["base_measured_ms"]
     if "calibration" in h:  # fitted on the base + 2 random variants
         cal = h["calibration"]
-        assert cal["plans"] == 3 and cal["scale"] > 0 and cal["per_melement"] >= 0 and cal["offset"] >= 0
+        assert cal["plans"] == 3 and cal["scale"] > 0 and cal.get("per_misaligned", 0) >= 0
         assert len(cal["counts"]) == len(cal["relative"]) == 3 and cal["relative"][0] == 1.0
 
 

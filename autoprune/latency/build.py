@@ -15,23 +15,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
+from scipy.optimize import lsq_linear
 from torch import nn
 
 from autoprune.core.cost import WidthModel
 from autoprune.core.graph import UnitGraph, build_unit_graph, execution_order
 from autoprune.errors import AutopruneError
 from autoprune.latency.lut import (
+    ALIGNMENTS,
     Lut,
     LutCost,
     add_fine_curves,
+    calibration_counts,
     fine_points,
     make_header,
+    misaligned_melements,
     module_axes,
     random_counts,
     tabulate,
@@ -204,52 +207,98 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
 
 def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 12, seed: int = 0, repeats: int = 15,
               progress: bool = True, runtime: str | Runtime | None = None, clock: Clock | None = None) -> None:
-    """Time the unpruned model against the reference op and ``plans`` random variants against the
-    unpruned model; store ``base_reference``, ``base_measured_ms``, the remainder and the calibration."""
+    """Time the unpruned model against the reference op and ``plans`` random variants
+    (:func:`~autoprune.latency.lut.calibration_counts`) against the unpruned model; store ``base_reference``, ``base_measured_ms``, the remainder and the calibration."""
     rt = resolve_runtime(runtime or lut.header["runtime"])
     h = lut.header
     batch, threads, clock = int(h["batch"]), int(h["threads"]), clock or h.get("clock", "wall")
     widths = WidthModel(graph)
-    rng = np.random.default_rng([seed, 1])
-    counts = [list(graph.channels)] + [random_counts(graph, rng) for _ in range(plans)]
+    counts = calibration_counts(graph, plans, seed)
     base = time_base_against_reference(model, graph.input_shape, batch, threads, max(repeats, 30), clock, rt)
     timing = time_plans(graph, model, counts[1:], batch, threads, max(repeats, 30), clock, desc="calibrating",
                         progress=progress, runtime=rt) if plans > 0 else None
     relative = [1.0, *timing.relative] if timing else [1.0]
     fit_calibration(lut, counts, [lut.raw_sum(graph, widths, c) for c in counts],
-                    [widths.activations(c) / 1e6 for c in counts], relative, base.relative[0])
+                    [widths.activations(c) / 1e6 for c in counts], relative, base.relative[0],
+                    {a: [misaligned_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS})
     h["base_measured_ms"] = timing.base_ms if timing else base.ms[0]
 
 
 def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[float], melements: Sequence[float],
-                    relative: Sequence[float], base_reference: float) -> None:
-    """Fit ``value = scale * raw + per_melement * melements + offset`` to measured latencies (reference units).
+                    relative: Sequence[float], base_reference: float,
+                    misaligned: Mapping[int, Sequence[float]] | None = None) -> None:
+    """Fit ``value = scale * raw + per_melement * melements [+ per_misaligned * misaligned] + offset``
+    to measured latencies (reference units).
+
+    Candidate forms: with or without the ``misaligned`` term (output elements of convs whose width
+    is not a multiple of ``align``, for each ``align`` given), and with every coefficient >= 0 or
+    with ``per_melement`` and ``offset`` free in sign (a layer timed alone can cost *more* than
+    inside the model: ONNX Runtime reorders a lone conv's input and output to its blocked layout).
+    The form kept predicts left-out calibration plans best (leave-one-out, mean abs % error of the
+    fraction; each extra term must earn a quarter of a percentage point).
 
     :param counts: the plans, the unpruned model first (stored in the header for later baselines).
     :param raw: each plan's table sum; ``melements``: its kept output elements (millions).
     :param relative: each plan's measured latency as a fraction of the unpruned model's (1.0 first).
     :param base_reference: the unpruned model's latency in reference-op units.
+    :param misaligned: for each candidate ``align``, each plan's misaligned output elements (millions).
     """
     h = lut.header
-    raw, elements, relative = np.asarray(raw, float), np.asarray(melements, float), np.asarray(relative, float)
+    raw, relative = np.asarray(raw, float), np.asarray(relative, float)
     measured = relative * base_reference
     h.update(base_reference=float(base_reference), remainder=float(base_reference - raw[0]))
     h.pop("calibration", None)
     if len(raw) < 2 or np.ptp(raw) <= 0:
         return
-    # measured ~ scale * raw + per_melement * elements + offset, every coefficient >= 0
-    coef, _ = nnls(np.column_stack([raw, elements, np.ones_like(raw)]), measured)
-    if coef[0] <= 0:  # the tables explain nothing: fall back to a plain linear fit on the sum
-        scale, offset = np.polyfit(raw, measured, 1)
-        coef = np.array([scale, 0.0, offset])
-    scale, per_melement, offset = (float(c) for c in coef)
-    if not (np.isfinite(coef).all() and scale > 0):
-        log.warning("LUT calibration fit failed (scale %.3g); using sum + remainder", scale)
+    columns = {None: [raw, np.asarray(melements, float)]}
+    columns |= {a: [raw, np.asarray(melements, float), np.asarray(m, float)] for a, m in (misaligned or {}).items()}
+    forms = {(a, free): np.column_stack([*cols, np.ones_like(raw)]) for a, cols in columns.items() for free in (0, 1)}
+    loo = {form: _leave_one_out(x, measured, relative, bool(form[1])) + 0.25 * ((form[0] is not None) + form[1])
+           for form, x in forms.items()}
+    (align, free) = min(loo, key=loo.__getitem__) if np.isfinite(min(loo.values())) else (None, 0)
+    x = forms[(align, free)]
+    coef = _fit(x, measured, bool(free))
+    if coef is None:
+        log.warning("LUT calibration fit failed; using sum + remainder")
         return
-    fit = scale * raw + per_melement * elements + offset
-    h["calibration"] = {"scale": scale, "per_melement": per_melement, "offset": offset, "plans": len(raw),
-                        "fit_mape": float(np.mean(np.abs(fit / fit[0] - relative) / relative) * 100),
-                        "counts": [list(map(int, c)) for c in counts], "relative": relative.tolist()}
+    fit = x @ coef
+    cal: dict[str, Any] = {"scale": float(coef[0]), "per_melement": float(coef[1])}
+    if align is not None:
+        cal.update(align=int(align), per_misaligned=float(coef[2]))
+    cal.update(offset=float(coef[-1]), plans=len(raw),
+               fit_mape=float(np.mean(np.abs(fit / fit[0] - relative) / relative) * 100),
+               loo_mape=float(loo[(align, free)]) if np.isfinite(loo[(align, free)]) else None, counts=[list(map(int, c)) for c in counts],
+               relative=relative.tolist())
+    h["calibration"] = cal
+
+
+def _fit(x: np.ndarray, y: np.ndarray, free: bool = False) -> np.ndarray | None:
+    """Least squares with ``scale`` (column 0) and ``per_misaligned`` >= 0, and the elements term
+    (column 1) and the offset (last) >= 0 too unless ``free``; a straight line on the sum if the
+    fit gives the tables no weight."""
+    low = np.zeros(x.shape[1])
+    if free:
+        low[1] = low[-1] = -np.inf
+    coef = lsq_linear(x, y, bounds=(low, np.full(x.shape[1], np.inf))).x
+    if coef[0] <= 0:  # the tables explain nothing: fall back to a plain linear fit on the sum
+        scale, offset = np.polyfit(x[:, 0], y, 1)
+        coef = np.zeros(x.shape[1])
+        coef[0], coef[-1] = scale, offset
+    return coef if np.isfinite(coef).all() and coef[0] > 0 else None
+
+
+def _leave_one_out(x: np.ndarray, y: np.ndarray, relative: np.ndarray, free: bool) -> float:
+    """Mean abs % error of each pruned plan's predicted fraction, fitted without that plan."""
+    if len(y) < x.shape[1] + 2:
+        return float("inf")
+    errors = []
+    for k in range(1, len(y)):
+        keep = np.arange(len(y)) != k
+        coef = _fit(x[keep], y[keep], free)
+        if coef is None:
+            return float("inf")
+        errors.append(abs((x[k] @ coef) / (x[0] @ coef) - relative[k]) / relative[k])
+    return float(np.mean(errors) * 100)
 
 
 def time_base_against_reference(model: nn.Module, input_shape: Sequence[int], batch: int, threads: int,

@@ -28,11 +28,14 @@ Prediction for a count vector: every module's kept (in, out) widths come from
 surrounding grid points (exact on grid points, and always between the smallest and largest of
 its neighbours); a width outside a table's grid is an error (never extrapolated). Then
 
-    value = scale * sum + per_melement * elements / 1e6 + offset
+    value = scale * sum + per_melement * elements / 1e6 + per_misaligned * misaligned / 1e6 + offset
 
 with the header's ``calibration``, where ``elements`` is the number of output elements of every
 conv/linear at the kept widths (the work of the norm, activation and residual-add layers between
-them, which no table holds; ``per_melement`` is optional, default 0). Without a calibration,
+them, which no table holds; ``per_melement`` is optional, default 0) and ``misaligned`` the output
+elements of the convs whose kept width is not a multiple of the calibration's ``align`` (4, 8 or
+16; absent: no such term): a runtime that lays channels out in blocks (ONNX Runtime's NCHWc)
+reorders the activations around such a conv, which no layer alone shows. Without a calibration,
 ``scale = 1`` and ``offset = remainder`` (plain NetAdapt: sum plus the measured rest of the model).
 The LUT predicts the **fraction** ``value(plan) / value(unpruned)``, which does not depend on how
 fast the machine was while it was built; in ms it predicts that fraction times
@@ -64,6 +67,8 @@ SCHEMA = "autoprune.lut/v2"
 SCHEMA_V1 = "autoprune.lut/v1"
 DENSE_KINDS = ("conv", "depthwise", "linear")
 UNITS = ("ms", "reference")
+ALIGNMENTS = (4, 8, 16)
+"""Channel blocks the calibration may find a runtime to favour (see ``misaligned`` in the module docstring)."""
 REQUIRED = {"schema": str, "device": str, "runtime": str, "runtime_version": str, "threads": int, "batch": int,
             "dtype": str, "input_shape": list, "unit": str, "remainder": (int, float)}
 
@@ -259,9 +264,17 @@ class Lut:
                 total += table.lookup(*module_widths[table.name], relative=self.relative)
         return total
 
-    def value(self, raw: float, melements: float) -> float:
+    @property
+    def align(self) -> int | None:
+        return (self.header.get("calibration") or {}).get("align")
+
+    @property
+    def per_misaligned(self) -> float:
+        return float((self.header.get("calibration") or {}).get("per_misaligned", 0.0))
+
+    def value(self, raw: float, melements: float, misaligned: float = 0.0) -> float:
         """The calibrated prediction from a table sum and the kept output elements (millions)."""
-        return self.scale * raw + self.per_melement * melements + self.offset
+        return self.scale * raw + self.per_melement * melements + self.per_misaligned * misaligned + self.offset
 
 
 def upgrade_v1_header(header: dict[str, Any]) -> dict[str, Any]:
@@ -284,11 +297,14 @@ def _check_calibration(header: dict[str, Any], source: str) -> None:
     cal = header.get("calibration")
     if cal is not None and not (isinstance(cal, dict) and {"scale", "offset"} <= set(cal)):
         raise AutopruneError(f"{source}: header 'calibration' must be {{\"scale\": a, \"offset\": b, ...}} or absent")
-    numbers = [header["remainder"]] + [(cal or {}).get(k, 0.0) for k in ("scale", "offset", "per_melement")]
+    keys = ("scale", "offset", "per_melement", "per_misaligned")
+    numbers = [header["remainder"]] + [(cal or {}).get(k, 0.0) for k in keys]
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers) or \
-            (cal and (cal["scale"] <= 0 or cal.get("per_melement", 0) < 0)):
+            (cal and (cal["scale"] <= 0 or cal.get("per_misaligned", 0) < 0)):
         raise AutopruneError(f"{source}: remainder and calibration must be finite numbers "
-                             "(scale > 0, per_melement >= 0)")
+                             "(scale > 0, per_misaligned >= 0)")
+    if cal and cal.get("align") not in (None, *ALIGNMENTS):
+        raise AutopruneError(f"{source}: calibration 'align' must be one of {ALIGNMENTS} or absent")
 
 
 def _grid(raw: dict, axis: str, name: str, source: str) -> list[int]:
@@ -401,7 +417,9 @@ class LutCost:
 
     def value(self, counts: Sequence[int]) -> float:
         """The calibrated prediction in the LUT's unit (ms or reference-op units)."""
-        return self.lut.value(self.raw(counts), self.widths.activations(counts) / 1e6)
+        align = self.lut.align
+        misaligned = misaligned_melements(self.graph, self.widths, counts, align) if align else 0.0
+        return self.lut.value(self.raw(counts), self.widths.activations(counts) / 1e6, misaligned)
 
     def fraction(self, counts: Sequence[int]) -> float:
         """Predicted latency of ``counts`` as a fraction of the unpruned model's (drift-proof)."""
@@ -412,6 +430,17 @@ class LutCost:
 
 
 # ------------------------------------------------------------------------------------ the grid
+
+
+def misaligned_melements(graph: UnitGraph, widths: WidthModel, counts: Sequence[int], align: int) -> float:
+    """Output elements (millions) of the convs whose kept width at ``counts`` is not a multiple of ``align``."""
+    _in_k, out_k = widths.ratios(counts)
+    total = 0
+    for idx, m in enumerate(graph.modules):
+        if m.kind in ("conv", "depthwise") and m.macs > 0:
+            kept = round(out_k[idx] * m.out_ch)
+            total += kept * m.out_spatial if kept % align else 0
+    return total / 1e6
 
 
 def grid_counts(n: int, step: int) -> list[int]:
@@ -513,6 +542,22 @@ def make_header(graph: UnitGraph, **fields: Any) -> dict[str, Any]:
         fields["remainder"] = fields.pop("remainder_ms")
     header.update(fields)
     return header
+
+
+def calibration_counts(graph: UnitGraph, plans: int, seed: int = 0) -> list[list[int]]:
+    """The unpruned model's counts, then ``plans`` random variants (:func:`random_counts`); every
+    second one is rounded to a multiple of 16, 8 or 4 channels in turn, so that a calibration sees
+    aligned plans (what a search with ``pruning.round_to`` makes) as well as arbitrary ones."""
+    rng = np.random.default_rng([seed, 1])
+    out = [list(graph.channels)]
+    for k in range(plans):
+        counts = random_counts(graph, rng)
+        align = (0, 16, 0, 8, 0, 4)[k % 6]
+        if align:
+            counts = [c if full < align else min(full, max(align, round(c / align) * align))
+                      for c, full in zip(counts, graph.channels, strict=True)]
+        out.append(counts)
+    return out
 
 
 def random_counts(graph: UnitGraph, rng: np.random.Generator, low: float = 0.2) -> list[int]:

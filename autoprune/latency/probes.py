@@ -36,14 +36,16 @@ from autoprune.core.prune import apply_plan
 from autoprune.errors import AutopruneError
 from autoprune.latency.build import REFERENCE_OP, LayerShapes, fit_calibration, reference_op
 from autoprune.latency.lut import (
+    ALIGNMENTS,
     DENSE_KINDS,
     FineAxis,
     Lut,
     ModuleTable,
+    calibration_counts,
     fine_axes,
     make_header,
+    misaligned_melements,
     module_axes,
-    random_counts,
 )
 from autoprune.latency.onnx_export import export_onnx
 from autoprune.latency.timing import example_input
@@ -88,8 +90,7 @@ def write_probes(model: nn.Module, input_shape: Sequence[int], out_dir: str | Pa
                                                               probe(name, ins[-1], x) for x in w]}
                                     for axis, w in curves.items()}
     widths = WidthModel(graph)
-    rng = np.random.default_rng([seed, 1])
-    plans = [list(graph.channels)] + [random_counts(graph, rng) for _ in range(calibration_plans)]
+    plans = calibration_counts(graph, calibration_plans, seed)
     example = example_input(model, input_shape, batch)
     _export(model, example, out / "base.onnx")
     calibration = []
@@ -98,7 +99,8 @@ def write_probes(model: nn.Module, input_shape: Sequence[int], out_dir: str | Pa
         if k:
             _export(apply_plan(model, graph, PruningPlan.from_counts(graph, counts)).eval(), example, out / file)
         calibration.append({"file": file, "counts": [int(c) for c in counts], "widths": module_widths(graph, widths, counts),
-                            "melements": widths.activations(counts) / 1e6})
+                            "melements": widths.activations(counts) / 1e6,
+                            "misaligned": {str(a): misaligned_melements(graph, widths, counts, a) for a in ALIGNMENTS}})
     header = make_header(graph, batch=batch, step=step, model=model_name, unit="reference", runtime="onnxruntime",
                          runtime_version="unknown", device="unknown", calibration_seed=seed, fine=fine)
     manifest = {"schema": PROBES_SCHEMA, "header": header,
@@ -162,5 +164,6 @@ def import_probes(probe_dir: str | Path, device: str | None = None) -> Lut:
     plans = plans[:len(relative)]
     fit_calibration(lut, [p["counts"] for p in plans],
                     [lut.sum_at({k: tuple(v) for k, v in p["widths"].items()}) for p in plans],
-                    [p["melements"] for p in plans], relative, float(timings["base"]["reference"]))
+                    [p["melements"] for p in plans], relative, float(timings["base"]["reference"]),
+                    {a: [p["misaligned"][str(a)] for p in plans] for a in ALIGNMENTS})
     return Lut.from_dict(json.loads(lut.to_json()), f"LUT imported from {str(folder)!r}")
