@@ -146,22 +146,24 @@ def test_data_driven_criteria_run_under_the_runtime(tiny_session, criterion):
 # --------------------------------------------------------------------------- end to end
 
 
-def test_bf16_channels_last_search_end_to_end_saves_cpu_artifacts(tmp_path):
+def test_bf16_channels_last_search_end_to_end_saves_cpu_artifacts(tmp_path, monkeypatch):
     cfg = load_config(_fast(runtime={"device": "auto", "amp": "bf16", "channels_last": True}))
     if torch.cuda.is_available():
         cfg.runtime.device = "cpu"
     session = prepare(cfg, progress=False)
     assert session.runtime.amp == "bf16" and session.runtime.channels_last
     assert all(p.device.type == "cpu" and p.is_contiguous() for p in session.model.parameters())
+    from autoprune.pipeline.finetune import EpochCheckpoints
+
+    written, write = [], EpochCheckpoints.write
+    monkeypatch.setattr(EpochCheckpoints, "write", lambda self, record: (written.append(record), write(self, record)))
     run_dir = run_search(cfg, out=tmp_path / "run", progress=False)
     for name in ("base_model.pt", "pruned_model.pt"):
         payload = torch.load(run_dir / name, map_location=None, weights_only=True)
         state = payload.get("state_dict", payload)
         assert state and all(v.device.type == "cpu" and v.is_contiguous() for v in state.values()), name
-    ckpts = list((run_dir / "finetune_ckpt").glob("epoch_*.pt"))
-    for path in ckpts:
-        record = torch.load(path, map_location=None, weights_only=True)
-        assert all(v.device.type == "cpu" for v in record["state"]["model"].values())
+    assert written and all(v.device.type == "cpu" for r in written for v in r["state"]["model"].values())
+    assert not (run_dir / "finetune_ckpt").exists()  # dropped once the run is complete
     model = load_pruned(run_dir / "pruned_model.pt", map_location="cpu")
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)

@@ -142,7 +142,7 @@ def test_two_ray_workers_finetune_a_fine_grained_search(tmp_path, local_ray):
     assert summary["base"]["test_accuracy"] > 0.6  # trained on 2 workers
     after = summary["pruned"]["test_accuracy_after_finetune"]
     assert after > 0.6 and after >= summary["pruned"]["test_accuracy_before_finetune"] - 0.05
-    assert [p.name for p in (out / finetune.CKPT_DIR).iterdir()] == ["epoch_2.pt"]
+    assert not (out / finetune.CKPT_DIR).exists()  # a complete run drops its epoch checkpoints
     model = load_pruned(out / "pruned_model.pt")  # the masks held through DDP: pruned weights stayed zero
     assert sum(int((p != 0).sum()) for p in model.parameters()) == summary["pruned"]["params"]
     assert summary["pruned"]["params_kept"] <= 0.4

@@ -26,20 +26,18 @@ from torch import nn
 from autoprune.core.cost import WidthModel
 from autoprune.core.graph import UnitGraph, build_unit_graph, execution_order
 from autoprune.errors import AutopruneError
-from autoprune.latency.lut import (
+from autoprune.latency.lut import Lut, LutCost, make_header
+from autoprune.latency.runtimes import Runtime, Session
+from autoprune.latency.tables import (
     ALIGNMENTS,
-    Lut,
-    LutCost,
     add_fine_curves,
     calibration_counts,
     fine_points,
-    make_header,
     misaligned_melements,
     module_axes,
     random_counts,
     tabulate,
 )
-from autoprune.latency.runtimes import Runtime, Session
 from autoprune.latency.timing import (
     Clock,
     TimedPlans,

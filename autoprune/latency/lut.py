@@ -52,23 +52,35 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from autoprune.core.cost import WidthModel
 from autoprune.core.graph import UnitGraph
 from autoprune.errors import AutopruneError
+from autoprune.latency.tables import (  # noqa: F401  (the grid and the tables are part of the LUT API)
+    ALIGNMENTS,
+    DENSE_KINDS,
+    FineAxis,
+    ModuleTable,
+    add_fine_curves,
+    calibration_counts,
+    dense_modules,
+    fine_axes,
+    fine_points,
+    grid_counts,
+    misaligned_melements,
+    module_axes,
+    parse_table,
+    random_counts,
+    tabulate,
+)
 
 SCHEMA = "autoprune.lut/v2"
 SCHEMA_V1 = "autoprune.lut/v1"
-DENSE_KINDS = ("conv", "depthwise", "linear")
 UNITS = ("ms", "reference")
-ALIGNMENTS = (4, 8, 16)
-"""Channel blocks the calibration may find a runtime to favour (see ``misaligned`` in the module docstring)."""
 REQUIRED = {"schema": str, "device": str, "runtime": str, "runtime_version": str, "threads": int, "batch": int,
             "dtype": str, "input_shape": list, "unit": str, "remainder": (int, float)}
 
@@ -79,94 +91,6 @@ def model_signature(graph: UnitGraph) -> str:
             "modules": [[m.name, m.kind, m.in_ch, m.out_ch, m.macs] for m in graph.modules],
             "units": [[u.name, u.out_channels] for u in graph.units]}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-@dataclass
-class FineAxis:
-    """Latency along one axis at every reachable width, the other axis at its full width."""
-
-    widths: list[int]
-    ms: np.ndarray
-    rel: np.ndarray | None = None
-
-    def at(self, w: float, relative: bool = False) -> float:
-        values = self.rel if relative and self.rel is not None else self.ms
-        return float(np.interp(w, self.widths, values))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"w": list(self.widths), "ms": _rounded([self.ms])[0]}
-        if self.rel is not None:
-            out["rel"] = _rounded([self.rel])[0]
-        return out
-
-
-@dataclass
-class ModuleTable:
-    """Latency of one module alone over a grid of kept (in, out) widths: ``ms`` and, when timed
-    against a reference op, ``rel`` (both of shape ``(len(in_grid), len(out_grid))``); optionally
-    ``fine`` curves along each axis at every width (the other axis full), which correct the grid's
-    interpolation for widths between grid points (runtimes whose kernels favour multiples of 4 or 16)."""
-
-    name: str
-    kind: str
-    in_grid: list[int]
-    out_grid: list[int]
-    ms: np.ndarray
-    rel: np.ndarray | None = None
-    fine: dict[str, FineAxis] = field(default_factory=dict)
-
-    def grid_value(self, in_w: float, out_w: float, relative: bool = False) -> float:
-        """Bilinear interpolation in the grid's ``rel`` (``relative``) or ``ms``; a width outside the
-        grid raises :class:`AutopruneError`."""
-        if self.kind == "depthwise":
-            in_w = self.in_grid[0]
-        i, ti = _bracket(self.in_grid, in_w, self.name, "in")
-        j, tj = _bracket(self.out_grid, out_w, self.name, "out")
-        i2, j2 = min(i + 1, len(self.in_grid) - 1), min(j + 1, len(self.out_grid) - 1)
-        m = self.rel if relative and self.rel is not None else self.ms
-        top = m[i, j] * (1 - tj) + m[i, j2] * tj
-        bottom = m[i2, j] * (1 - tj) + m[i2, j2] * tj
-        return float(top * (1 - ti) + bottom * ti)
-
-    def lookup(self, in_w: float, out_w: float, relative: bool = False) -> float:
-        """The grid's interpolation, times ``fine(w) / grid(w)`` along each axis that has a fine curve."""
-        value = self.grid_value(in_w, out_w, relative)
-        for axis, w in (("in", in_w), ("out", out_w)):
-            curve = self.fine.get(axis)
-            if curve is None or (axis == "in" and self.kind == "depthwise"):
-                continue
-            coarse = self.grid_value(w, self.out_grid[-1], relative) if axis == "in" else \
-                self.grid_value(self.in_grid[-1], w, relative)
-            if coarse > 0:
-                value *= curve.at(w, relative) / coarse
-        return value
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "in": list(self.in_grid),
-                               "out": list(self.out_grid), "ms": _rounded(self.ms)}
-        if self.rel is not None:
-            out["rel"] = _rounded(self.rel)
-        if self.fine:
-            out["fine"] = {axis: curve.to_dict() for axis, curve in self.fine.items()}
-        return out
-
-
-def _rounded(table: Any) -> list[list[float]]:
-    return [[float(f"{float(v):.6g}") for v in row] for row in table]
-
-
-def _bracket(grid: Sequence[int], x: float, name: str, axis: str) -> tuple[int, float]:
-    """Index of the grid point at or below ``x`` and the fraction towards the next one."""
-    if x < grid[0] - 1e-6 or x > grid[-1] + 1e-6:
-        raise AutopruneError(
-            f"LUT: module {name!r} needs {axis}={x:g} but its table covers {grid[0]}..{grid[-1]}; "
-            "rebuild the LUT (autoprune lut build) or raise pruning.min_ratio"
-        )
-    i = int(np.searchsorted(grid, x, side="right")) - 1
-    i = min(max(i, 0), len(grid) - 1)
-    if i == len(grid) - 1:
-        return i, 0.0
-    return i, float(min(1.0, max(0.0, (x - grid[i]) / (grid[i + 1] - grid[i]))))
 
 
 @dataclass
@@ -217,7 +141,7 @@ class Lut:
         if header["unit"] not in UNITS:
             raise AutopruneError(f"{source}: header 'unit' must be one of {UNITS} (got {header['unit']!r})")
         _check_calibration(header, source)
-        tables = [_table(raw, source, header["unit"] == "reference") for raw in data["modules"]]
+        tables = [parse_table(raw, source, header["unit"] == "reference") for raw in data["modules"]]
         return cls(header, tables)
 
     def check(self, graph: UnitGraph, source: str = "LUT") -> None:
@@ -307,64 +231,6 @@ def _check_calibration(header: dict[str, Any], source: str) -> None:
         raise AutopruneError(f"{source}: calibration 'align' must be one of {ALIGNMENTS} or absent")
 
 
-def _grid(raw: dict, axis: str, name: str, source: str) -> list[int]:
-    grid = raw.get(axis)
-    if not isinstance(grid, list) or not grid or not all(isinstance(v, int) and v > 0 for v in grid) \
-            or any(b <= a for a, b in zip(grid, grid[1:], strict=False)):
-        raise AutopruneError(f"{source}: module {name!r}: '{axis}' must be a non-empty increasing list of positive ints")
-    return grid
-
-
-def _values(raw: dict, key: str, grids: list[list[int]], name: str, source: str) -> np.ndarray:
-    try:
-        table = np.array([[np.nan if v is None else float(v) for v in row] for row in raw.get(key)], dtype=np.float64)
-    except (TypeError, ValueError):
-        table = np.zeros(0)
-    if table.shape != (len(grids[0]), len(grids[1])):
-        raise AutopruneError(f"{source}: module {name!r}: '{key}' must be a {len(grids[0])}x{len(grids[1])} "
-                             "table (one row per 'in', one column per 'out'); entries are missing")
-    bad = np.argwhere(~np.isfinite(table) | (table < 0))
-    if len(bad):
-        i, j = bad[0]
-        raise AutopruneError(f"{source}: module {name!r} has a missing, NaN or negative entry ({table[i, j]}) "
-                             f"at in={grids[0][i]}, out={grids[1][j]}; rebuild or fix the table")
-    return table
-
-
-def _table(raw: Any, source: str, relative: bool) -> ModuleTable:
-    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise AutopruneError(f"{source}: every module entry needs a 'name'")
-    name = raw["name"]
-    if raw.get("kind") not in DENSE_KINDS:
-        raise AutopruneError(f"{source}: module {name!r} has kind {raw.get('kind')!r}; expected one of {DENSE_KINDS}")
-    grids = [_grid(raw, "in", name, source), _grid(raw, "out", name, source)]
-    if relative and "rel" not in raw:
-        raise AutopruneError(f"{source}: module {name!r} has no 'rel' table (the header's unit is 'reference')")
-    rel = _values(raw, "rel", grids, name, source) if "rel" in raw else None
-    table = ModuleTable(name, raw["kind"], grids[0], grids[1], _values(raw, "ms", grids, name, source), rel)
-    fine = raw.get("fine") or {}
-    if not isinstance(fine, dict) or not set(fine) <= {"in", "out"}:
-        raise AutopruneError(f"{source}: module {name!r}: 'fine' must map 'in' and/or 'out' to a curve")
-    for axis, curve in fine.items():
-        grid = grids[0] if axis == "in" else grids[1]
-        where = f"{name!r} fine {axis!r}"
-        widths = _grid(curve if isinstance(curve, dict) else {}, "w", where, source)
-        if widths[0] > grid[0] or widths[-1] != grid[-1]:
-            raise AutopruneError(f"{source}: module {where}: widths must cover the grid {grid[0]}..{grid[-1]}")
-        cols = [[1], widths]
-        table.fine[axis] = FineAxis(widths, _values({"ms": [curve.get("ms")]}, "ms", cols, where, source)[0],
-                                    _values({"rel": [curve["rel"]]}, "rel", cols, where, source)[0]
-                                    if "rel" in curve else None)
-        if relative and table.fine[axis].rel is None:
-            raise AutopruneError(f"{source}: module {where} has no 'rel' curve (the header's unit is 'reference')")
-    return table
-
-
-def dense_modules(graph: UnitGraph) -> list:
-    """The conv/linear modules of ``graph`` that ran in the forward pass (those with MACs)."""
-    return [m for m in graph.modules if m.kind in DENSE_KINDS and m.macs > 0]
-
-
 def read_lut_json(path: str | Path) -> tuple[Any, str]:
     """The parsed JSON of a LUT file and the ``source`` prefix for its error messages."""
     path = Path(path)
@@ -432,99 +298,6 @@ class LutCost:
 # ------------------------------------------------------------------------------------ the grid
 
 
-def misaligned_melements(graph: UnitGraph, widths: WidthModel, counts: Sequence[int], align: int) -> float:
-    """Output elements (millions) of the convs whose kept width at ``counts`` is not a multiple of ``align``."""
-    _in_k, out_k = widths.ratios(counts)
-    total = 0
-    for idx, m in enumerate(graph.modules):
-        if m.kind in ("conv", "depthwise") and m.macs > 0:
-            kept = round(out_k[idx] * m.out_ch)
-            total += kept * m.out_spatial if kept % align else 0
-    return total / 1e6
-
-
-def grid_counts(n: int, step: int) -> list[int]:
-    """Grid of channel counts for ``n`` channels: 1, every multiple of ``step`` and ``n``."""
-    if step < 1:
-        raise AutopruneError(f"LUT grid step must be >= 1 (got {step})")
-    return sorted({1, n, *range(step, n + 1, step)})
-
-
-def module_axes(graph: UnitGraph, step: int) -> dict[str, tuple[list[int], list[int]]]:
-    """Grid (in widths, out widths) of every dense module; an axis no unit prunes has one point."""
-    gran: dict[tuple[int, str], int] = {}
-    for coupling in graph.couplings:
-        for m, dim, mult in coupling:
-            gran[(m, dim)] = math.gcd(gran.get((m, dim), 0), int(mult))
-    axes = {}
-    for idx, m in enumerate(graph.modules):
-        if m.kind not in DENSE_KINDS or m.macs <= 0:
-            continue
-        grid = []
-        for dim, full in (("in", m.in_ch), ("out", m.out_ch)):
-            g = gran.get((idx, dim), 0)
-            if dim == "in" and m.kind == "depthwise":
-                grid.append([1])
-            elif g <= 0:
-                grid.append([full])
-            else:
-                g = g if full % g == 0 else 1
-                grid.append([c * g for c in grid_counts(full // g, step)])
-        axes[m.name] = (grid[0], grid[1])
-    return axes
-
-
-def tabulate(graph: UnitGraph, fn: Callable[[str, int, int], Any], step: int = 8) -> list[ModuleTable]:
-    """Tables for every dense module with ``fn(module name, in width, out width)``: ``ms``, or an
-    ``(ms, rel)`` pair for a ``reference`` LUT.
-
-    The LUT builder (:mod:`autoprune.latency.build`) measures the points itself; tests and users
-    may pass any function (a synthetic LUT, numbers from another device ...).
-    """
-    kinds = {m.name: m.kind for m in graph.modules}
-    tables = []
-    for name, (in_grid, out_grid) in module_axes(graph, step).items():
-        cells = [[fn(name, i, o) for o in out_grid] for i in in_grid]
-        pairs = np.array(cells, dtype=np.float64).reshape(len(in_grid), len(out_grid), -1)
-        rel = pairs[..., 1] if pairs.shape[-1] > 1 else None
-        tables.append(ModuleTable(name, kinds[name], in_grid, out_grid, pairs[..., 0], rel))
-    return tables
-
-
-def fine_axes(graph: UnitGraph) -> dict[str, dict[str, list[int]]]:
-    """Every reachable width of each prunable axis of every dense module (the fine curves' widths)."""
-    out: dict[str, dict[str, list[int]]] = {}
-    kinds = {m.name: m.kind for m in graph.modules}
-    for name, (ins, outs) in module_axes(graph, 1).items():
-        axes = {"in": ins, "out": outs} if kinds[name] != "depthwise" else {"out": outs}
-        out[name] = {axis: widths for axis, widths in axes.items() if len(widths) > 1}
-    return out
-
-
-def fine_points(graph: UnitGraph) -> list[tuple[str, int, int]]:
-    """The (module, in, out) points the fine curves need: each axis at every width, the other full."""
-    full = {m.name: (m.in_ch, m.out_ch) for m in graph.modules}
-    axes = module_axes(graph, 1)
-    points = []
-    for name, curves in fine_axes(graph).items():
-        i_full, o_full = axes[name][0][-1], full[name][1]
-        points += [(name, w, o_full) for w in curves.get("in", [])]
-        points += [(name, i_full, w) for w in curves.get("out", [])]
-    return points
-
-
-def add_fine_curves(graph: UnitGraph, tables: list[ModuleTable], fn: Callable[[str, int, int], Any]) -> None:
-    """Give every table its fine curves, from ``fn(module, in, out)`` (``ms`` or an ``(ms, rel)`` pair)."""
-    by_name = {t.name: t for t in tables}
-    for name, curves in fine_axes(graph).items():
-        table = by_name[name]
-        for axis, widths in curves.items():
-            cells = [fn(name, w, table.out_grid[-1]) if axis == "in" else fn(name, table.in_grid[-1], w)
-                     for w in widths]
-            pairs = np.array(cells, dtype=np.float64).reshape(len(widths), -1)
-            table.fine[axis] = FineAxis(list(widths), pairs[:, 0], pairs[:, 1] if pairs.shape[1] > 1 else None)
-
-
 def make_header(graph: UnitGraph, **fields: Any) -> dict[str, Any]:
     """A header for ``graph`` with defaults for every required field (overridden by ``fields``).
 
@@ -544,22 +317,3 @@ def make_header(graph: UnitGraph, **fields: Any) -> dict[str, Any]:
     return header
 
 
-def calibration_counts(graph: UnitGraph, plans: int, seed: int = 0) -> list[list[int]]:
-    """The unpruned model's counts, then ``plans`` random variants (:func:`random_counts`); every
-    second one is rounded to a multiple of 16, 8 or 4 channels in turn, so that a calibration sees
-    aligned plans (what a search with ``pruning.round_to`` makes) as well as arbitrary ones."""
-    rng = np.random.default_rng([seed, 1])
-    out = [list(graph.channels)]
-    for k in range(plans):
-        counts = random_counts(graph, rng)
-        align = (0, 16, 0, 8, 0, 4)[k % 6]
-        if align:
-            counts = [c if full < align else min(full, max(align, round(c / align) * align))
-                      for c, full in zip(counts, graph.channels, strict=True)]
-        out.append(counts)
-    return out
-
-
-def random_counts(graph: UnitGraph, rng: np.random.Generator, low: float = 0.2) -> list[int]:
-    """Kept channels per unit with preserve ratios drawn uniformly from [low, 1]."""
-    return [max(1, min(c, round(rng.uniform(low, 1.0) * c))) for c in graph.channels]

@@ -35,19 +35,18 @@ from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
 from autoprune.errors import AutopruneError
 from autoprune.latency.build import REFERENCE_OP, LayerShapes, fit_calibration, reference_op
-from autoprune.latency.lut import (
+from autoprune.latency.lut import Lut, make_header
+from autoprune.latency.onnx_export import export_onnx
+from autoprune.latency.tables import (
     ALIGNMENTS,
     DENSE_KINDS,
     FineAxis,
-    Lut,
     ModuleTable,
     calibration_counts,
     fine_axes,
-    make_header,
     misaligned_melements,
     module_axes,
 )
-from autoprune.latency.onnx_export import export_onnx
 from autoprune.latency.timing import example_input
 
 PROBES_SCHEMA = "autoprune.lut-probes/v1"
