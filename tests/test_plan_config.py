@@ -13,13 +13,12 @@ from autoprune.config import (
     SCHEDULE_KINDS,
     ExperimentConfig,
     check_choice,
-    closest,
     load_config,
     parse_budget,
 )
 from autoprune.core.graph import build_unit_graph
 from autoprune.core.plan import PruningPlan, resolve_count
-from autoprune.errors import AutopruneError, ConfigError
+from autoprune.errors import AutopruneError, ConfigError, closest
 from autoprune.models.zoo import MODELS
 
 
