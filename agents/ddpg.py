@@ -277,9 +277,11 @@ class DdpgSearcher(Searcher):
 
     def _make_env(self) -> ChannelPruningEnv:
         ctx, p = self.ctx, self.ctx.pruning
-        return ChannelPruningEnv(ctx.graph, ctx.evaluator, ctx.budget, self.options.reward, self.options.reward_kwargs,
-                                 p.min_ratio, p.max_ratio, p.round_to, ctx.costs, defer_evaluation=True,
-                                 fill_budget=self.options.fill_budget, repair_budget=self.options.repair_budget)
+        return ChannelPruningEnv(ctx.graph, ctx.evaluator, ctx.budget, reward=self.options.reward,
+                                 reward_kwargs=self.options.reward_kwargs, min_ratio=p.min_ratio,
+                                 max_ratio=p.max_ratio, round_to=p.round_to, costs=ctx.costs,
+                                 defer_evaluation=True, fill_budget=self.options.fill_budget,
+                                 repair_budget=self.options.repair_budget)
 
     def _warmup_actions(self) -> np.ndarray:
         """One action per env: each env plays a random-search plan (channel counts) drawn when its

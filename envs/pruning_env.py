@@ -88,6 +88,7 @@ class ChannelPruningEnv(gym.Env):
         graph: UnitGraph,
         evaluator: Any,
         budget: Budget,
+        *,
         reward: str | RewardFn = "acc",
         reward_kwargs: Mapping[str, Any] | None = None,
         min_ratio: float = 0.2,
