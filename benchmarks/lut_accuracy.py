@@ -25,6 +25,7 @@ from autoprune.atomic import atomic_write_text
 from autoprune.core.cost import FlopsCost
 from autoprune.core.graph import build_unit_graph
 from autoprune.latency.build import build_lut, check_lut
+from autoprune.latency.lutdir import record_check
 from autoprune.latency.timing import tune_allocator
 from autoprune.models.zoo import build_model
 from benchmarks.common import RESULTS, ROOT, target, write_results
@@ -62,6 +63,8 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
         atomic_write_text(lut_path(name, runtime), lut.to_json())
     start = time.perf_counter()
     res = check_lut(lut, model, plans=args.plans, seed=run, progress=False)
+    if run == 0:
+        record_check(lut_path(name, runtime), res)  # what autoprune lut list shows
     keys = [k + sfx for sfx in ("", "_ms") for k in ("mape", "within_10pct", "max_abs_pct")]
     row = {"runtime": runtime, "model": name, "run": run, "step": step, "fine": bool(lut.header["fine"]),
            "plans": res["plans"],

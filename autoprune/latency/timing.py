@@ -148,15 +148,18 @@ def clock_name(clock: Clock) -> str:
 
 
 class ClockTimer:
-    """Times ``runs`` calls of a CPU session with a clock function (ms per call)."""
+    """Times ``runs`` calls of a session with a clock function (ms per call); ``sync`` (if given)
+    waits for queued device work before the start and the end are read (Apple MPS)."""
 
-    def __init__(self, now: Callable[[], float]) -> None:
-        self.now = now
+    def __init__(self, now: Callable[[], float], sync: Callable[[], Any] | None = None) -> None:
+        self.now, self.sync = now, sync or (lambda: None)
 
     def sample(self, fn: Callable[[], Any], runs: int) -> float:
+        self.sync()
         start = self.now()
         for _ in range(runs):
             fn()
+        self.sync()
         return (self.now() - start) / runs * 1e3
 
 
@@ -183,12 +186,15 @@ class CudaTimer:
 
 
 def make_timer(device: str, clock: Clock, threads: int) -> ClockTimer | CudaTimer:
-    """CUDA events for a CUDA device (``clock`` must be ``"wall"``), else ``clock``'s timer."""
+    """CUDA events for a CUDA device (``clock`` must be ``"wall"``), else ``clock``'s timer
+    (synchronised on an MPS device)."""
     if str(device).startswith("cuda"):
         if clock != "wall":
             raise AutopruneError(f"clock {clock_name(clock)!r} cannot time a CUDA device; use --clock wall "
                                  "(CUDA events)")
         return CudaTimer(device)
+    if str(device).startswith("mps"):
+        return ClockTimer(clock_fn(clock, threads), torch.mps.synchronize)
     return ClockTimer(clock_fn(clock, threads))
 
 
