@@ -383,3 +383,25 @@ def test_cluster_unknown_job(ray_head, capsys):
     for argv in (["logs", "no-such-job"], ["fetch", "no-such-job"], ["stop", "no-such-job"]):
         assert main([*argv, "--address", ray_head.address]) == 2
         assert "there is no job 'no-such-job'" in _one_line_error(capsys)
+
+
+def test_a_job_finds_the_shared_storage_luts(tmp_path, monkeypatch):
+    """LUTs under STORAGE/luts/ (built once per device) serve every job's latency budgets: the driver
+    points the LUT registry there unless the environment already names a directory."""
+    import autoprune.pipeline.run as run_module
+    from autoprune.latency.lutdir import ENV_VAR
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    seen = {}
+    monkeypatch.setattr(run_module, "run_search", lambda cfg, out, resume, progress: seen.update(
+        lut_dir=os.environ.get(ENV_VAR)) or out)
+    root = tmp_path / "storage"
+    (root / "luts" / "pixel7-ort").mkdir(parents=True)
+    pkg = jobpackage.package(load_config(tiny_config()), tmp_path / "pkg")
+    try:
+        jobdriver.run_job(str(root), "r1", "search", package=pkg)
+    except Exception:
+        pass  # the stubbed search writes no run dir; only where the registry looks matters here
+    assert seen["lut_dir"] == str(root / "luts")

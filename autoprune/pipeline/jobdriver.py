@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoprune.errors import AutopruneError
-from autoprune.pipeline.storage import JOBS, RUNS, Storage, Syncer
+from autoprune.latency.lutdir import ENV_VAR as LUT_DIR_ENV
+from autoprune.pipeline.storage import JOBS, LUTS, RUNS, Storage, Syncer
 
 log = logging.getLogger(__name__)
 PACKAGE = "package"
@@ -76,6 +77,9 @@ def run_job(storage_root: str, run: str, kind: str, package: Path | None = None)
     pkg = unpack(storage, run, package)
     os.chdir(pkg)  # the config's relative paths (inputs/...) and user code resolve here
     sys.path.insert(0, str(pkg))
+    shared_luts = storage.local_path(LUTS)
+    if shared_luts is not None and shared_luts.is_dir():  # the cluster's per-device LUTs serve every job
+        os.environ.setdefault(LUT_DIR_ENV, str(shared_luts))  # (a config's own `luts:` still wins)
     cfg = load_config(pkg / "config.yaml")
     if package is None and (kind == "run" or cfg.ray.workers > 0):
         _join_ray(pkg)
