@@ -17,6 +17,8 @@ from autoprune.config import ExperimentConfig, load_config
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 CHECKPOINT = ROOT / "checkpoints" / "resnet20_mnist5k_3x32.pt"
+CHECKPOINTS = {"resnet20": CHECKPOINT, "resnet56": ROOT / "checkpoints" / "resnet56_mnist5k_3x32.pt"}
+"""Cached base models per benchmark task: ``resnet20`` (the first task), ``resnet56`` (the harder one)."""
 
 # ResNet-20 on 3x32x32 MNIST-5k: a model with headroom where aggressive pruning hurts.
 BASE = {
@@ -33,26 +35,32 @@ BASE = {
 }
 
 
-def base_config(overrides: list[str] | None = None, **sections: Any) -> ExperimentConfig:
+def base_config(overrides: list[str] | None = None, task: str = "resnet20", **sections: Any) -> ExperimentConfig:
+    """The benchmark experiment on ``task``'s base model (its cached checkpoint when there is one)."""
     raw = json.loads(json.dumps(BASE))
+    raw["model"] = {"name": task}
     raw.update(sections)
-    if CHECKPOINT.exists() and raw["model"] == BASE["model"]:
-        raw["model"] = {**raw["model"], "checkpoint": str(CHECKPOINT)}
+    checkpoint = CHECKPOINTS[task]
+    if checkpoint.exists() and raw["model"] == {"name": task}:
+        raw["model"] = {**raw["model"], "checkpoint": str(checkpoint)}
     return load_config(raw, overrides)
 
 
-def ensure_checkpoint() -> Path:
-    """Train the benchmark base model once (deterministic, seed 0) and cache it."""
-    if CHECKPOINT.exists():
-        return CHECKPOINT
+def ensure_checkpoint(task: str = "resnet20") -> Path:
+    """Train ``task``'s benchmark base model once (deterministic, seed 0, 30 epochs) and cache it."""
+    checkpoint = CHECKPOINTS[task]
+    if checkpoint.exists():
+        return checkpoint
     from autoprune.atomic import atomic_write_with
     from autoprune.data.datasets import load_data
     from autoprune.pipeline.session import base_model
 
-    cfg = load_config(json.loads(json.dumps(BASE)))
+    raw = json.loads(json.dumps(BASE))
+    raw["model"] = {"name": task}
+    cfg = load_config(raw)
     model, _, _ = base_model(cfg, load_data(cfg.data))
-    atomic_write_with(CHECKPOINT, lambda buf: torch.save(model.state_dict(), buf))
-    return CHECKPOINT
+    atomic_write_with(checkpoint, lambda buf: torch.save(model.state_dict(), buf))
+    return checkpoint
 
 
 def machine() -> str:

@@ -50,9 +50,9 @@ def searchers(episodes: int) -> dict[str, dict]:
     }
 
 
-def tp_global(budget: float, seed: int, out: Path) -> dict:
+def tp_global(budget: float, seed: int, out: Path, task: str = "resnet20", **sections) -> dict:
     """Torch-Pruning's global magnitude pruning at ``budget`` FLOPs, same fine-tune, same scoring."""
-    cfg = base_config([f"seed={seed}"], budget={"flops": budget})
+    cfg = base_config([f"seed={seed}"], task=task, budget={"flops": budget}, **sections)
     session = prepare(cfg, progress=False)
     start = time.time()
     base_macs = measure_model(session.model, session.input_shape)[0]

@@ -14,10 +14,12 @@ from conftest import tiny_config
 from autoprune.cli import main
 from autoprune.pipeline.report import (
     aggregate,
+    evaluations_to_reach,
     load_runs,
     pareto_front,
     plot_ddpg_rewards,
     plot_netadapt,
+    sample_efficiency,
     write_report,
 )
 
@@ -78,6 +80,7 @@ def test_compare_writes_table_report_and_plots(experiment, tmp_path, capsys):
     for run in experiment["after_first"]:
         assert f"| {run} |" in md
     assert "skipped (no DDPG runs" in md and "skipped (no NetAdapt runs" in md
+    assert "## Sample efficiency" in md and "evaluations to reach random search's best" in printed
     csv = pd.read_csv(report / "results.csv")
     assert len(csv) == 4 and set(csv["searcher"]) == {"uniform", "random"}
     random_runs = csv[csv["searcher"] == "random"]
@@ -147,3 +150,25 @@ def test_run_refuses_ray_train_workers_inside_tune_trials(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "finetune.workers" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_sample_efficiency_counts_evaluations_to_reach_random_best():
+    def run(name, run, seed, scores, stage=None):
+        return pd.DataFrame({"searcher": name, "run": run, "budget": "flops=0.5", "seed": seed,
+                             "index": np.arange(len(scores)), "val_accuracy": scores, "stage": stage})
+
+    trials = pd.concat([
+        run("random", "r0", 0, [0.5, 0.7, 0.6, 0.8]),             # best 0.8 in seed 0
+        run("random", "r1", 1, [0.4, 0.6]),                       # best 0.6 in seed 1
+        run("tpe", "t0", 0, [0.6, 0.85, 0.7]),                     # reaches 0.8 at its 2nd evaluation
+        run("tpe", "t1", 1, [0.5, 0.55, 0.6]),                     # reaches 0.6 at its 3rd
+        run("ddpg", "d0", 0, [0.3, 0.4]),                          # never reaches 0.8 ...
+        run("ddpg", "d0", 0, [0.99], stage="rerank").assign(index=[2]),  # ... a re-ranking row does not count
+    ], ignore_index=True)
+    eff = sample_efficiency(trials).set_index("searcher")
+    assert eff.loc["tpe", "reached"] == 2 and eff.loc["tpe", "evaluations"] == pytest.approx(2.5)
+    assert eff.loc["random", "evaluations"] == pytest.approx(3.0)  # (4 + 2) / 2: its own best, found late
+    assert eff.loc["ddpg", "reached"] == 0 and eff.loc["ddpg", "runs"] == 1
+    assert np.isnan(eff.loc["ddpg", "evaluations"])
+    assert sample_efficiency(trials[trials["searcher"] != "random"]).empty  # nothing to measure against
+    assert evaluations_to_reach(np.array([0.1, 0.3, 0.2]), 0.3) == 2

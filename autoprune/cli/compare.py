@@ -15,13 +15,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from autoprune.atomic import check_writable
-    from autoprune.pipeline.report import find_run_dirs, text_table, write_report
+    from autoprune.pipeline.report import efficiency_table, find_run_dirs, text_table, write_report
 
     find_run_dirs(args.dirs)  # a clear error for a path that holds no runs, before the output is checked
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "report"
     check_writable(out)
     report = write_report(args.dirs, out)
     print(text_table(report["summary"]))
+    if not report["efficiency"].empty:
+        print("\nevaluations to reach random search's best (same budget and seed):")
+        print(text_table(efficiency_table(report["efficiency"])))
     for note in report["notes"]:
         print(f"note: {note}")
     print(f"{len(report['runs'])} runs; report written to {out / 'report.md'}")

@@ -87,6 +87,45 @@ def load_trials(run_dirs: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def search_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The searchers' own evaluations (re-ranking rows, scored after a fine-tune, left out)."""
+    if "stage" in trials:
+        return trials[trials["stage"].isna() | (trials["stage"] != "rerank")]
+    return trials
+
+
+def evaluations_to_reach(scores: np.ndarray, threshold: float) -> float:
+    """1-based count of evaluations after which the best-so-far first reaches ``threshold`` (NaN: never)."""
+    hits = np.flatnonzero(np.maximum.accumulate(scores) >= threshold - 1e-12) if len(scores) else []
+    return float(hits[0] + 1) if len(hits) else float("nan")
+
+
+def sample_efficiency(trials: pd.DataFrame, reference: str = "random") -> pd.DataFrame:
+    """Evaluations each searcher needed to reach ``reference``'s best val accuracy of the same budget
+    and seed; per (searcher, budget): ``runs``, ``reached`` (runs that got there), ``evaluations``
+    (mean over the runs that did), ``reference_best`` (mean of the thresholds). Empty without
+    ``reference`` runs."""
+    cols = KEYS + ["runs", "reached", "evaluations", "reference_best"]
+    t = search_trials(trials) if not trials.empty else trials
+    if t.empty or "val_accuracy" not in t or reference not in set(t["searcher"]):
+        return pd.DataFrame(columns=cols)
+    order = "index" if "index" in t else None
+    rows = []
+    for (budget, seed), g in t.groupby(["budget", "seed"], dropna=False):
+        ref = g[g["searcher"] == reference]
+        if ref.empty:
+            continue
+        threshold = float(ref.groupby("run")["val_accuracy"].max().mean())
+        for (name, _run), r in g.groupby(["searcher", "run"]):
+            r = r.sort_values(order) if order else r
+            rows.append({"searcher": name, "budget": budget, "threshold": threshold,
+                         "to_reach": evaluations_to_reach(r["val_accuracy"].to_numpy(float), threshold)})
+    df = pd.DataFrame(rows)
+    out = df.groupby(KEYS, sort=True).agg(runs=("to_reach", "size"), reached=("to_reach", "count"),
+                                          evaluations=("to_reach", "mean"), reference_best=("threshold", "mean"))
+    return out.reset_index()[cols]
+
+
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (searcher, budget): columns ``<metric>_mean``, ``<metric>_std``."""
     grouped = runs.groupby(KEYS, sort=True)[METRICS]
@@ -209,6 +248,7 @@ def _n_units(ratios: dict) -> int:
 def plot_best_so_far(trials: pd.DataFrame, path: Path) -> bool:
     if "val_accuracy" not in trials:
         return False
+    trials = search_trials(trials)
     budgets = sorted(trials["budget"].unique())
     colors = _colors(trials["searcher"].unique().tolist())
     fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4), squeeze=False)
@@ -269,18 +309,33 @@ def plot_netadapt(trials: pd.DataFrame, path: Path) -> bool:
 def write_report(paths: list[str | Path], out: str | Path) -> dict[str, Any]:
     """Load the runs under ``paths`` and write ``report.md``, ``results.csv`` and plots to ``out``.
 
-    Returns ``{"runs", "summary" (mean ± std table), "plots", "notes", "out"}``.
+    Returns ``{"runs", "summary" (mean ± std table), "efficiency" (:func:`sample_efficiency`),
+    "plots", "notes", "out"}``.
     """
     run_dirs = find_run_dirs(paths)
     out = Path(out)
     runs = load_runs(run_dirs)
     trials = load_trials([Path(p) for p in runs["path"]])
     summary = mean_std_table(aggregate(runs))
+    efficiency = sample_efficiency(trials)
     out.mkdir(parents=True, exist_ok=True)  # only once every input has been read
     atomic_write_text(out / "results.csv", runs.to_csv(index=False))
     plots, notes = _plots(runs, trials, out)
-    atomic_write_text(out / "report.md", _markdown(runs, summary, plots, notes))
-    return {"runs": runs, "summary": summary, "plots": plots, "notes": notes, "out": out}
+    if efficiency.empty:
+        notes.append("Sample efficiency: skipped (no `random` run to measure against).")
+    atomic_write_text(out / "report.md", _markdown(runs, summary, efficiency, plots, notes))
+    return {"runs": runs, "summary": summary, "efficiency": efficiency, "plots": plots, "notes": notes,
+            "out": out}
+
+
+def efficiency_table(efficiency: pd.DataFrame) -> pd.DataFrame:
+    """The sample-efficiency table as report.md and the CLI show it."""
+    out = efficiency[KEYS].copy()
+    out["reached random's best"] = [f"{r} of {n}" for r, n in zip(efficiency["reached"], efficiency["runs"],
+                                                                   strict=True)]
+    out["evaluations to reach"] = [_fmt(v, 1) for v in efficiency["evaluations"]]
+    out["random's best"] = [_fmt(v) for v in efficiency["reference_best"]]
+    return out
 
 
 def _plots(runs: pd.DataFrame, trials: pd.DataFrame, out: Path):
@@ -307,7 +362,8 @@ def _plots(runs: pd.DataFrame, trials: pd.DataFrame, out: Path):
     return plots, notes
 
 
-def _markdown(runs: pd.DataFrame, summary: pd.DataFrame, plots: dict[str, Path], notes: list[str]) -> str:
+def _markdown(runs: pd.DataFrame, summary: pd.DataFrame, efficiency: pd.DataFrame, plots: dict[str, Path],
+              notes: list[str]) -> str:
     table = runs.drop(columns=["path"])
     parts = [
         "# autoprune comparison", "",
@@ -319,8 +375,14 @@ def _markdown(runs: pd.DataFrame, summary: pd.DataFrame, plots: dict[str, Path],
         "Columns: kept fractions of the base model's FLOPs (MACs) / params / latency; val accuracy of the "
         "best plan before fine-tuning (adaptive BN); test accuracy after the long-term fine-tune; plans "
         "evaluated; wall time in seconds.", "",
-        "## Plots", "",
     ]
+    if not efficiency.empty:
+        parts += ["## Sample efficiency", "",
+                  "Evaluations each searcher needed until its best-so-far val accuracy (before fine-tuning) "
+                  "reached the best that `random` found in the same budget and seed; the mean is over the "
+                  "runs that reached it. Re-ranking rows are not counted.", "",
+                  markdown_table(efficiency_table(efficiency)), ""]
+    parts += ["## Plots", ""]
     for title, path in plots.items():
         parts += [f"### {title}", "", f"![{title}]({path.name})", ""]
     if notes:
