@@ -25,7 +25,7 @@ from conftest import tiny_config, write_config
 
 from autoprune.cli import main
 from autoprune.config import load_config
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, ConfigError
 from autoprune.pipeline import jobdriver, jobpackage, jobs
 from autoprune.pipeline.storage import Storage, Syncer, ordered_files
 
@@ -212,6 +212,31 @@ def test_package_ships_checkpoint_lut_and_factory_module(tmp_path, monkeypatch):
     assert (pkg / "inputs" / "ckpt.pt").read_bytes() == b"weights" and (pkg / "mymodels.py").is_file()
     assert jobpackage.planned_evaluations(cfg, "search") == 3
     assert jobpackage.job_kind(load_config(tiny_config(seeds=[0, 1])), None) == "run"
+
+
+def test_package_ships_a_local_lut_registry(tmp_path, monkeypatch):
+    """A config's ``luts:`` folder travels with the job (the device's tables are not on the cluster)."""
+    monkeypatch.chdir(tmp_path)
+    Path("mine/pixel7-ort").mkdir(parents=True)
+    Path("mine/pixel7-ort/resnet20.json").write_text("{}")
+    cfg = load_config(tiny_config(luts="mine", budget={"latency": 0.5, "device": "pixel7-ort"}))
+    pkg = jobpackage.package(cfg, tmp_path / "pkg")
+    shipped = load_config(pkg / "config.yaml")
+    assert shipped.luts == "inputs/luts" and shipped.budget.device == "pixel7-ort"
+    assert (pkg / "inputs" / "luts" / "pixel7-ort" / "resnet20.json").read_text() == "{}"
+    with pytest.raises(ConfigError, match="luts 'missing' is not a directory"):
+        jobpackage.package(load_config(tiny_config(luts="missing")), tmp_path / "pkg2")
+
+
+def test_experiment_budgets_inherit_where_latency_comes_from():
+    """``budgets:`` entries keep the ``budget:`` section's lut, runtime and device unless they set their own."""
+    from autoprune.pipeline.experiments import combinations
+
+    cfg = load_config(tiny_config(budget={"latency": 0.5, "lut": "a.json", "runtime": "onnxruntime"},
+                                  budgets=["latency=0.4", {"latency": 0.3, "runtime": "torch", "lut": "b.json"}]))
+    budgets = [c["config"]["budget"] for c in combinations(cfg)]
+    assert (budgets[0]["runtime"], budgets[0]["lut"], budgets[0]["latency"]) == ("onnxruntime", "a.json", 0.4)
+    assert (budgets[1]["runtime"], budgets[1]["lut"], budgets[1]["latency"]) == ("torch", "b.json", 0.3)
 
 
 def test_syncer_uploads_changes_in_a_resumable_order(tmp_path):

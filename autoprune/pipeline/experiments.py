@@ -36,12 +36,16 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------ combinations
 
 
-def _budget(value: Any, lut: str | None) -> dict[str, Any]:
+LATENCY_SOURCE = ("lut", "runtime", "device")
+"""``budget`` keys that say where latency comes from: every ``budgets`` entry inherits them."""
+
+
+def _budget(value: Any, inherited: dict[str, Any]) -> dict[str, Any]:
     if isinstance(value, str):
         value = parse_budget(value)
     if not isinstance(value, dict):
         raise ConfigError(f"budgets: {value!r} is not a budget; use {{flops: 0.5}} or \"flops=0.5\"")
-    return {"lut": lut, **value} if lut and "lut" not in value else dict(value)
+    return {**{k: v for k, v in inherited.items() if v is not None}, **value}
 
 
 def _label(budget: dict[str, Any]) -> str:
@@ -58,7 +62,7 @@ def combinations(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     base = cfg.to_dict()
     for key in ("searchers", "budgets", "seeds"):
         base.pop(key, None)
-    lut = cfg.budget.lut
+    inherited = {k: getattr(cfg.budget, k) for k in LATENCY_SOURCE}  # e.g. budget: {lut: ..., runtime: ...}
     searchers = cfg.searchers or [cfg.searcher]
     budgets = cfg.budgets or [{k: v for k, v in base["budget"].items() if v is not None}]
     seeds = cfg.seeds or [cfg.seed]
@@ -66,7 +70,7 @@ def combinations(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     for i, searcher in enumerate(searchers):
         s = {"name": searcher} if isinstance(searcher, str) else dict(searcher)
         for budget in budgets:
-            b = _budget(budget, lut)
+            b = _budget(budget, inherited)
             for seed in seeds:
                 raw = copy.deepcopy(base)
                 raw.update(searcher=s, budget=b, seed=seed)

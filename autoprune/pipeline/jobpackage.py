@@ -1,7 +1,8 @@
 """What a submitted job carries: its config, rewritten to point at the files packaged with it.
 
 :func:`package` writes the job's Ray ``working_dir``: ``config.yaml``, its files under ``inputs/``
-(``model.checkpoint``, ``budget.lut``, each ``budgets[i].lut``) and a user factory's module found in
+(``model.checkpoint``, ``budget.lut``, each ``budgets[i].lut``, the ``luts:`` folder as ``inputs/luts``)
+and a user factory's module found in
 the current directory. Every file the config names must exist here; a missing one is a one-line error
 before the cluster is contacted.
 """
@@ -72,6 +73,13 @@ def package(cfg: ExperimentConfig, dest: Path, cwd: Path | None = None) -> Path:
     for i, budget in enumerate(raw.get("budgets") or []):
         if isinstance(budget, dict) and budget.get("lut"):
             budget["lut"] = ship(budget["lut"], f"budgets[{i}].lut")
+    if raw.get("luts"):  # a local LUT registry: its tables travel with the job
+        src = (cwd / Path(raw["luts"]).expanduser()).resolve()
+        if not src.is_dir():
+            raise ConfigError(f"luts {raw['luts']!r} is not a directory; submit sends the LUT folder a config names")
+        shutil.copytree(src, dest / "inputs" / "luts", ignore=shutil.ignore_patterns("*.tmp", "__pycache__"),
+                        dirs_exist_ok=True)
+        raw["luts"] = "inputs/luts"
     for factory in (raw["model"].get("factory"), raw["data"].get("factory")):
         top = str(factory or "").split(":", 1)[0].split(".", 1)[0]
         for src in (cwd / f"{top}.py", cwd / top) if top else ():
