@@ -140,8 +140,8 @@ def test_short_run_returns_within_budget_plan_and_fills_trials(tiny_session, tmp
 
 def test_warmup_episodes_play_random_search_plans(tiny_session, tmp_path):
     ctx = make_ctx(tiny_session, tmp_path / "run")
-    run(ctx, replay_episodes=10, episodes=4, warmup=4, warmup_sampling="budget",
-        repair_budget=False)  # no lower wall, no repair: the plans as drawn
+    run(ctx, replay_episodes=10, episodes=4, warmup=4, warmup_sampling="budget", action_wall=True,
+        repair_budget=False)  # the wall never binds on a plan in budget; no repair: the plans as drawn
     df = read_trials(tmp_path / "run" / "trials.parquet")
     counts = [[int(r[f"channels/{n}"]) for n in ctx.graph.names] for _, r in df.iterrows()]
     rng = np.random.default_rng(ctx.seed + 2)  # the random searcher's draw: uniform ratios scaled to the budget
@@ -151,7 +151,7 @@ def test_warmup_episodes_play_random_search_plans(tiny_session, tmp_path):
 
 def test_with_fill_budget_every_episode_ends_at_the_budget(tiny_session, tmp_path):
     ctx = make_ctx(tiny_session, tmp_path / "run")
-    run(ctx, replay_episodes=10, episodes=8, warmup=4, warmup_sampling="budget", fill_budget=True)
+    run(ctx, replay_episodes=10, episodes=8, warmup=4, warmup_sampling="budget", fill_budget=True, action_wall=True)
     df = read_trials(tmp_path / "run" / "trials.parquet")
     top = ctx.counts([ctx.pruning.max_ratio] * len(ctx.graph))[-1]
     for _, r in df.iterrows():  # the last unit is at its maximum or could not grow by one channel
@@ -178,9 +178,9 @@ OLD_DEFAULTS = {"episodes": 400, "warmup": 100, "warmup_sampling": "actions", "f
 
 def test_presets_amc_reproduces_the_old_defaults_and_autoprune_adds_the_repair():
     amc = dataclasses.asdict(DdpgSearcher.parse_options({"preset": "amc"}))
-    assert amc == {**OLD_DEFAULTS, "preset": "amc", "repair_budget": False}
+    assert amc == {**OLD_DEFAULTS, "preset": "amc", "repair_budget": False, "action_wall": True}
     default = dataclasses.asdict(DdpgSearcher.parse_options({}))
-    assert default == {**OLD_DEFAULTS, "preset": "autoprune", "repair_budget": True}
+    assert default == {**OLD_DEFAULTS, "preset": "autoprune", "repair_budget": True, "action_wall": False}
     assert dataclasses.asdict(DdpgSearcher.Options()) == default  # field defaults are the autoprune preset
     with pytest.raises(ConfigError, match="preset"):
         DdpgSearcher.parse_options({"preset": "amc2"})
@@ -189,14 +189,17 @@ def test_presets_amc_reproduces_the_old_defaults_and_autoprune_adds_the_repair()
 def test_explicit_options_override_the_preset():
     o = DdpgSearcher.parse_options({"preset": "amc", "repair_budget": True, "warmup": 4, "sigma_decay": 0.99})
     assert (o.preset, o.repair_budget, o.warmup, o.sigma_decay, o.fill_budget) == ("amc", True, 4, 0.99, False)
-    o = DdpgSearcher.parse_options({"repair_budget": False, "fill_budget": True})
+    o = DdpgSearcher.parse_options({"repair_budget": False, "fill_budget": True, "action_wall": True})
     assert (o.preset, o.repair_budget, o.fill_budget, o.warmup) == ("autoprune", False, True, 100)
+    with pytest.raises(ConfigError, match="fill_budget is a wall: it needs action_wall: true"):
+        DdpgSearcher.parse_options({"fill_budget": True})
 
 
 def test_default_preset_repairs_every_episode_and_the_best_plan_uses_the_budget(tiny_session, tmp_path):
     ctx = make_ctx(tiny_session, tmp_path / "run")
-    searcher, plan = run(ctx, replay_episodes=10, episodes=8, warmup=4)  # AMC's per-step warm-up, then the agent
+    searcher, plan = run(ctx, replay_episodes=10, episodes=8, warmup=4)  # per-step uniform warm-up, then the agent
     env, T, buf = searcher.envs[0], len(ctx.graph), searcher.model.replay_buffer
+    assert not env.action_wall and env.repair_budget  # no wall: every episode is scaled to the budget
     df = read_trials(tmp_path / "run" / "trials.parquet")
     for e, (_, r) in enumerate(df.iterrows()):  # every plan scored is maximal within the budget
         c = [int(r[f"channels/{n}"]) for n in ctx.graph.names]
@@ -226,7 +229,8 @@ def test_parallel_episodes_are_scored_in_batches_and_rewritten_per_env(tiny_sess
     assert searcher.model._n_updates == 2 * 2 * T  # one gradient step per transition after warm-up
 
 
-@pytest.mark.parametrize("options", [{}, {"warmup": 4, "warmup_sampling": "budget", "fill_budget": True}],
+@pytest.mark.parametrize("options", [{}, {"warmup": 4, "warmup_sampling": "budget", "fill_budget": True,
+                                          "action_wall": True}],
                          ids=["amc", "budget-warmup-resumed-inside-warmup"])
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_session, tmp_path, options):
     whole = make_ctx(tiny_session, tmp_path / "whole")

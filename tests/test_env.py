@@ -198,6 +198,32 @@ def test_repair_budget_scales_the_episode_up_to_a_maximal_plan_within_budget(nam
         assert info["count"] == after[t] and np.allclose(o, obs[t + 1])
 
 
+@pytest.mark.parametrize("name", ["cnn", "residual", "concat", "mnist_cnn"])
+@pytest.mark.parametrize("actions", [[1.0], [0.6, -0.4, 1.0, 0.2], [-1.0]], ids=["max", "mixed", "min"])
+def test_without_the_wall_the_episode_is_scaled_to_the_budget_keeping_its_shape(name, actions):
+    """``action_wall=False``: nothing is clipped during the episode; the chosen ratios are scaled (down
+    or up) as the random searcher scales a draw, and the plan is maximal within the budget."""
+    g = GRAPHS[name]
+    budget = make_budget(g, "flops", 0.4)
+    env = ChannelPruningEnv(g, ConstantEvaluator(), budget, action_wall=False)
+    steps = [actions[t % len(actions)] for t in range(len(g))]
+    infos = run_episode(env, steps)[1]
+    assert not any(i["clipped"] for i in infos) and env.repair_budget
+    chosen = [i["count"] for i in infos]
+    after = infos[-1]["plan"].counts(g)
+    assert after == env.fit(chosen) and budget.fits(after) and infos[-1]["repaired"] == (after != chosen)
+    for t, cand in enumerate(env.candidates):  # maximal: no unit can grow by one candidate count
+        higher = cand[cand > after[t]]
+        assert not len(higher) or not budget.fits(after[:t] + [int(higher[0])] + after[t + 1:])
+    if not budget.fits(chosen):  # scaled down: every unit cut by the same factor, up to rounding and clipping
+        ratios = np.array(chosen) / np.array(g.channels)
+        kept = np.array(after) / np.array(g.channels)
+        top = ratios >= ratios.max() - 1e-9
+        assert (kept[top] <= ratios[top] + 1e-9).all()
+    walled = run_episode(ChannelPruningEnv(g, ConstantEvaluator(), budget), steps)[1]  # the wall clips instead
+    assert budget.fits(walled[-1]["plan"].counts(g))
+
+
 def test_unreachable_budget_is_a_budget_error():
     g = GRAPHS["cnn"]
     with pytest.raises(BudgetError, match="below the minimum reachable"):
