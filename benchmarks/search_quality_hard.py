@@ -19,6 +19,10 @@ each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's globa
   ``--evaluations`` in the same seed (``-`` when it never did).
 
     python -m benchmarks.search_quality_hard [--seeds 0 1 2] [--evaluations 100] [--workers 2]
+    python -m benchmarks.search_quality_hard --evaluations 400 --searchers random ddpg --top-k 0
+
+(the second: AMC's episode count, the agent against random search only, results in
+``search_quality_hard_e400.md``)
 
 Runs land in ``benchmarks/runs/search_quality_hard/<budget>__<searcher>__<seed>`` (run dirs:
 ``autoprune compare`` reads them; ``docs/compare_hard`` is that report). A finished run is reused,
@@ -69,14 +73,20 @@ EXTRA = ("ddpg_wall",)
 (AMC's wall plus the end-of-episode repair), kept for seed 0 at 15% as the evidence for the change."""
 
 
+def runs_dir(evaluations: int) -> Path:
+    """Where the runs at ``evaluations`` live (100, the default, in RUNS; others beside it)."""
+    return RUNS if evaluations == 100 else RUNS.parent / f"search_quality_hard_e{evaluations}"
+
+
 def run_all(args) -> list[dict]:
-    rows = []
+    rows, runs = [], runs_dir(args.evaluations)
+    wanted = set(args.searchers or [*searchers(args.evaluations), "tp_global"])
     for seed in args.seeds:
         for budget in BUDGETS:
             for label, searcher in searchers(args.evaluations).items():
-                if label in FIRST_SEED_ONLY and seed != args.seeds[0]:
+                if label in FIRST_SEED_ONLY and seed != args.seeds[0] or label not in wanted:
                     continue
-                out = RUNS / f"flops{budget}__{label}__{seed}"
+                out = runs / f"flops{budget}__{label}__{seed}"
                 if not (out / "summary.json").exists() and not args.report:
                     shutil.rmtree(out, ignore_errors=True)
                     rerank = {"top_k": args.top_k, "steps": args.steps} if label != "uniform" else {"top_k": 0}
@@ -87,10 +97,10 @@ def run_all(args) -> list[dict]:
                 if (out / "summary.json").exists():
                     rows.append(_row(label, budget, seed, out))
             for label in EXTRA:
-                if (RUNS / f"flops{budget}__{label}__{seed}" / "summary.json").exists():
-                    rows.append(_row(label, budget, seed, RUNS / f"flops{budget}__{label}__{seed}"))
-            out = RUNS / f"flops{budget}__tp_global__{seed}"
-            if not (out / "summary.json").exists() and not args.report:
+                if (runs / f"flops{budget}__{label}__{seed}" / "summary.json").exists():
+                    rows.append(_row(label, budget, seed, runs / f"flops{budget}__{label}__{seed}"))
+            out = runs / f"flops{budget}__tp_global__{seed}"
+            if not (out / "summary.json").exists() and not args.report and "tp_global" in wanted:
                 tp_global(budget, seed, out, task=TASK, evaluation=EVALUATION)
             if (out / "summary.json").exists():
                 rows.append(_row("tp_global", budget, seed, out))
@@ -140,14 +150,14 @@ def efficiency(df: pd.DataFrame) -> pd.DataFrame:
         if rand.empty:
             continue
         threshold = rand.iloc[0]["best_so_far"][-1]
-        for _, r in g[g["searcher"] != "uniform"][g["searcher"] != "tp_global"].iterrows():
+        for _, r in g[~g["searcher"].isin(("uniform", "tp_global"))].iterrows():
             out.append({"budget": budget, "seed": seed, "searcher": r["searcher"],
                         "to_reach": evaluations_to_reach(r["best_so_far"], threshold)})
     return pd.DataFrame(out)
 
 
 def tables(df: pd.DataFrame, evaluations: int) -> list[str]:
-    base = json.loads(next(RUNS.glob("*__uniform__*/summary.json")).read_text())["base"]
+    base = json.loads(next(runs_dir(evaluations).glob("*/summary.json")).read_text())["base"]
     eff = efficiency(df)
     lines = [f"base model: ResNet-56, val {base['val_accuracy']:.4f}, test {base['test_accuracy']:.4f}; "
              f"seeds per row in the `n` column", "",
@@ -206,6 +216,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--searchers", nargs="+", help="run only these labels (e.g. random ddpg at 400)")
     parser.add_argument("--report", action="store_true", help="only rewrite the tables from the runs on disk")
     args = parser.parse_args()
     ensure_checkpoint(TASK)
@@ -218,10 +229,11 @@ def main() -> None:
     df = pd.DataFrame(run_all(args))
     data = {"rows": df.drop(columns=["best_so_far"]).to_dict("records"),
             "efficiency": efficiency(df).to_dict("records")}
-    write_results("search_quality_hard", "\n".join(tables(df, args.evaluations)), data, targets_of(df),
+    name = "search_quality_hard" + ("" if args.evaluations == 100 else f"_e{args.evaluations}")
+    write_results(name, "\n".join(tables(df, args.evaluations)), data, targets_of(df),
                   f"python -m benchmarks.search_quality_hard --seeds {' '.join(map(str, args.seeds))} "
                   f"--evaluations {args.evaluations} --workers {args.workers} --top-k {args.top_k} "
-                  f"--steps {args.steps}")
+                  f"--steps {args.steps}" + (f" --searchers {' '.join(args.searchers)}" if args.searchers else ""))
 
 
 if __name__ == "__main__":
