@@ -171,7 +171,7 @@ def tables(df: pd.DataFrame, evaluations: int) -> list[str]:
             f"| {budget} | {searcher} | {len(g)} | {g['flops_kept'].mean():.3f} | "
             f"{g['best_proxy'].mean():.4f} +- {np.nan_to_num(g['best_proxy'].std()):.4f} | "
             f"{g['test_after'].mean():.4f} +- {np.nan_to_num(g['test_after'].std()):.4f} | "
-            f"{g['evaluations'].mean() - g['rerank_evaluations'].mean():.0f} (+ {g['rerank_evaluations'].mean():.0f}) | "
+            f"{g['evaluations'].mean():.0f} (+ {g['rerank_evaluations'].mean():.0f}) | "
             f"{g['rerank_s'].mean():.0f} | {reach} | {g['wall_s'].mean():.0f} |")
     lines += ["", f"Evaluations to reach random's best: one number per seed (random's own is {evaluations} "
               "or fewer by construction; `-`: not reached within the searcher's evaluations)."]
