@@ -55,10 +55,12 @@ FORMS = {"torch": "torch", "torch-folded": "torch", "onnxruntime": "onnxruntime"
 
 def flops_plans(graph) -> list[dict]:
     """Uniform and two random shapes at 50% and 25% of the FLOPs, and uniform with every count a
-    multiple of 8 (``pruning.round_to: 8``, the channel blocks fast kernels want)."""
+    multiple of 8 or 16 (``pruning.round_to``: the channel blocks fast kernels want; 16 fp32 lanes
+    is one AVX-512 register)."""
     out = []
     for fraction in (0.5, 0.25):
-        shapes = {"uniform": (np.ones(len(graph)), 1), "uniform, round_to 8": (np.ones(len(graph)), 8)}
+        shapes = {"uniform": (np.ones(len(graph)), 1), "uniform, round_to 8": (np.ones(len(graph)), 8),
+                  "uniform, round_to 16": (np.ones(len(graph)), 16)}
         shapes |= {f"random{s}": (np.random.default_rng(s).uniform(0.2, 1.0, len(graph)), 1) for s in (1, 2)}
         for label, (ratios, round_to) in shapes.items():
             ctx = SearchContext(graph=graph, evaluator=None, budget=make_budget(graph, "flops", fraction), costs={},
@@ -83,6 +85,35 @@ def time_forms(base, graph, rows: list[dict], forms: list[str]) -> dict[str, flo
                 row[f"{form}_speedup_b{batch}"] = 1 / rel
                 row[f"{form}_efficiency_b{batch}"] = row["flops_kept"] / rel
     return base_ms
+
+
+def profile_ops(base, graph, rows: list[dict], batch: int = 32, iters: int = 10) -> list[dict]:
+    """Where eager PyTorch spends the time (1 thread, ``torch.profiler``): the convolutions' share and
+    their throughput in GFLOP/s (the model's MACs x 2 / the conv kernels' time), base vs the
+    uniform plans. Profiled on a loaded machine the shares hold better than the milliseconds."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    flops = FlopsCost(graph)
+    torch.set_num_threads(1)
+    picks = [("base", list(graph.channels))] + [(f"{r['budget']} {r['plan']}", r["counts"]) for r in rows
+                                                 if r["plan"].startswith("uniform")]
+    out, x = [], torch.randn(batch, *SHAPE)
+    for label, counts in picks:
+        model = base if label == "base" else apply_plan(base, graph, PruningPlan.from_counts(graph, counts)).eval()
+        with torch.inference_mode():
+            for _ in range(3):
+                model(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(iters):
+                    model(x)
+        self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+        total = sum(self_us.values())
+        conv = sum(v for k, v in self_us.items() if "convolution" in k)
+        gflops = 2 * flops(counts) * batch * iters / (conv * 1e-6) / 1e9 if conv else float("nan")
+        out.append({"plan": label, "flops_kept": flops(counts) / flops.base, "conv_share": conv / total,
+                    "conv_gflops": gflops, "ms": total / iters / 1000})
+    return out
 
 
 SEARCHERS = {
@@ -122,8 +153,15 @@ def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, s
             "flops_plan": {"flops_kept": flops(flops_counts) / flops.base, "ms": t.ms[1], "relative": t.relative[1]}}
 
 
-def tables(rows, base_ms, forms, comparisons) -> str:
+def tables(rows, base_ms, forms, comparisons, profiled=()) -> str:
     out = [", ".join(f"base {k.replace('_b', ' batch ')}: {v:.2f} ms" for k, v in base_ms.items()), ""]
+    if profiled:
+        out += ["Profile, eager torch, batch 32, 1 thread (`torch.profiler`): the convolutions' share of the "
+                "time and their throughput (2 x MACs / conv kernel time):", "",
+                "| plan | kept FLOPs | conv share | conv GFLOP/s | ms (under the profiler) |", "|---|---|---|---|---|"]
+        out += [f"| {p['plan']} | {p['flops_kept']:.3f} | {100 * p['conv_share']:.0f}% | {p['conv_gflops']:.1f} | "
+                f"{p['ms']:.2f} |" for p in profiled]
+        out.append("")
     for form in forms:
         out += [f"**{form}**", "",
                 "| budget | plan | kept FLOPs | ms b1 | speed-up b1 | x kept FLOPs | ms b32 | speed-up b32 | x kept FLOPs |",
@@ -161,6 +199,7 @@ def main() -> None:
     graph = build_unit_graph(base, SHAPE)
     rows = flops_plans(graph)
     base_ms = time_forms(base, graph, rows, forms)
+    profiled = profile_ops(base, graph, rows) if "torch" in forms else []
     comparisons = []
     if args.evaluations > 0:
         ensure_checkpoint()
@@ -187,8 +226,9 @@ def main() -> None:
                               abs(lat["relative"] / LATENCY_BUDGET - 1) <= 0.10))
     minutes = (time.perf_counter() - started) / 60
     note = f"\n\nTook {minutes:.0f} min." + (f" {args.note}" if args.note else "")
-    write_results("speedup", tables(rows, base_ms, forms, comparisons) + note,
-                  {"base_ms": base_ms, "rows": rows, "latency_vs_flops": comparisons, "minutes": minutes}, targets,
+    write_results("speedup", tables(rows, base_ms, forms, comparisons, profiled) + note,
+                  {"base_ms": base_ms, "rows": rows, "latency_vs_flops": comparisons, "profile": profiled,
+                   "minutes": minutes}, targets,
                   f"python -m benchmarks.speedup --forms {args.forms} --searcher {args.searcher} "
                   f"--evaluations {args.evaluations} --round-to {' '.join(map(str, args.round_to))}")
 
