@@ -172,3 +172,15 @@ def test_sample_efficiency_counts_evaluations_to_reach_random_best():
     assert np.isnan(eff.loc["ddpg", "evaluations"])
     assert sample_efficiency(trials[trials["searcher"] != "random"]).empty  # nothing to measure against
     assert evaluations_to_reach(np.array([0.1, 0.3, 0.2]), 0.3) == 2
+
+
+def test_a_non_default_preset_is_part_of_the_searcher_label(tmp_path):
+    from autoprune.pipeline.report import searcher_label
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "config.yaml").write_text("searcher: {name: ddpg, preset: amc}\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.yaml").write_text("searcher: {name: ddpg, preset: autoprune}\n")
+    assert searcher_label(tmp_path / "a", "ddpg") == "ddpg:amc"
+    assert searcher_label(tmp_path / "b", "ddpg") == "ddpg"
+    assert searcher_label(tmp_path / "missing", "random") == "random"

@@ -53,13 +53,29 @@ def _budget_label(budget: dict[str, Any]) -> str:
     return f"{budget.get('kind')}={float(budget.get('fraction', float('nan'))):.3g}"
 
 
+def searcher_label(run_dir: Path, name: str | None) -> str | None:
+    """The searcher's name, with its ``preset`` when the run's config chose one other than the
+    default (``ddpg:amc``), so that presets of one searcher are compared side by side."""
+    path = run_dir / "config.yaml"
+    if name is None or not path.is_file():
+        return name
+    import yaml
+
+    try:
+        searcher = (yaml.safe_load(path.read_text()) or {}).get("searcher") or {}
+    except yaml.YAMLError:
+        return name
+    preset = searcher.get("preset") if isinstance(searcher, dict) else None
+    return f"{name}:{preset}" if preset and preset != "autoprune" else name
+
+
 def run_row(run_dir: Path) -> dict[str, Any]:
     """One row of the table from a run dir's ``summary.json``."""
     s = read_json(run_dir / "summary.json")
     pruned = s.get("pruned", {})
     latency = s.get("latency") or {}
     return {
-        "run": run_dir.name, "path": str(run_dir), "searcher": s.get("searcher"),
+        "run": run_dir.name, "path": str(run_dir), "searcher": searcher_label(run_dir, s.get("searcher")),
         "budget": _budget_label(s.get("budget", {})), "seed": s.get("seed"),
         "flops_kept": pruned.get("flops_kept"), "params_kept": pruned.get("params_kept"),
         "latency_kept": latency.get("kept_measured", latency.get("kept_predicted", np.nan)),
@@ -82,8 +98,10 @@ def load_trials(run_dirs: list[Path]) -> pd.DataFrame:
         t = read_trials(d / "trials.parquet")
         if len(t):
             s = read_json(d / "summary.json")
+            label = searcher_label(d, s.get("searcher"))
+            names = t["searcher"] if "searcher" in t else pd.Series(s.get("searcher"), index=t.index)
             frames.append(t.assign(run=d.name, budget=_budget_label(s.get("budget", {})), seed=s.get("seed"),
-                                   searcher=t.get("searcher", s.get("searcher"))))
+                                   searcher=names.where(names != s.get("searcher"), label)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
