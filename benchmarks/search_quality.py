@@ -36,7 +36,8 @@ RUNS = ROOT / "runs" / "search_quality"
 
 def ablation(episodes: int) -> dict[str, dict]:
     """DDPG with the two optional departures from AMC: random-search warm-up plans, budget-filling wall."""
-    return {"ddpg_fill": {**searchers(episodes)["ddpg"], "warmup_sampling": "budget", "fill_budget": True}}
+    return {"ddpg_fill": {**searchers(episodes)["ddpg"], "warmup_sampling": "budget", "fill_budget": True,
+                          "action_wall": True}}
 
 
 def searchers(episodes: int) -> dict[str, dict]:

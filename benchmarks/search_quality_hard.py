@@ -199,6 +199,11 @@ def targets_of(df: pd.DataFrame) -> list[dict]:
             d, r = m.loc[budget].loc["ddpg", "best_proxy"], m.loc[budget].loc["random", "best_proxy"]
             out.append(target(f"ddpg >= random at equal evaluations, {budget}", "ddpg >= random",
                               [round(float(d), 4), round(float(r), 4)], d >= r))
+    ddpg = df[df["searcher"] == "ddpg"]
+    if len(ddpg):
+        use = ddpg["flops_kept"] / ddpg["budget"].str.split("=").str[1].astype(float)
+        out.append(target("budget use: the best DDPG plan's kept FLOPs / budget (worst run)", ">= 0.95",
+                          round(float(use.min()), 3), use.min() >= 0.95))
     if have(hard, *SEARCHERS, "uniform", "tp_global"):
         best = m.loc[hard].loc[list(SEARCHERS), "test_after"]
         for peer in ("uniform", "tp_global"):
