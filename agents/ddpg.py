@@ -13,31 +13,10 @@ Nothing of DDPG is written here: the agent is SB3's ``DDPG``, extended only thro
 - :class:`AMCDDPG`: ``DDPG`` whose ``_update_learning_rate`` hook also sets the actor's own
   learning rate (SB3 uses one rate for actor and critic; AMC uses 1e-4 / 1e-3), and whose
   ``_sample_action`` hook can take warm-up actions from a policy of ours instead of SB3's uniform
-  samples (``warmup_sampling: budget``, below).
+  samples (``warmup_sampling: budget``, see the presets module).
 
-Presets (``preset:``; options set explicitly override the preset's values):
-
-- ``autoprune`` (the default): AMC's settings with ``action_wall: false``: no per-step clipping;
-  at each episode's end the env scales the ratio vector, down or up, to the budget (as the
-  ``random`` searcher scales its draws), so the plan scored, and the transitions stored, are the
-  scaled ones, and a warm-up episode is a random-search sample. With AMC's wall, per-step uniform
-  warm-up actions spend an aggressive budget on the first units and the wall crushes the rest
-  (ResNet-56 at 15% FLOPs: warm-up plans 0.30 vs random search's 0.48 on average, and the agent
-  never caught up); without the wall's end-of-episode repair, warm-up plans keep ~74% of a 50%
-  FLOPs budget on average (docs/amc.md).
-- ``amc``: AMC's published behaviour (He et al. 2018, mit-han-lab/amc defaults): warm-up 100
-  episodes of uniform per-step actions, sigma 0.5 decaying x0.95 per episode, upper action wall
-  only, no fill, no repair.
-
-Two further optional departures from AMC, off in both presets (measured in benchmarks/search_quality
-``--ablation``: better plans on average at a 50% FLOPs budget, worse at 25%, best plan no better):
-
-- ``fill_budget: true``: the env's lower wall raises a count that would leave budget no later unit
-  can use, so every episode ends at the budget.
-- ``warmup_sampling: budget``: a warm-up episode plays a random-search plan (one uniform ratio per
-  unit, the vector scaled to use the budget, as the ``random`` searcher draws them) instead of
-  AMC's per-step uniform actions (``actions``), which spend the budget on the first units and
-  leave the action wall to crush the last ones.
+Presets (``preset:``, default ``autoprune``; ``amc`` is AMC's published search) and the optional
+departures from AMC are described in :mod:`autoprune.agents.ddpg_presets`.
 """
 
 from __future__ import annotations
@@ -61,6 +40,7 @@ from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm.auto import tqdm
 
+from autoprune.agents.ddpg_presets import PRESETS
 from autoprune.atomic import atomic_write_with
 from autoprune.config import check_choice
 from autoprune.core.plan import PruningPlan
@@ -72,15 +52,6 @@ from autoprune.search.base import Searcher, best_of, plan_from_row, positive, re
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "autoprune.ddpg-checkpoint/v1"
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # AMC's published search (the mit-han-lab/amc defaults): the settings this searcher had before presets.
-    "amc": {"warmup": 100, "warmup_sampling": "actions", "fill_budget": False, "repair_budget": False,
-            "action_wall": True, "sigma": 0.5, "sigma_decay": 0.95},
-    # AMC with the wall replaced by scaling each episode's ratios to the budget (the option defaults).
-    "autoprune": {"warmup": 100, "warmup_sampling": "actions", "fill_budget": False, "repair_budget": True,
-                  "action_wall": False, "sigma": 0.5, "sigma_decay": 0.95},
-}
-"""Searcher options each ``preset`` sets; options given explicitly override them."""
 
 
 class TruncatedNormalNoise(VectorizedActionNoise):
@@ -155,7 +126,7 @@ class DdpgSearcher(Searcher):
     @dataclass
     class Options:
         preset: str = "autoprune"
-        """``autoprune`` (AMC plus ``repair_budget``) or ``amc`` (AMC's published settings); see PRESETS.
+        """``autoprune`` (AMC, each episode scaled to the budget) or ``amc`` (AMC's published settings); see PRESETS.
         Options given explicitly override the preset's values."""
         episodes: int = 400
         """Episodes in total (one plan evaluation each), warm-up included."""

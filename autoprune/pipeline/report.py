@@ -129,7 +129,7 @@ def sample_efficiency(trials: pd.DataFrame, reference: str = "random") -> pd.Dat
         return pd.DataFrame(columns=cols)
     order = "index" if "index" in t else None
     rows = []
-    for (budget, seed), g in t.groupby(["budget", "seed"], dropna=False):
+    for (budget, _seed), g in t.groupby(["budget", "seed"], dropna=False):
         ref = g[g["searcher"] == reference]
         if ref.empty:
             continue
