@@ -174,7 +174,8 @@ class NetAdaptSearcher(Searcher):
             self._save(iteration, proposals[best][1])
         for k, (plan, result) in enumerate(zip(plans, results, strict=True)):
             ctx.record(plan, result, flush=k == len(plans) - 1, iteration=iteration, chosen=k == best,
-                       resource=costs[k], target=target, proposal_unit=ctx.graph.names[proposals[k][0]])
+                       resource=costs[k], target=target, proposal_unit=ctx.graph.names[proposals[k][0]],
+                       finetune_steps=self.options.short_term_batches)
         self._prune_saved(iteration)
         log.info("netadapt iteration %d: %s -> %d channels, resource %.4g (target %.4g), acc %.4f", iteration,
                  ctx.graph.names[proposals[best][0]], proposals[best][1][proposals[best][0]], costs[best], target,
@@ -193,7 +194,7 @@ class NetAdaptSearcher(Searcher):
         else:
             result = ctx.evaluate(plan, finetune_steps=self.options.short_term_batches)
         ctx.record(plan, result, iteration=iteration, chosen=True, resource=ctx.budget.cost(final),
-                   target=ctx.budget.target, proposal_unit="")
+                   target=ctx.budget.target, proposal_unit="", finetune_steps=self.options.short_term_batches)
         self._prune_saved(iteration)
         return final, result.accuracy
 

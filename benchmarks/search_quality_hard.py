@@ -63,11 +63,15 @@ def searchers(evaluations: int) -> dict[str, dict]:
                  "parallel_episodes": 2},
         "ddpg_amc": {"name": "ddpg", "preset": "amc", "episodes": evaluations,
                      "warmup": max(2, evaluations // 4) // 2 * 2, "parallel_episodes": 2},
+        "netadapt": {"name": "netadapt", "initial_reduction": 0.08, "decay": 0.95, "short_term_batches": 5},
     }
 
 
-FIRST_SEED_ONLY = ("ddpg_amc",)
-"""Run for the first seed only (the AMC preset is kept reachable, not tuned; CPU time is scarce here)."""
+FIRST_SEED_ONLY = ("ddpg_amc", "netadapt")
+"""Run for the first seed only (CPU time is scarce here): the AMC preset (kept reachable, not tuned) and
+NetAdapt (the greedy searcher for the comparison report; it sets its own evaluation count)."""
+NO_RERANK = ("uniform", "netadapt")
+"""One plan (uniform), or scores taken after short-term fine-tuning already (NetAdapt's proposals)."""
 EXTRA = ("ddpg_wall",)
 """Labels reported when their run dirs exist but no longer run: ``ddpg_wall`` is the previous default
 (AMC's wall plus the end-of-episode repair), kept for seed 0 at 15% as the evidence for the change."""
@@ -89,7 +93,7 @@ def run_all(args) -> list[dict]:
                 out = runs / f"flops{budget}__{label}__{seed}"
                 if not (out / "summary.json").exists() and not args.report:
                     shutil.rmtree(out, ignore_errors=True)
-                    rerank = {"top_k": args.top_k, "steps": args.steps} if label != "uniform" else {"top_k": 0}
+                    rerank = {"top_k": args.top_k, "steps": args.steps} if label not in NO_RERANK else {"top_k": 0}
                     cfg = base_config([f"seed={seed}", f"ray.workers={args.workers}"], task=TASK,
                                       searcher=searcher, budget={"flops": budget}, evaluation=EVALUATION,
                                       rerank=rerank)
@@ -150,7 +154,7 @@ def efficiency(df: pd.DataFrame) -> pd.DataFrame:
         if rand.empty:
             continue
         threshold = rand.iloc[0]["best_so_far"][-1]
-        for _, r in g[~g["searcher"].isin(("uniform", "tp_global"))].iterrows():
+        for _, r in g[~g["searcher"].isin(("uniform", "tp_global", "netadapt"))].iterrows():
             out.append({"budget": budget, "seed": seed, "searcher": r["searcher"],
                         "to_reach": evaluations_to_reach(r["best_so_far"], threshold)})
     return pd.DataFrame(out)

@@ -164,12 +164,13 @@ def test_sample_efficiency_counts_evaluations_to_reach_random_best():
         run("tpe", "t1", 1, [0.5, 0.55, 0.6]),                     # reaches 0.6 at its 3rd
         run("ddpg", "d0", 0, [0.3, 0.4]),                          # never reaches 0.8 ...
         run("ddpg", "d0", 0, [0.99], stage="rerank").assign(index=[2]),  # ... a re-ranking row does not count
+        run("netadapt", "n0", 0, [0.9, 0.95]).assign(iteration=[1, 2]),  # scored after short-term fine-tuning
     ], ignore_index=True)
     eff = sample_efficiency(trials).set_index("searcher")
     assert eff.loc["tpe", "reached"] == 2 and eff.loc["tpe", "evaluations"] == pytest.approx(2.5)
     assert eff.loc["random", "evaluations"] == pytest.approx(3.0)  # (4 + 2) / 2: its own best, found late
     assert eff.loc["ddpg", "reached"] == 0 and eff.loc["ddpg", "runs"] == 1
-    assert np.isnan(eff.loc["ddpg", "evaluations"])
+    assert np.isnan(eff.loc["ddpg", "evaluations"]) and "netadapt" not in eff.index
     assert sample_efficiency(trials[trials["searcher"] != "random"]).empty  # nothing to measure against
     assert evaluations_to_reach(np.array([0.1, 0.3, 0.2]), 0.3) == 2
 

@@ -118,13 +118,27 @@ def evaluations_to_reach(scores: np.ndarray, threshold: float) -> float:
     return float(hits[0] + 1) if len(hits) else float("nan")
 
 
+def proxy_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Rows scored by the proxy alone: no re-ranking rows, and no run whose rows were scored after a
+    short-term fine-tune (``finetune_steps`` > 0, or NetAdapt's ``iteration`` rows from before that
+    column was recorded): their accuracies are not comparable with a proxy score."""
+    t = search_trials(trials)
+    tuned = pd.Series(False, index=t.index)
+    if "finetune_steps" in t:
+        tuned |= t["finetune_steps"].fillna(0).astype(float) > 0
+    if "iteration" in t:
+        tuned |= t["iteration"].notna()
+    runs = set(t.loc[tuned, "run"]) if "run" in t else set()
+    return t[~t["run"].isin(runs)] if runs else t
+
+
 def sample_efficiency(trials: pd.DataFrame, reference: str = "random") -> pd.DataFrame:
     """Evaluations each searcher needed to reach ``reference``'s best val accuracy of the same budget
     and seed; per (searcher, budget): ``runs``, ``reached`` (runs that got there), ``evaluations``
-    (mean over the runs that did), ``reference_best`` (mean of the thresholds). Empty without
-    ``reference`` runs."""
+    (mean over the runs that did), ``reference_best`` (mean of the thresholds). Only proxy-scored runs
+    count (:func:`proxy_trials`). Empty without ``reference`` runs."""
     cols = KEYS + ["runs", "reached", "evaluations", "reference_best"]
-    t = search_trials(trials) if not trials.empty else trials
+    t = proxy_trials(trials) if not trials.empty else trials
     if t.empty or "val_accuracy" not in t or reference not in set(t["searcher"]):
         return pd.DataFrame(columns=cols)
     order = "index" if "index" in t else None
@@ -398,7 +412,8 @@ def _markdown(runs: pd.DataFrame, summary: pd.DataFrame, efficiency: pd.DataFram
         parts += ["## Sample efficiency", "",
                   "Evaluations each searcher needed until its best-so-far val accuracy (before fine-tuning) "
                   "reached the best that `random` found in the same budget and seed; the mean is over the "
-                  "runs that reached it. Re-ranking rows are not counted.", "",
+                  "runs that reached it. Re-ranking rows are not counted, nor runs scored after short-term "
+                  "fine-tuning (NetAdapt): their accuracies are not proxy scores.", "",
                   markdown_table(efficiency_table(efficiency)), ""]
     parts += ["## Plots", ""]
     for title, path in plots.items():
