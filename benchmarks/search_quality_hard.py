@@ -128,6 +128,8 @@ def _row(label: str, budget: float, seed: int, out: Path) -> dict:
     p = s["pruned"]
     t = _search_trials(out)
     best_proxy = float(t["val_accuracy"].max()) if t is not None and len(t) else p["val_accuracy_before_finetune"]
+    if label == "netadapt":  # its rows were scored after short-term fine-tuning: only its result is a proxy score
+        best_proxy = p["val_accuracy_before_finetune"]
     rerank = s.get("rerank") or {}
     return {"searcher": label, "budget": f"flops={budget}", "seed": seed, "flops_kept": p["flops_kept"],
             "best_proxy": best_proxy, "val_before": p["val_accuracy_before_finetune"],
