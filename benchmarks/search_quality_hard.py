@@ -86,7 +86,7 @@ def run_all(args) -> list[dict]:
     rows, runs = [], runs_dir(args.evaluations)
     wanted = set(args.searchers or [*searchers(args.evaluations), "tp_global"])
     for seed in args.seeds:
-        for budget in BUDGETS:
+        for budget in args.budgets or BUDGETS:
             for label, searcher in searchers(args.evaluations).items():
                 if label in FIRST_SEED_ONLY and seed != args.seeds[0] or label not in wanted:
                     continue
@@ -228,6 +228,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--searchers", nargs="+", help="run only these labels (e.g. random ddpg at 400)")
+    parser.add_argument("--budgets", type=float, nargs="+", help=f"a subset of {BUDGETS}")
     parser.add_argument("--report", action="store_true", help="only rewrite the tables from the runs on disk")
     args = parser.parse_args()
     ensure_checkpoint(TASK)
