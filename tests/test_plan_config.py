@@ -92,7 +92,7 @@ def test_renamed_searcher_option_only_where_the_new_one_exists():
     with pytest.raises(ConfigError, match="^searcher.fill_budget was renamed to searcher.scale_to_budget"):
         SensitivitySearcher.parse_options({"fill_budget": False})
     assert SensitivitySearcher.parse_options({"scale_to_budget": False}).scale_to_budget is False
-    assert DdpgSearcher.parse_options({"fill_budget": True}).fill_budget is True  # the env's option, kept
+    assert DdpgSearcher.parse_options({"fill_budget": True, "action_wall": True}).fill_budget is True  # kept
     with pytest.raises(ConfigError, match="^searcher.fill_budget is an option of ddpg, not random"):
         RandomSearcher.parse_options({"fill_budget": True})
 
