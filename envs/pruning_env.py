@@ -254,25 +254,13 @@ class ChannelPruningEnv(gym.Env):
         meets the budget (bisection on the factor; cost grows with it), then raise single counts,
         last unit first, while the budget allows. Never shrinks a count; the result meets the budget
         (given ``counts`` that do) and no unit of it can grow by one candidate count."""
-        units = self.graph.units
-        ratios = np.array([c / u.out_channels for c, u in zip(counts, units, strict=True)], dtype=np.float64)
-
-        def scaled(f: float) -> list[int]:
-            r = np.clip(ratios * f, self.min_ratio, self.max_ratio)
-            return [max(int(c), resolve_count(float(x), u.out_channels, self.round_to))
-                    for x, c, u in zip(r, counts, units, strict=True)]
-
+        ratios = self._ratios_of(counts)
         lo, hi = 1.0, self.max_ratio / max(float(ratios.min()), 1e-6)
-        if hi > lo and self.budget.fits(scaled(hi)):
+        if hi > lo and self.budget.fits(self._scaled(ratios, hi, counts)):
             lo = hi
         elif hi > lo:
-            for _ in range(iters):
-                mid = (lo + hi) / 2
-                if self.budget.fits(scaled(mid)):
-                    lo = mid
-                else:
-                    hi = mid
-        best = scaled(lo)
+            lo = self._largest_factor(ratios, lo, hi, iters, counts)
+        best = self._scaled(ratios, lo, counts)
         if not self.budget.fits(best):
             best = list(counts)
         # rounding leaves a remainder no uniform factor can use: last unit first, raise each count to
@@ -295,21 +283,29 @@ class ChannelPruningEnv(gym.Env):
         constructor checked is reachable)."""
         if self.budget.fits(list(counts)):
             return self.repair(counts, iters)
-        units = self.graph.units
-        ratios = np.array([c / u.out_channels for c, u in zip(counts, units, strict=True)], dtype=np.float64)
+        ratios = self._ratios_of(counts)
+        return self.repair(self._scaled(ratios, self._largest_factor(ratios, 0.0, 1.0, iters)), iters)
 
-        def scaled(f: float) -> list[int]:
-            r = np.clip(ratios * f, self.min_ratio, self.max_ratio)
-            return [resolve_count(float(x), u.out_channels, self.round_to) for x, u in zip(r, units, strict=True)]
+    def _ratios_of(self, counts: Sequence[int]) -> np.ndarray:
+        return np.array([c / u.out_channels for c, u in zip(counts, self.graph.units, strict=True)], dtype=np.float64)
 
-        lo, hi = 0.0, 1.0
+    def _scaled(self, ratios: np.ndarray, factor: float, floor: Sequence[int] | None = None) -> list[int]:
+        """The counts of ``ratios * factor``, clipped to the ratio range and rounded (never below
+        ``floor`` when given)."""
+        r = np.clip(ratios * factor, self.min_ratio, self.max_ratio)
+        counts = [resolve_count(float(x), u.out_channels, self.round_to) for x, u in zip(r, self.graph.units, strict=True)]
+        return counts if floor is None else [max(int(f), c) for f, c in zip(floor, counts, strict=True)]
+
+    def _largest_factor(self, ratios: np.ndarray, lo: float, hi: float, iters: int,
+                        floor: Sequence[int] | None = None) -> float:
+        """Bisection for the largest factor in [lo, hi] whose scaled plan meets the budget (``lo`` fits)."""
         for _ in range(iters):
             mid = (lo + hi) / 2
-            if self.budget.fits(scaled(mid)):
+            if self.budget.fits(self._scaled(ratios, mid, floor)):
                 lo = mid
             else:
                 hi = mid
-        return self.repair(scaled(lo), iters)
+        return lo
 
     def trajectory(self, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Observations (T + 1, 12: before each step, then the terminal one) and actions (T, 1)
