@@ -4,7 +4,7 @@ Nothing of DDPG is written here: the agent is SB3's ``DDPG``, extended only thro
 
 - :class:`TruncatedNormalNoise` (an SB3 ``ActionNoise``): AMC's exploration, a truncated normal
   around the actor's action inside the action bounds; sigma decays x``sigma_decay`` per episode
-  after the warm-up. Warm-up episodes use SB3's random actions (``learning_starts``).
+  after the warm-up, down to ``sigma_min``. Warm-up episodes use SB3's random actions (``learning_starts``).
 - :class:`AMCEpisodes` (an SB3 ``BaseCallback``): at ``_on_rollout_end`` (after the episode's
   last transition is stored, before training) it scores the finished plans in one
   ``evaluate_many`` call, writes each episode's final reward minus a moving-average baseline
@@ -148,6 +148,9 @@ class DdpgSearcher(Searcher):
         """Exploration noise of the truncated normal, relative to the action range scaled to [0, 1]."""
         sigma_decay: float = 0.95
         """Sigma is multiplied by this once per episode after the warm-up."""
+        sigma_min: float = 0.05
+        """Floor of the decayed sigma (``preset: amc``: 0, none). With a floor the late episodes keep
+        searching around the actor's plan instead of replaying it."""
         hidden: list[int] = field(default_factory=lambda: [300, 300])
         """Hidden layer sizes of both actor and critic MLPs."""
         actor_lr: float = 1e-4
@@ -177,8 +180,10 @@ class DdpgSearcher(Searcher):
             for name in ("episodes", "batch_size", "replay_episodes", "parallel_episodes", "checkpoint_every",
                          "actor_lr", "critic_lr", "tau"):
                 positive(name, getattr(self, name))
-            for name in ("warmup", "sigma"):
+            for name in ("warmup", "sigma", "sigma_min"):
                 positive(name, getattr(self, name), allow_zero=True)
+            if self.sigma_min > self.sigma:
+                raise ConfigError(f"searcher.sigma_min ({self.sigma_min}) must not exceed searcher.sigma ({self.sigma})")
             if not 0 < self.sigma_decay <= 1 or not 0 <= self.baseline_decay < 1 or not 0 <= self.gamma <= 1:
                 raise ConfigError("searcher.sigma_decay must be in (0, 1], baseline_decay in [0, 1), gamma in [0, 1]")
             if not self.hidden or any(h < 1 for h in self.hidden):
@@ -374,7 +379,8 @@ class AMCEpisodes(BaseCallback):
 
     def sigma(self, episode: int) -> float:
         """Noise sigma of ``episode`` in the options' units (action range scaled to [0, 1])."""
-        return self.opts.sigma * self.opts.sigma_decay ** max(0, episode - self.opts.warmup)
+        decayed = self.opts.sigma * self.opts.sigma_decay ** max(0, episode - self.opts.warmup)
+        return max(decayed, self.opts.sigma_min)
 
     def _on_rollout_start(self) -> None:
         if self.due:  # after the previous rollout's gradient steps: the agent is up to date

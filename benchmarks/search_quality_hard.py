@@ -72,9 +72,10 @@ FIRST_SEED_ONLY = ("ddpg_amc", "netadapt")
 NetAdapt (the greedy searcher for the comparison report; it sets its own evaluation count)."""
 NO_RERANK = ("uniform", "netadapt")
 """One plan (uniform), or scores taken after short-term fine-tuning already (NetAdapt's proposals)."""
-EXTRA = ("ddpg_wall",)
-"""Labels reported when their run dirs exist but no longer run: ``ddpg_wall`` is the previous default
-(AMC's wall plus the end-of-episode repair), kept for seed 0 at 15% as the evidence for the change."""
+EXTRA = ("ddpg_wall", "ddpg_nofloor")
+"""Labels reported when their run dirs exist but no longer run: ``ddpg_wall`` is an earlier default
+(AMC's wall plus the end-of-episode repair), kept for seed 0 at 15% as the evidence for the change;
+``ddpg_nofloor`` is the default before ``sigma_min`` (sigma decayed to ~0 after the warm-up)."""
 
 
 def runs_dir(evaluations: int) -> Path:

@@ -1,16 +1,18 @@
-"""Speed-up per runtime: measured latency of pruned ResNet-20s vs the unpruned model.
+"""Speed-up per runtime: measured latency of pruned models vs the unpruned model.
 
 Runtimes: ``torch`` (eager), ``torch-folded`` (eager with BatchNorm folded into the convs, as
-``autoprune export --fold-bn`` writes it) and ``onnxruntime`` (CPU, which folds BatchNorm itself).
-Every model is timed interleaved with the unpruned model in the same runtime
-(``autoprune.latency.timing.time_against_base``: 1 thread, the timing thread's CPU time, fastest
-sample per pass, median ratio over passes), at batch 1 and 32. Reported: speed-up and speed-up x
-kept FLOPs (1.0 = latency fell exactly as much as FLOPs).
+``autoprune export --fold-bn`` writes it), ``onnxruntime`` and ``openvino`` (CPU; both fold
+BatchNorm themselves). Models: ResNet-20 (16-64 channels, the model of the comparison below) and
+the wider VGG-small (32-256 channels). Every model is timed interleaved with the unpruned model in
+the same runtime (``autoprune.latency.timing.time_against_base``: 1 thread, the timing thread's
+CPU time, fastest sample per pass, median ratio over passes), at batch 1 and 32. Reported:
+speed-up and speed-up x kept FLOPs (1.0 = latency fell exactly as much as FLOPs).
 
 Plans (latency depends on channel counts only, so no training is needed for these): at 50% and
-25% of the FLOPs, ``uniform`` (every unit kept at the same ratio), the same with every count a
-multiple of 8 (``pruning.round_to: 8``), and two ``random`` shapes (seeded random ratios scaled to
-the budget, as the random searcher draws them).
+25% of the FLOPs, ``uniform`` (every unit kept at the same ratio) and two ``random`` shapes
+(seeded random ratios scaled to the budget, as the random searcher draws them), each with any
+counts and with every count a multiple of 8 (``pruning.round_to: 8``), and uniform with multiples
+of 16.
 
 Latency budget vs FLOPs budget at equal FLOPs, per runtime: a searcher (``--searcher``: ``netadapt``,
 the greedy search built for latency, by default; or ``random`` with ``--evaluations`` plans) under
@@ -49,25 +51,29 @@ SHAPE = (3, 32, 32)
 LATENCY_BUDGET = 0.5
 """The latency budget of the latency-vs-FLOPs comparison: a fraction of the unpruned model's latency."""
 BATCHES = (1, 32)
-FORMS = {"torch": "torch", "torch-folded": "torch", "onnxruntime": "onnxruntime"}
+FORMS = {"torch": "torch", "torch-folded": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 """Timed form -> the runtime its sessions run in."""
+MODEL_NOTES = {"resnet20": "16-64 channels", "vgg_small": "32-256 channels"}
+"""The models timed (random weights: latency depends on the shapes only) and their widths."""
 
 
 def flops_plans(graph) -> list[dict]:
-    """Uniform and two random shapes at 50% and 25% of the FLOPs, and uniform with every count a
-    multiple of 8 or 16 (``pruning.round_to``: the channel blocks fast kernels want; 16 fp32 lanes
-    is one AVX-512 register)."""
+    """Uniform and two random shapes at 50% and 25% of the FLOPs, each with any counts and with every
+    count a multiple of 8 (``pruning.round_to: 8``: the channel blocks fast kernels want), and uniform
+    with multiples of 16 (16 fp32 lanes is one AVX-512 register)."""
     out = []
     for fraction in (0.5, 0.25):
         shapes = {"uniform": (np.ones(len(graph)), 1), "uniform, round_to 8": (np.ones(len(graph)), 8),
                   "uniform, round_to 16": (np.ones(len(graph)), 16)}
-        shapes |= {f"random{s}": (np.random.default_rng(s).uniform(0.2, 1.0, len(graph)), 1) for s in (1, 2)}
+        for s in (1, 2):
+            ratios = np.random.default_rng(s).uniform(0.2, 1.0, len(graph))
+            shapes |= {f"random{s}": (ratios, 1), f"random{s}, round_to 8": (ratios, 8)}
         for label, (ratios, round_to) in shapes.items():
             ctx = SearchContext(graph=graph, evaluator=None, budget=make_budget(graph, "flops", fraction), costs={},
                                 pruning=PruningConfig(round_to=round_to))
             counts = ctx.counts(ctx.fit_to_budget(ratios))
             if ctx.budget.fits(counts):  # round_to 16 cannot reach 25% of ResNet-20 (16-channel stage)
-                out.append({"budget": f"flops{fraction}", "plan": label, "counts": counts})
+                out.append({"budget": f"flops{fraction}", "plan": label, "round_to": round_to, "counts": counts})
     return out
 
 
@@ -156,39 +162,62 @@ def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, s
 
 
 def tables(rows, base_ms, forms, comparisons, profiled=()) -> str:
-    out = [", ".join(f"base {k.replace('_b', ' batch ')}: {v:.2f} ms" for k, v in base_ms.items()), ""]
-    if profiled:
-        out += ["Profile, eager torch, batch 32, 1 thread (`torch.profiler`): the convolutions' share of the "
-                "time and their throughput (2 x MACs / conv kernel time):", "",
-                "| plan | kept FLOPs | conv share | conv GFLOP/s | ms (under the profiler) |", "|---|---|---|---|---|"]
-        out += [f"| {p['plan']} | {p['flops_kept']:.3f} | {100 * p['conv_share']:.0f}% | {p['conv_gflops']:.1f} | "
-                f"{p['ms']:.2f} |" for p in profiled]
-        out.append("")
-    for form in forms:
-        out += [f"**{form}**", "",
-                "| budget | plan | kept FLOPs | ms b1 | speed-up b1 | x kept FLOPs | ms b32 | speed-up b32 | x kept FLOPs |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        out += [f"| {r['budget']} | {r['plan']} | {r['flops_kept']:.3f} | "
-                + " | ".join(f"{r[f'{form}_ms_b{b}']:.2f} | {r[f'{form}_speedup_b{b}']:.2f} | "
-                             f"{r[f'{form}_efficiency_b{b}']:.2f}" for b in BATCHES) + " |" for r in rows]
-        out.append("")
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        out += [f"### {model} ({MODEL_NOTES.get(model, '')})", "",
+                ", ".join(f"base {k.replace('_b', ' batch ')}: {v:.2f} ms" for k, v in base_ms[model].items()), ""]
+        prof = [p for p in profiled if p["model"] == model]
+        if prof:
+            out += ["Profile, eager torch, batch 32, 1 thread (`torch.profiler`): the convolutions' share of the "
+                    "time and their throughput (2 x MACs / conv kernel time):", "",
+                    "| plan | kept FLOPs | conv share | conv GFLOP/s | ms (under the profiler) |", "|---|---|---|---|---|"]
+            out += [f"| {p['plan']} | {p['flops_kept']:.3f} | {100 * p['conv_share']:.0f}% | {p['conv_gflops']:.1f} | "
+                    f"{p['ms']:.2f} |" for p in prof]
+            out.append("")
+        for form in forms:
+            out += [f"**{model}, {form}**", "",
+                    "| budget | plan | kept FLOPs | ms b1 | speed-up b1 | x kept FLOPs | ms b32 | speed-up b32 | "
+                    "x kept FLOPs |", "|---|---|---|---|---|---|---|---|---|"]
+            out += [f"| {r['budget']} | {r['plan']} | {r['flops_kept']:.3f} | "
+                    + " | ".join(f"{r[f'{form}_ms_b{b}']:.2f} | {r[f'{form}_speedup_b{b}']:.2f} | "
+                                 f"{r[f'{form}_efficiency_b{b}']:.2f}" for b in BATCHES) + " |"
+                    for r in rows if r["model"] == model]
+            out.append("")
     if comparisons:
-        out += [f"Latency budget ({LATENCY_BUDGET}, the runtime's LUT) vs FLOPs budget at the same FLOPs, "
+        out += [f"Latency budget ({LATENCY_BUDGET}, the runtime's LUT) vs FLOPs budget at the same FLOPs, resnet20, "
                 f"{comparisons[0].get('searcher', 'random')} searcher, batch 1:", "",
                 "| runtime | round_to | latency plan: kept FLOPs | LUT-predicted latency | measured latency | "
                 "FLOPs plan: kept FLOPs | measured latency |", "|---|---|---|---|---|---|---|"]
-        out += [f"| {c['runtime']} | {c['round_to']} | {c['latency_plan']['flops_kept']:.3f} | {c['latency_plan']['lut_predicted']:.3f} | "
-                f"{c['latency_plan']['relative']:.3f} | {c['flops_plan']['flops_kept']:.3f} | "
-                f"{c['flops_plan']['relative']:.3f} |" for c in comparisons]
+        out += [f"| {c['runtime']} | {c['round_to']} | {c['latency_plan']['flops_kept']:.3f} | "
+                f"{c['latency_plan']['lut_predicted']:.3f} | {c['latency_plan']['relative']:.3f} | "
+                f"{c['flops_plan']['flops_kept']:.3f} | {c['flops_plan']['relative']:.3f} |" for c in comparisons]
         out += ["", "(latencies as fractions of the unpruned model, timed interleaved with it)"]
     return "\n".join(out)
 
 
+def efficiency_targets(rows: list[dict], forms: list[str]) -> list[dict]:
+    """Per model: the worst speed-up x kept FLOPs at batch 32 over every plan, and over the plans
+    whose counts are multiples of 8 or 16 (what a search for these runtimes should be run with)."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for which, keep in (("every FLOPs-budget plan", lambda r: True),
+                            ("every plan with round_to 8 or 16", lambda r: r["round_to"] > 1)):
+            picked = [r for r in rows if r["model"] == model and keep(r)]
+            worst = {f: round(min(r[f"{f}_efficiency_b32"] for r in picked), 2) for f in forms}
+            out.append(target(f"{model}: speed-up x kept FLOPs at batch 32, {which} (worst), in at least one runtime",
+                              ">= 0.85", worst, max(worst.values()) >= 0.85))
+        mine = [r for r in rows if r["model"] == model]
+        out.append(target(f"{model}: speed-up x kept FLOPs at batch 1, every plan (worst; informative)", "-",
+                          {f: round(min(r[f"{f}_efficiency_b1"] for r in mine), 2) for f in forms}, True))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NOTES))
     parser.add_argument("--forms", default=",".join(FORMS))
     parser.add_argument("--searcher", choices=sorted(SEARCHERS), default="netadapt",
-                        help="the searcher of the latency-vs-FLOPs comparison")
+                        help="the searcher of the latency-vs-FLOPs comparison (resnet20)")
     parser.add_argument("--evaluations", type=int, default=16,
                         help="random: plans per search; 0 skips the latency-vs-FLOPs comparison")
     parser.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
@@ -197,24 +226,23 @@ def main() -> None:
     tune_allocator()
     started = time.perf_counter()
     forms = args.forms.split(",")
-    base = build_model("resnet20", in_channels=3, num_classes=10).eval()
-    graph = build_unit_graph(base, SHAPE)
-    rows = flops_plans(graph)
-    base_ms = time_forms(base, graph, rows, forms)
-    profiled = profile_ops(base, graph, rows) if "torch" in forms else []
+    rows, base_ms, profiled = [], {}, []
+    for name in args.models:
+        base = build_model(name, in_channels=3, num_classes=10).eval()
+        graph = build_unit_graph(base, SHAPE)
+        mine = [{"model": name, **r} for r in flops_plans(graph)]
+        base_ms[name] = time_forms(base, graph, mine, forms)
+        if "torch" in forms:
+            profiled += [{"model": name, **p} for p in profile_ops(base, graph, mine)]
+        rows += mine
+        print(f"timed {name}", flush=True)
     comparisons = []
     if args.evaluations > 0:
         ensure_checkpoint()
+        graph = build_unit_graph(build_model("resnet20", in_channels=3, num_classes=10), SHAPE)
         comparisons = [latency_vs_flops(rt, args.evaluations, graph, r, args.searcher)
                        for rt in dict.fromkeys(FORMS[f] for f in forms) for r in args.round_to]
-    targets = []
-    worst = {f: min(r[f"{f}_efficiency_b32"] for r in rows) for f in forms}
-    targets.append(target("speed-up x kept FLOPs at batch 32, every FLOPs-budget plan (worst), in at least one runtime",
-                          ">= 0.85", {f: round(v, 2) for f, v in worst.items()}, max(worst.values()) >= 0.85))
-    best = {f: round(max(r[f"{f}_efficiency_b32"] for r in rows), 2) for f in forms}
-    targets.append(target("speed-up x kept FLOPs at batch 32, best FLOPs-budget plan (informative)", "-", best, True))
-    b1 = {f: round(min(r[f"{f}_efficiency_b1"] for r in rows), 2) for f in forms}
-    targets.append(target("speed-up x kept FLOPs at batch 1 (worst; informative)", "-", b1, True))
+    targets = efficiency_targets(rows, forms)
     for c in comparisons:
         lat, flo = c["latency_plan"], c["flops_plan"]
         targets.append(target(f"{c['runtime']}, round_to {c['round_to']}: latency-budget plan faster than the "
@@ -231,8 +259,9 @@ def main() -> None:
     write_results("speedup", tables(rows, base_ms, forms, comparisons, profiled) + note,
                   {"base_ms": base_ms, "rows": rows, "latency_vs_flops": comparisons, "profile": profiled,
                    "minutes": minutes}, targets,
-                  f"python -m benchmarks.speedup --forms {args.forms} --searcher {args.searcher} "
-                  f"--evaluations {args.evaluations} --round-to {' '.join(map(str, args.round_to))}")
+                  f"python -m benchmarks.speedup --models {' '.join(args.models)} --forms {args.forms} "
+                  f"--searcher {args.searcher} --evaluations {args.evaluations} "
+                  f"--round-to {' '.join(map(str, args.round_to))}")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ def test_options_are_parsed_strictly():
         [300, 300], 1e-4, 1e-3, 0.01, 1.0, 64)
     bad = [({"episode": 3}, "did you mean"), ({"episodes": 5, "parallel_episodes": 2}, "multiples"),
            ({"sigma_decay": 1.5}, "sigma_decay"), ({"hidden": []}, "hidden"),
+           ({"sigma": 0.1, "sigma_min": 0.2}, "sigma_min"), ({"sigma_min": -0.1}, "sigma_min"),
            ({"reward": "blend", "reward_kwargs": {"wieght": 1}}, "reward_kwargs"), ({"episodes": 0}, "episodes")]
     for raw, message in bad:
         with pytest.raises(ConfigError, match=message):
@@ -99,6 +100,13 @@ def test_tensorboard_option_needs_the_package():
             DdpgSearcher.parse_options({"tensorboard": True})
     else:
         assert DdpgSearcher.parse_options({"tensorboard": True}).tensorboard
+
+
+def test_sigma_decays_after_the_warm_up_down_to_its_floor(tiny_session, tmp_path):
+    ctx = make_ctx(tiny_session, tmp_path / "run")
+    run(ctx, replay_episodes=10, sigma_decay=0.5, sigma_min=0.1)
+    df = read_trials(tmp_path / "run" / "trials.parquet")
+    assert np.allclose(df["sigma"], [0.5, 0.5, 0.5, 0.25, 0.125, 0.1])  # warm-up 2, then x0.5, floored at 0.1
 
 
 def test_truncated_normal_noise_keeps_actions_in_bounds():
@@ -178,9 +186,11 @@ OLD_DEFAULTS = {"episodes": 400, "warmup": 100, "warmup_sampling": "actions", "f
 
 def test_presets_amc_reproduces_the_old_defaults_and_autoprune_adds_the_repair():
     amc = dataclasses.asdict(DdpgSearcher.parse_options({"preset": "amc"}))
-    assert amc == {**OLD_DEFAULTS, "preset": "amc", "repair_budget": False, "action_wall": True}
+    assert amc == {**OLD_DEFAULTS, "preset": "amc", "repair_budget": False, "action_wall": True,
+                   "sigma_min": 0.0}
     default = dataclasses.asdict(DdpgSearcher.parse_options({}))
-    assert default == {**OLD_DEFAULTS, "preset": "autoprune", "repair_budget": True, "action_wall": False}
+    assert default == {**OLD_DEFAULTS, "preset": "autoprune", "repair_budget": True, "action_wall": False,
+                       "sigma_min": 0.05}
     assert dataclasses.asdict(DdpgSearcher.Options()) == default  # field defaults are the autoprune preset
     with pytest.raises(ConfigError, match="preset"):
         DdpgSearcher.parse_options({"preset": "amc2"})

@@ -433,25 +433,38 @@ def test_measured_latency_budget_prices_fractions_that_do_not_move_with_the_mach
 # -------------------------------------------------------------------------------------- runtimes
 
 
-def test_onnxruntime_runtime_runs_the_model_and_times_it():
-    pytest.importorskip("onnxruntime")
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_exported_runtimes_run_the_model_and_time_it(runtime):
+    pytest.importorskip(runtime)
     from autoprune.latency.runtimes import get_runtime
     from autoprune.latency.timing import time_against_base
 
     model = TinyResidual().eval()
     x = torch.randn(2, *SHAPE)
-    session = get_runtime("onnxruntime").prepare(model, x)
+    session = get_runtime(runtime).prepare(model, x)
     with torch.no_grad():
-        np.testing.assert_allclose(session()[0], model(x).numpy(), atol=1e-5)
-    stats = measure_latency(model, SHAPE, repeats=3, warmup=1, runtime="onnxruntime", clock="cpu")
-    assert stats.median_ms > 0 and stats.runtime == "onnxruntime"
+        out = session()
+        np.testing.assert_allclose(out[0] if isinstance(out, list) else out, model(x).numpy(), atol=1e-5)
+    stats = measure_latency(model, SHAPE, repeats=3, warmup=1, runtime=runtime, clock="cpu")
+    assert stats.median_ms > 0 and stats.runtime == runtime
     graph = build_unit_graph(model, SHAPE)
     from autoprune.core.plan import PruningPlan
     from autoprune.core.prune import apply_plan
 
     small = apply_plan(model, graph, PruningPlan.from_counts(graph, [1, 1, 1]))
-    t = time_against_base(model, [small], SHAPE, repeats=3, rounds=2, runtime="onnxruntime", clock="cpu")
+    t = time_against_base(model, [small], SHAPE, repeats=3, rounds=2, runtime=runtime, clock="cpu")
     assert t.ms[0] > 0 and 0 < t.relative[0] < 1.5
+
+
+def test_openvino_runtime_says_what_to_install_when_missing(monkeypatch):
+    import importlib.util
+
+    from autoprune.latency.runtimes import get_runtime
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    with pytest.raises(AutopruneError, match=r"runtime 'openvino' needs the openvino package: pip install"):
+        get_runtime("openvino")
 
 
 def test_unknown_runtime_and_cuda_with_the_cpu_clock_are_one_line_errors():
@@ -591,6 +604,21 @@ def test_cuda_timer_synchronises_around_event_timing(monkeypatch):
     assert ms == 4.0
     assert log == ["new start", "new end", "synchronize cuda:0", "record start on stream", "run", "run", "run",
                    "record end on stream", "wait end"]
+
+
+def test_build_lut_in_openvino_records_its_runtime_and_a_budget_for_another_refuses_it(graph, tmp_path):
+    pytest.importorskip("openvino")
+    import openvino
+
+    lut = build_lut(graph.model, SHAPE, step=8, repeats=3, calibration_plans=2, progress=False, runtime="openvino")
+    h = lut.header
+    assert h["runtime"] == "openvino" and h["runtime_version"] == openvino.__version__.split("-")[0]
+    assert h["fine"] is True and h["threads"] == 1 and h["batch"] == 1
+    path = tmp_path / "ov.json"
+    path.write_text(lut.to_json())
+    assert 0 < make_budget(graph, "latency", 0.6, lut=str(path), runtime="openvino").cost.fraction([4, 4]) < 1
+    with pytest.raises(AutopruneError, match="built for runtime 'openvino', the budget asks for 'onnxruntime'"):
+        make_budget(graph, "latency", 0.6, lut=str(path), runtime="onnxruntime")
 
 
 def test_build_lut_in_onnxruntime_records_the_runtime_and_fine_curves(graph):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
 
@@ -61,7 +62,7 @@ def test_timing_script_needs_only_onnxruntime_numpy_and_the_standard_library(pro
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"argparse", "json", "os", "platform", "time", "numpy", "onnxruntime"}
+    assert imported <= {"argparse", "json", "os", "platform", "time", "numpy", "onnxruntime", "openvino"}
     timings = json.loads((probed / "timings.json").read_text())
     assert timings["device"] == "board-ort" and timings["runtime"] == "onnxruntime"
     assert all(ms > 0 and rel > 0 for ms, rel in timings["probes"].values())
@@ -91,6 +92,22 @@ def test_import_reads_the_timings_back_into_a_lut_that_prices_plans(probed, tmp_
 
     budget = make_budget(graph, "latency", 0.7, device="board-ort", runtime="onnxruntime", luts=str(budget_lut))
     assert budget.target == pytest.approx(0.7 * cost.base)
+
+
+def test_the_script_times_in_openvino_and_the_import_records_that_runtime(probed, tmp_path):
+    ov = pytest.importorskip("openvino")
+    out = tmp_path / "ov_timings.json"
+    done = run_script(probed, "--runtime", "openvino", "--device-name", "board-ov", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    timings = json.loads(out.read_text())
+    assert timings["runtime"] == "openvino" and timings["runtime_version"] == ov.__version__.split("-")[0]
+    assert all(ms > 0 and rel > 0 for ms, rel in timings["probes"].values())
+    folder = tmp_path / "ov_probes"
+    shutil.copytree(probed, folder)
+    (folder / "timings.json").write_text(out.read_text())
+    assert main(["lut", "import", str(folder), "--out", str(tmp_path / "ov.json")]) == 0
+    lut = load_lut(tmp_path / "ov.json", build_unit_graph(TinyResidual().eval(), SHAPE))
+    assert (lut.header["runtime"], lut.header["device"]) == ("openvino", "board-ov")
 
 
 def test_import_without_timings_or_with_missing_probes_is_a_one_line_error(probed, tmp_path):

@@ -2,7 +2,7 @@
 (see :mod:`autoprune.pipeline.lut`).
 
 Timing runs in this process, on ``--threads`` threads (1 by default: on a small CPU two threads
-do not repeat within 10%), in ``--runtime`` (``torch`` eager or ``onnxruntime``). For
+do not repeat within 10%), in ``--runtime`` (``torch`` eager, ``onnxruntime`` or ``openvino``). For
 multi-threaded torch tables start the command with ``OMP_WAIT_POLICY=ACTIVE`` in the environment
 (read when torch is imported). The allocator is tuned in-process (see
 :func:`autoprune.latency.timing.tune_allocator`).
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from autoprune.errors import AutopruneError
 
-RUNTIME_HELP = "runtime to time in: torch (eager, default) or onnxruntime (CPU, exported to ONNX)"
+RUNTIME_HELP = ("runtime to time in: torch (eager, default), onnxruntime or openvino (CPU; both run the model "
+                "exported to ONNX)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,7 +84,7 @@ def _shape_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration plans")
     p.add_argument("--fine", action=argparse.BooleanOptionalAction, default=None,
                    help="time each axis at every width too (the fine curves): needed where kernels favour "
-                        "multiples of 4 or 16 (default: on for onnxruntime and CUDA, off for torch on the CPU)")
+                        "multiples of 4 or 16 (default: on for onnxruntime, openvino and CUDA, off for torch on the CPU)")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -162,7 +163,8 @@ def cmd_probes(args: argparse.Namespace) -> int:
     m = probes_dir(args.model, shape, args.out, model_kwargs(args), args.num_classes, batch=args.batch,
                    step=args.step, calibration_plans=args.calibration_plans, seed=args.seed, fine=args.fine is not False)
     print(f"wrote {len(m['probes'])} layer probes, the reference probe, the model and {len(m['calibration'])} "
-          f"calibration plans to {args.out}; on the device run: python time_probes.py (onnxruntime + numpy), "
+          f"calibration plans to {args.out}; on the device run: python time_probes.py (numpy + onnxruntime, or "
+          f"--runtime openvino), "
           f"copy timings.json back, then: autoprune lut import {args.out} --out LUT.json")
     return 0
 

@@ -139,7 +139,7 @@ class BudgetConfig:
     """Latency lookup table (JSON) for latency budgets; without it (and without ``device``) latency is
     measured on this machine."""
     runtime: str | None = None
-    """Latency budgets: the runtime latency is for (``torch``, ``onnxruntime``): the LUT must be built
+    """Latency budgets: the runtime latency is for (``torch``, ``onnxruntime``, ``openvino``): the LUT must be built
     for it, or plans are measured in it (default: the LUT's runtime, or ``torch`` when measured)."""
     device: str | None = None
     """Latency budgets: the device name the LUT must be built for; without ``lut``, that device's LUT

@@ -171,11 +171,11 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
         prediction (0: plain sum + remainder).
     :param clock: ``"wall"`` or ``"cpu"`` (see :mod:`autoprune.latency.timing`); stored in the header.
     :param model_name: stored in the header as ``model`` (informative; the signature pins the model).
-    :param runtime: ``"torch"`` (default) or ``"onnxruntime"`` (or a runtime object).
+    :param runtime: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` (or a runtime object).
     :param fine: also time each axis of every module at every width (the other axis full): the
         fine curves that correct the grid between its points (ONNX Runtime's kernels are much
         slower at widths that are not multiples of 4 or 16, a step no coarse grid can see).
-        Default: when the runtime says its kernels are stepped there (onnxruntime; torch on CUDA).
+        Default: when the runtime says its kernels are stepped there (onnxruntime, openvino; torch on CUDA).
     """
     check_threads(threads)
     clock_fn(clock, threads)

@@ -1,10 +1,12 @@
 # ruff: noqa: B905  (runs on Python < 3.10 too: no zip(strict=...))
-"""Time the probe models of a LUT build with ONNX Runtime and write timings.json.
+"""Time the probe models of a LUT build with ONNX Runtime or OpenVINO and write timings.json.
 
-Standalone: needs only Python 3.8+, numpy and onnxruntime (no autoprune, no torch), so it runs on
-the target device. ``autoprune lut probes`` copies it next to the probes as ``time_probes.py``::
+Standalone: needs only Python 3.8+, numpy and the runtime's package (``onnxruntime``, or
+``openvino`` with ``--runtime openvino``; no autoprune, no torch), so it runs on the target
+device. ``autoprune lut probes`` copies it next to the probes as ``time_probes.py``::
 
-    python time_probes.py [DIR] [--threads 1] [--rounds 5] [--samples 3] [--device-name NAME]
+    python time_probes.py [DIR] [--runtime onnxruntime|openvino] [--threads 1] [--rounds 5]
+                          [--samples 3] [--device-name NAME]
 
 Every layer probe is timed interleaved with the reference probe, the unpruned model with the
 reference probe, and every calibration plan with the unpruned model: in each pass the reference is
@@ -21,10 +23,24 @@ import platform
 import time
 
 import numpy as np
-import onnxruntime as ort
 
 
-def session(path, threads):
+def runtime_version(runtime):
+    if runtime == "openvino":
+        import openvino
+
+        return str(openvino.__version__).split("-")[0]
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def session(path, threads, runtime="onnxruntime"):
+    """A zero-argument callable running the ONNX file at ``path`` on a fixed random input."""
+    if runtime == "openvino":
+        return openvino_session(path, threads)
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -35,6 +51,21 @@ def session(path, threads):
     x = np.random.default_rng(0).standard_normal([int(d) for d in inp.shape]).astype(np.float32)
     feed = {inp.name: x}
     return lambda: sess.run(None, feed)
+
+
+def openvino_session(path, threads):
+    """OpenVINO's CPU plugin: ``threads`` threads, one stream, latency hint, float32 (as autoprune's
+    ``openvino`` runtime compiles it)."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    request = compiled.create_infer_request()
+    shape = [int(d) for d in compiled.input(0).get_shape()]
+    request.set_input_tensor(ov.Tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32)))
+    return request.infer
 
 
 def sample(fn, runs):
@@ -90,6 +121,7 @@ def device_name():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", nargs="?", default=os.path.dirname(os.path.abspath(__file__)))
+    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--samples", type=int, default=3)
@@ -103,23 +135,26 @@ def main():
     def path(name):
         return os.path.join(args.dir, name)
 
+    def session_of(name):
+        return session(path(name), args.threads, args.runtime)
+
     start = time.perf_counter()
-    ref = session(path(manifest["reference"]["file"]), args.threads)
+    ref = session_of(manifest["reference"]["file"])
     probes, ref_times = {}, []
     files = [p["file"] for p in manifest["probes"]]
     for i in range(0, len(files), args.block):
         chunk = files[i:i + args.block]
-        got, ref_now = interleaved(ref, [session(path(f), args.threads) for f in chunk], args.rounds, args.samples,
+        got, ref_now = interleaved(ref, [session_of(f) for f in chunk], args.rounds, args.samples,
                                    4, 0.5)
         probes.update(zip(chunk, got))
         ref_times.append(ref_now)
         print(f"probes: {min(i + args.block, len(files))}/{len(files)}", flush=True)
-    base = session(path(manifest["base"]["file"]), args.threads)
+    base = session_of(manifest["base"]["file"])
     (base_timing,), _ = interleaved(ref, [base], args.rounds, max(args.samples, 6), 1, 1.0)
     plans = [p["file"] for p in manifest["calibration"]]
-    got, base_ms = interleaved(base, [session(path(f), args.threads) for f in plans], args.rounds,
+    got, base_ms = interleaved(base, [session_of(f) for f in plans], args.rounds,
                                max(args.samples, 6), 2, 1.0) if plans else ([], base_timing[0])
-    out = {"schema": "autoprune.lut-timings/v1", "runtime": "onnxruntime", "runtime_version": ort.__version__,
+    out = {"schema": "autoprune.lut-timings/v1", "runtime": args.runtime, "runtime_version": runtime_version(args.runtime),
            "device": args.device_name or device_name(), "device_kind": "cpu", "threads": args.threads,
            "clock": "wall", "reference_ms": float(np.median(ref_times)) if ref_times else None,
            "probes": {f: list(t) for f, t in probes.items()},

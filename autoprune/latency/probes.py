@@ -8,7 +8,8 @@
 * ``base.onnx`` and ``calNN.onnx``: the unpruned model and the random pruned calibration plans;
 * ``manifest.json`` (schema ``autoprune.lut-probes/v1``): which probe is which grid point of which
   module, the calibration plans' kept widths, and the LUT header fields known here;
-* ``time_probes.py``: a standalone script (onnxruntime + numpy only,
+* ``time_probes.py``: a standalone script (numpy and onnxruntime, or openvino with ``--runtime
+  openvino``;
   :mod:`autoprune.latency.probe_timer`) that times every probe interleaved with the reference
   probe, the calibration plans interleaved with the unpruned model, and writes ``timings.json``.
 

@@ -1,4 +1,4 @@
-"""Runtimes that latency is measured in: ``torch`` (eager) and ``onnxruntime``.
+"""Runtimes that latency is measured in: ``torch`` (eager), ``onnxruntime`` and ``openvino``.
 
 A runtime turns a model and an example input into a :class:`Session`: a zero-argument callable
 that runs one forward pass on that input, and knows the device it runs on. Everything that times
@@ -11,6 +11,9 @@ and the speed-up benchmark measure the same thing in any runtime.
   (:func:`autoprune.latency.onnx_export.export_onnx`), run by an ``InferenceSession`` on the CPU
   execution provider with ``threads`` intra-op threads, 1 inter-op thread, sequential execution
   and every graph optimisation (BatchNorm is folded into the convs there).
+* ``openvino``: the same ONNX graph read by OpenVINO and compiled for its CPU plugin with
+  ``threads`` inference threads, one stream, the latency hint and float32 precision (no bf16/int8
+  down-casting, so the model timed is the model exported).
 
 Add a runtime with ``RUNTIMES.register("name", factory)``; a factory takes no arguments and
 returns an object with ``name``, ``version()`` and ``prepare(model, example, threads)`` (and
@@ -124,9 +127,56 @@ class OnnxRuntime:
         return True
 
 
+class OpenVinoSession:
+    """An OpenVINO compiled model's infer request with its input tensor set once."""
+
+    device = "cpu"
+
+    def __init__(self, onnx_bytes: bytes, example: torch.Tensor, threads: int = 1) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "f32"}
+        self.request = core.compile_model(core.read_model(onnx_bytes), "CPU", config).create_infer_request()
+        self.request.set_input_tensor(ov.Tensor(example.detach().cpu().numpy()))
+
+    def __call__(self) -> Any:
+        self.request.infer()
+        return self.request.get_output_tensor().data
+
+
+class OpenVinoRuntime:
+    """OpenVINO's CPU plugin on the exported ONNX graph (see the module docstring)."""
+
+    name = "openvino"
+
+    def __init__(self) -> None:
+        for package in ("onnx", "openvino"):
+            if importlib.util.find_spec(package) is None:
+                raise AutopruneError(f"runtime 'openvino' needs the {package} package: "
+                                     "pip install 'autoprune[onnx,openvino]' (onnx, openvino)")
+
+    def version(self) -> str:
+        import openvino
+
+        return str(openvino.__version__).split("-")[0]
+
+    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1) -> Session:
+        from autoprune.latency.onnx_export import export_onnx
+
+        return OpenVinoSession(export_onnx(model, example, dynamic_batch=False, fold_constants=False), example,
+                               threads)
+
+    def stepped(self, device: str) -> bool:
+        """The CPU plugin's convolutions work on channel blocks of 8 or 16 (blocked layouts)."""
+        return True
+
+
 RUNTIMES: Registry = Registry("runtime")
 RUNTIMES.register("torch", TorchRuntime)
 RUNTIMES.register("onnxruntime", OnnxRuntime)
+RUNTIMES.register("openvino", OpenVinoRuntime)
 
 
 def get_runtime(name: str | None) -> Runtime:

@@ -1,7 +1,7 @@
 """Measuring latency: sessions, clocks, and timing interleaved with a reference.
 
 What is timed is a *session* (:mod:`autoprune.latency.runtimes`): one forward pass of a model on a
-fixed input, in ``torch`` or ``onnxruntime``. A sample runs the session enough times to last at
+fixed input, in ``torch``, ``onnxruntime`` or ``openvino``. A sample runs the session enough times to last at
 least ``min_sample_ms`` and is timed with
 
 * ``clock="wall"``: ``time.perf_counter`` (end-to-end latency), or
@@ -263,7 +263,7 @@ def measure_latency(
     :param min_sample_ms: one sample runs the forward enough times to last at least this long.
     :param inputs: a ready input tensor (overrides ``batch``/``input_shape``).
     :param clock: ``"wall"`` (perf_counter) or ``"cpu"`` (thread CPU time; needs ``threads=1``).
-    :param runtime: ``"torch"`` (default), ``"onnxruntime"`` or a runtime object.
+    :param runtime: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` or a runtime object.
     """
     if repeats < 1 or batch < 1:
         raise AutopruneError(f"latency: repeats and batch must be >= 1 (got {repeats}, {batch})")
