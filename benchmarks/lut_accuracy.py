@@ -1,6 +1,6 @@
 """LUT accuracy per runtime: 50 random plans each for resnet20, resnet56, mobilenetv2_small.
 
-For each runtime (``torch`` eager, ``onnxruntime``) and model: build a LUT (batch 1, 1 thread, a
+For each runtime (``torch`` eager, ``onnxruntime``, ``openvino``) and model: build a LUT (batch 1, 1 thread, a
 step-8 grid for the ResNets and step 16 for MobileNetV2, plus the fine curves; every entry timed
 interleaved with the reference op; calibrated on 12 random variants timed against the unpruned
 model), then time 50 random pruned variants (a random stream separate from the calibration
@@ -10,7 +10,7 @@ within +-10%, median of ``--runs`` build+check runs. The ms predictions (which m
 machine's speed between build and check) are reported too, and so is a plain ``a * MACs + b``
 regression fitted on the same calibration plans (the baseline a LUT has to beat).
 
-    python -m benchmarks.lut_accuracy [--runtimes torch,onnxruntime] [--models ...] [--runs 3]
+    python -m benchmarks.lut_accuracy [--runtimes torch,onnxruntime,openvino] [--models ...] [--runs 3]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--mobilenet-step", type=int, default=16, help="grid step for mobilenetv2_small (wide layers)")
     parser.add_argument("--calibration-plans", type=int, default=12)
     parser.add_argument("--fine", choices=("auto", "on", "off"), default="auto",
-                        help="fine curves: auto = the runtime's default (on for onnxruntime, off for torch on a CPU)")
+                        help="fine curves: auto = the runtime's default (on for onnxruntime and openvino, off for torch on a CPU)")
     parser.add_argument("--runs", type=int, default=3, help="build + check this many times per model (seeds 0..)")
     parser.add_argument("--note", default="", help="a line for the results (e.g. how loaded the machine was)")
     parser.add_argument("--merge", action="store_true",

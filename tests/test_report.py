@@ -12,14 +12,13 @@ import yaml
 from conftest import tiny_config
 
 from autoprune.cli import main
+from autoprune.pipeline.efficiency import evaluations_to_reach, sample_efficiency
 from autoprune.pipeline.report import (
     aggregate,
-    evaluations_to_reach,
     load_runs,
     pareto_front,
     plot_ddpg_rewards,
     plot_netadapt,
-    sample_efficiency,
     write_report,
 )
 

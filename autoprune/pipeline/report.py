@@ -22,12 +22,12 @@ import pandas as pd  # noqa: E402
 
 from autoprune.atomic import atomic_write_text, atomic_write_with, read_json, read_trials  # noqa: E402
 from autoprune.errors import AutopruneError  # noqa: E402
+from autoprune.pipeline.efficiency import KEYS, sample_efficiency, search_trials  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 METRICS = ["flops_kept", "params_kept", "latency_kept", "val_acc_before_ft", "test_acc_after_ft",
            "evaluations", "wall_s"]
-KEYS = ["searcher", "budget"]
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -103,59 +103,6 @@ def load_trials(run_dirs: list[Path]) -> pd.DataFrame:
             frames.append(t.assign(run=d.name, budget=_budget_label(s.get("budget", {})), seed=s.get("seed"),
                                    searcher=names.where(names != s.get("searcher"), label)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def search_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """The searchers' own evaluations (re-ranking rows, scored after a fine-tune, left out)."""
-    if "stage" in trials:
-        return trials[trials["stage"].isna() | (trials["stage"] != "rerank")]
-    return trials
-
-
-def evaluations_to_reach(scores: np.ndarray, threshold: float) -> float:
-    """1-based count of evaluations after which the best-so-far first reaches ``threshold`` (NaN: never)."""
-    hits = np.flatnonzero(np.maximum.accumulate(scores) >= threshold - 1e-12) if len(scores) else []
-    return float(hits[0] + 1) if len(hits) else float("nan")
-
-
-def proxy_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """Rows scored by the proxy alone: no re-ranking rows, and no run whose rows were scored after a
-    short-term fine-tune (``finetune_steps`` > 0, or NetAdapt's ``iteration`` rows from before that
-    column was recorded): their accuracies are not comparable with a proxy score."""
-    t = search_trials(trials)
-    tuned = pd.Series(False, index=t.index)
-    if "finetune_steps" in t:
-        tuned |= t["finetune_steps"].fillna(0).astype(float) > 0
-    if "iteration" in t:
-        tuned |= t["iteration"].notna()
-    runs = set(t.loc[tuned, "run"]) if "run" in t else set()
-    return t[~t["run"].isin(runs)] if runs else t
-
-
-def sample_efficiency(trials: pd.DataFrame, reference: str = "random") -> pd.DataFrame:
-    """Evaluations each searcher needed to reach ``reference``'s best val accuracy of the same budget
-    and seed; per (searcher, budget): ``runs``, ``reached`` (runs that got there), ``evaluations``
-    (mean over the runs that did), ``reference_best`` (mean of the thresholds). Only proxy-scored runs
-    count (:func:`proxy_trials`). Empty without ``reference`` runs."""
-    cols = KEYS + ["runs", "reached", "evaluations", "reference_best"]
-    t = proxy_trials(trials) if not trials.empty else trials
-    if t.empty or "val_accuracy" not in t or reference not in set(t["searcher"]):
-        return pd.DataFrame(columns=cols)
-    order = "index" if "index" in t else None
-    rows = []
-    for (budget, _seed), g in t.groupby(["budget", "seed"], dropna=False):
-        ref = g[g["searcher"] == reference]
-        if ref.empty:
-            continue
-        threshold = float(ref.groupby("run")["val_accuracy"].max().mean())
-        for (name, _run), r in g.groupby(["searcher", "run"]):
-            r = r.sort_values(order) if order else r
-            rows.append({"searcher": name, "budget": budget, "threshold": threshold,
-                         "to_reach": evaluations_to_reach(r["val_accuracy"].to_numpy(float), threshold)})
-    df = pd.DataFrame(rows)
-    out = df.groupby(KEYS, sort=True).agg(runs=("to_reach", "size"), reached=("to_reach", "count"),
-                                          evaluations=("to_reach", "mean"), reference_best=("threshold", "mean"))
-    return out.reset_index()[cols]
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
