@@ -278,6 +278,16 @@ def test_cli_lut_build_and_check_json(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "LUT" in err[0]
 
 
+def test_a_calibration_that_predicts_left_out_plans_poorly_gets_a_warning():
+    from autoprune.pipeline.lut import LOO_WARN_PCT, calibration_warning
+
+    assert calibration_warning({"runtime": "torch"}) is None  # no calibration (e.g. --calibration-plans 0)
+    assert calibration_warning({"calibration": {"loo_mape": LOO_WARN_PCT - 1}}) is None
+    warning = calibration_warning({"runtime": "openvino", "calibration": {"loo_mape": 12.46}})
+    assert warning.startswith("warning:") and "12.5% mean error" in warning and "openvino" in warning
+    assert "\n" not in warning
+
+
 def test_search_with_a_latency_budget_lands_under_it_by_the_lut(tmp_path):
     """A LUT written by "another tool" (MAC-proportional numbers) drives a latency-budget search."""
     from autoprune.models.zoo import build_model

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from autoprune.errors import AutopruneError
@@ -118,7 +119,7 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from autoprune.latency.runtimes import get_runtime
-    from autoprune.pipeline.lut import build_lut_file
+    from autoprune.pipeline.lut import build_lut_file, calibration_warning
 
     shape = parse_shape(args.input_shape)
     _positive(args, "batch", "threads", "step", "repeats")
@@ -133,6 +134,8 @@ def cmd_build(args: argparse.Namespace) -> int:
           f"base {h['base_measured_ms']:.3f} ms = {h['base_reference']:.2f} x the reference op "
           f"(batch {h['batch']}, {h['threads']} thread(s), {h['device']}) in {h['build_seconds']:.1f} s"
           + (f"; calibration fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans" if cal else ""))
+    if warning := calibration_warning(h):
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -170,7 +173,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from autoprune.pipeline.lut import import_lut_file
+    from autoprune.pipeline.lut import calibration_warning, import_lut_file
 
     lut = import_lut_file(args.dir, args.out, args.device_name)
     h = lut.header
@@ -178,6 +181,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {len(lut.tables)} module tables for {h['device']!r} ({h['runtime']} "
           f"{h['runtime_version']}, batch {h['batch']}, {h['threads']} thread(s))"
           + (f"; calibration fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans" if cal else ""))
+    if warning := calibration_warning(h):
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -23,6 +23,21 @@ from autoprune.models.zoo import model_from_name
 log = logging.getLogger(__name__)
 
 
+LOO_WARN_PCT = 5.0
+"""A calibration whose leave-one-out error exceeds this (percent) gets a warning after ``lut build``/``import``."""
+
+
+def calibration_warning(header: dict) -> str | None:
+    """A one-line warning when the LUT's calibration predicts left-out plans poorly (its model form does
+    not fit this runtime: e.g. OpenVINO, where lone layers cost far more than inside the compiled graph)."""
+    loo = (header.get("calibration") or {}).get("loo_mape")
+    if loo is None or loo <= LOO_WARN_PCT:
+        return None
+    return (f"warning: the calibration predicts left-out plans with {loo:.1f}% mean error (> {LOO_WARN_PCT:g}%): "
+            f"expect this LUT to be off by as much; check it (autoprune lut check) or budget with measured "
+            f"latency in {header.get('runtime', 'this runtime')} (a latency budget without lut)")
+
+
 def build_lut_file(model: str, input_shape: tuple[int, ...], out: str | Path, model_kwargs: dict | None = None,
                    num_classes: int | None = None, **options: Any) -> Lut:
     """Profile the model named ``model`` (random weights: latency does not depend on them) and write its
