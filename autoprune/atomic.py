@@ -2,11 +2,13 @@
 
 Every file is written to a temporary name in the same directory, flushed and fsynced, then
 renamed over the target (``os.replace`` is atomic on POSIX), so a crash leaves either the old
-file or the new one, never half of one.
+file or the new one, never half of one. The file gets the mode a plain ``open`` would give it
+(0666 less the umask: group-readable on shared storage), not ``mkstemp``'s private 0600.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -20,6 +22,19 @@ import pandas as pd
 from autoprune.errors import AutopruneError
 
 
+@functools.cache
+def _file_mode() -> int:
+    """0666 less the process umask: read from ``/proc/self/status`` where there is one (``os.umask``
+    can only read it by setting it, which races with other threads), once per process."""
+    try:
+        with open("/proc/self/status") as fh:
+            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +43,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), _file_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -1,0 +1,30 @@
+"""Atomic writes: the file appears whole, with the mode a plain open() would give it."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from autoprune.atomic import atomic_write_bytes, atomic_write_json, read_json
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = tmp_path / "sub" / "result.json"
+    atomic_write_json(path, {"a": 1})
+    assert read_json(path) == {"a": 1}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
+    path = tmp_path / "data.bin"
+    atomic_write_bytes(path, b"old")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(path, "not bytes")  # type: ignore[arg-type]
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["data.bin"]
