@@ -18,11 +18,13 @@ and the speed-up benchmark measure the same thing in any runtime.
 Add a runtime with ``RUNTIMES.register("name", factory)``; a factory takes no arguments and
 returns an object with ``name``, ``version()`` and ``prepare(model, example, threads)`` (and
 optionally ``stepped(device) -> bool``: whether its kernels' speed steps with channel counts, so
-LUTs for it need fine curves; see :func:`autoprune.latency.build.build_lut`).
+LUTs for it need fine curves; see :func:`autoprune.latency.build.build_lut`)). A runtime that runs
+the exported ONNX graph subclasses :class:`ExportedRuntime` and names its packages and session.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -100,26 +102,37 @@ class OrtSession:
         return self.session.run(None, self.feed)
 
 
-class OnnxRuntime:
-    """ONNX Runtime on the CPU (see the module docstring)."""
+class ExportedRuntime:
+    """A runtime that runs the model exported to ONNX (fixed shapes, constants not folded: the
+    runtime does its own graph optimisation): ``packages`` must be importable, ``extras`` names the
+    pip extras that bring them, ``session`` builds the session from the ONNX bytes."""
 
-    name = "onnxruntime"
+    name: str
+    packages: tuple[str, ...]
+    extras: str
+    session: Callable[[bytes, torch.Tensor, int], Session]
 
     def __init__(self) -> None:
-        for package in ("onnx", "onnxruntime"):
+        for package in self.packages:
             if importlib.util.find_spec(package) is None:
-                raise AutopruneError(f"runtime 'onnxruntime' needs the {package} package: "
-                                     "pip install 'autoprune[onnx]' (onnx, onnxruntime)")
+                raise AutopruneError(f"runtime '{self.name}' needs the {package} package: "
+                                     f"pip install 'autoprune[{self.extras}]' ({', '.join(self.packages)})")
 
     def version(self) -> str:
-        import onnxruntime
-
-        return str(onnxruntime.__version__)
+        module = importlib.import_module(self.packages[-1])
+        return str(module.__version__).split("-")[0]
 
     def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1) -> Session:
         from autoprune.latency.onnx_export import export_onnx
 
-        return OrtSession(export_onnx(model, example, dynamic_batch=False, fold_constants=False), example, threads)
+        return type(self).session(export_onnx(model, example, dynamic_batch=False, fold_constants=False), example,
+                                  threads)
+
+
+class OnnxRuntime(ExportedRuntime):
+    """ONNX Runtime on the CPU (see the module docstring)."""
+
+    name, packages, extras, session = "onnxruntime", ("onnx", "onnxruntime"), "onnx", OrtSession
 
     def stepped(self, device: str) -> bool:
         """MLAS convolutions slow down by up to 60% off multiples of 4 input channels and step in
@@ -146,27 +159,10 @@ class OpenVinoSession:
         return self.request.get_output_tensor().data
 
 
-class OpenVinoRuntime:
+class OpenVinoRuntime(ExportedRuntime):
     """OpenVINO's CPU plugin on the exported ONNX graph (see the module docstring)."""
 
-    name = "openvino"
-
-    def __init__(self) -> None:
-        for package in ("onnx", "openvino"):
-            if importlib.util.find_spec(package) is None:
-                raise AutopruneError(f"runtime 'openvino' needs the {package} package: "
-                                     "pip install 'autoprune[onnx,openvino]' (onnx, openvino)")
-
-    def version(self) -> str:
-        import openvino
-
-        return str(openvino.__version__).split("-")[0]
-
-    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1) -> Session:
-        from autoprune.latency.onnx_export import export_onnx
-
-        return OpenVinoSession(export_onnx(model, example, dynamic_batch=False, fold_constants=False), example,
-                               threads)
+    name, packages, extras, session = "openvino", ("onnx", "openvino"), "onnx,openvino", OpenVinoSession
 
     def stepped(self, device: str) -> bool:
         """The CPU plugin's convolutions work on channel blocks of 8 or 16 (blocked layouts)."""
