@@ -53,12 +53,16 @@ def session(path, threads, runtime="onnxruntime"):
     return lambda: sess.run(None, feed)
 
 
+_OV_CORE = None
+
+
 def openvino_session(path, threads):
     """OpenVINO's CPU plugin: ``threads`` threads, one stream, latency hint, float32 (as autoprune's
     ``openvino`` runtime compiles it)."""
     import openvino as ov
 
-    core = ov.Core()
+    global _OV_CORE  # one core for the whole run: it must outlive every model compiled with it
+    core = _OV_CORE = _OV_CORE or ov.Core()
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_PRECISION_HINT": "f32"}
     compiled = core.compile_model(core.read_model(path), "CPU", config)

@@ -24,6 +24,7 @@ the exported ONNX graph subclasses :class:`ExportedRuntime` and names its packag
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from collections.abc import Callable
@@ -140,6 +141,15 @@ class OnnxRuntime(ExportedRuntime):
         return True
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """One OpenVINO ``Core`` for the process: it must outlive every model compiled with it (a
+    compiled model or infer request freed after its core can crash the process), so it is never freed."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 class OpenVinoSession:
     """An OpenVINO compiled model's infer request with its input tensor set once."""
 
@@ -148,10 +158,11 @@ class OpenVinoSession:
     def __init__(self, onnx_bytes: bytes, example: torch.Tensor, threads: int = 1) -> None:
         import openvino as ov
 
-        core = ov.Core()
+        core = openvino_core()
         config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "f32"}
-        self.request = core.compile_model(core.read_model(onnx_bytes), "CPU", config).create_infer_request()
+        self.compiled = core.compile_model(core.read_model(onnx_bytes), "CPU", config)
+        self.request = self.compiled.create_infer_request()
         self.request.set_input_tensor(ov.Tensor(example.detach().cpu().numpy()))
 
     def __call__(self) -> Any:
