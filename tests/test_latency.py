@@ -312,18 +312,24 @@ def test_search_with_a_latency_budget_lands_under_it_by_the_lut(tmp_path):
     assert chosen["latency_kept"].iloc[-1] <= 0.6 + 1e-9
 
 
-def test_search_with_a_measured_latency_budget_times_the_plans_it_prices(tmp_path):
-    """No LUT: every plan the searcher prices is pruned and timed; the result is under the budget.
+@pytest.mark.parametrize("runtime", [None, "openvino"])
+def test_search_with_a_measured_latency_budget_times_the_plans_it_prices(tmp_path, runtime):
+    """No LUT: every plan the searcher prices is pruned and timed (in the budget's runtime: torch by
+    default, or OpenVINO, whose LUTs are not accurate); the result is under the budget.
 
     Width 64 keeps the budget far above what min_ratio reaches (~0.4 here), so timing noise on a busy
     machine cannot make it unreachable."""
-    raw = tiny_config(model={"name": "mnist_cnn", "kwargs": {"width": 64}}, budget={"latency": 0.8},
+    if runtime:
+        pytest.importorskip(runtime)
+    budget = {"latency": 0.8, **({"runtime": runtime} if runtime else {})}
+    raw = tiny_config(model={"name": "mnist_cnn", "kwargs": {"width": 64}}, budget=budget,
                       train={"epochs": 1, "lr": 0.05}, searcher={"name": "uniform", "iterations": 6})
     out = tmp_path / "run"
     assert main(["search", write_config(tmp_path, raw), "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     lat = summary["latency"]
     assert summary["budget"]["kind"] == "latency" and lat["source"] == "measured"
+    assert lat["runtime"] == (runtime or "torch")
     assert lat["pruned_predicted_ms"] <= 0.8 * lat["base_predicted_ms"] * (1 + 1e-9)
     assert summary["pruned"]["flops_kept"] < 1.0
 
