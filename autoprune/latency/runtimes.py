@@ -18,7 +18,7 @@ and the speed-up benchmark measure the same thing in any runtime.
 Add a runtime with ``RUNTIMES.register("name", factory)``; a factory takes no arguments and
 returns an object with ``name``, ``version()`` and ``prepare(model, example, threads)`` (and
 optionally ``stepped(device) -> bool``: whether its kernels' speed steps with channel counts, so
-LUTs for it need fine curves; see :func:`autoprune.latency.build.build_lut`)). A runtime that runs
+LUTs for it need fine curves; see :func:`autoprune.latency.build.build_lut`). A runtime that runs
 the exported ONNX graph subclasses :class:`ExportedRuntime` and names its packages and session.
 """
 
@@ -143,8 +143,8 @@ class OnnxRuntime(ExportedRuntime):
 
 @functools.cache
 def openvino_core() -> Any:
-    """One OpenVINO ``Core`` for the process: it must outlive every model compiled with it (a
-    compiled model or infer request freed after its core can crash the process), so it is never freed."""
+    """One OpenVINO ``Core`` for the process, never freed, so no compiled model outlives its core (the
+    full test suite segfaulted twice while each session made its own core; not since, 2026-11-30)."""
     import openvino as ov
 
     return ov.Core()
