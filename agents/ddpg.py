@@ -2,7 +2,8 @@
 
 Nothing of DDPG is written here: the agent is SB3's ``DDPG``, extended only through SB3's hooks.
 
-- :class:`TruncatedNormalNoise` (an SB3 ``ActionNoise``): AMC's exploration, a truncated normal
+- :class:`TruncatedNormalNoise` (an SB3 ``ActionNoise``; it and :class:`AMCDDPG` live in
+  :mod:`autoprune.agents.ddpg_sb3`): AMC's exploration, a truncated normal
   around the actor's action inside the action bounds; sigma decays x``sigma_decay`` per episode
   after the warm-up, down to ``sigma_min``. Warm-up episodes use SB3's random actions (``learning_starts``).
 - :class:`AMCEpisodes` (an SB3 ``BaseCallback``): at ``_on_rollout_end`` (after the episode's
@@ -32,15 +33,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import truncnorm
-from stable_baselines3 import DDPG
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.noise import VectorizedActionNoise
-from stable_baselines3.common.utils import update_learning_rate
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm.auto import tqdm
 
 from autoprune.agents.ddpg_presets import PRESETS
+from autoprune.agents.ddpg_sb3 import AMCDDPG, TruncatedNormalNoise
 from autoprune.atomic import atomic_write_with
 from autoprune.config import check_choice
 from autoprune.core.plan import PruningPlan
@@ -52,69 +50,9 @@ from autoprune.search.base import Searcher, best_of, plan_from_row, positive, re
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "autoprune.ddpg-checkpoint/v1"
 
+# TruncatedNormalNoise stays importable from here: checkpoints written before ddpg_sb3 existed name it here
+__all__ = ["AMCDDPG", "AMCEpisodes", "DdpgSearcher", "TruncatedNormalNoise"]
 
-
-class TruncatedNormalNoise(VectorizedActionNoise):
-    """AMC's exploration: the action is drawn from N(mu, sigma) truncated to [-1, 1], where mu is
-    the actor's action; returned as the offset SB3 adds to mu (so its clip never triggers).
-
-    One object serves every env (it subclasses ``VectorizedActionNoise`` so SB3 does not wrap it
-    in per-env copies that would share a random stream). ``mean_fn`` returns the actor's actions
-    for the current observations; it is not pickled and is re-bound after loading.
-
-    :param n_envs: number of envs stepped together.
-    :param seed: seeds the noise's own generator.
-    """
-
-    def __init__(self, n_envs: int, seed: int = 0) -> None:
-        self.n_envs = int(n_envs)
-        self.sigma = 0.0  # in action units ([-1, 1] range)
-        self.active = False
-        self.rng = np.random.default_rng(seed)
-        self.mean_fn: Any = None
-
-    def __call__(self) -> np.ndarray:
-        if not self.active or self.sigma <= 0 or self.mean_fn is None:
-            return np.zeros((self.n_envs, 1), dtype=np.float32)
-        mu = np.clip(np.asarray(self.mean_fn(), dtype=np.float64).reshape(self.n_envs, -1), -1.0, 1.0)
-        x = truncnorm.rvs((-1.0 - mu) / self.sigma, (1.0 - mu) / self.sigma, loc=mu, scale=self.sigma,
-                          random_state=self.rng)
-        return (np.asarray(x) - mu).astype(np.float32)
-
-    def reset(self, indices=None) -> None:
-        """Sigma follows the episode counter (set by :class:`AMCEpisodes`), so nothing to reset."""
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "mean_fn"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, mean_fn=None)
-
-    def __repr__(self) -> str:
-        return f"TruncatedNormalNoise(n_envs={self.n_envs}, sigma={self.sigma:.4g})"
-
-
-class AMCDDPG(DDPG):
-    """SB3's ``DDPG``; ``_update_learning_rate`` gives the actor its own rate and
-    ``_sample_action`` takes warm-up actions from ``warmup_policy`` when one is set."""
-
-    actor_learning_rate: float | None = None
-    warmup_policy: Any = None
-    """``fn() -> (n_envs, 1) actions`` for the warm-up steps; None: SB3's uniform samples. Not saved."""
-
-    def _update_learning_rate(self, optimizers) -> None:
-        super()._update_learning_rate(optimizers)
-        if self.actor_learning_rate is not None:
-            update_learning_rate(self.actor.optimizer, self.actor_learning_rate)
-
-    def _sample_action(self, learning_starts: int, action_noise=None, n_envs: int = 1):
-        if self.warmup_policy is not None and self.num_timesteps < learning_starts:
-            action = np.asarray(self.warmup_policy(), dtype=np.float32).reshape(n_envs, -1)
-            return action, action  # the action space is [-1, 1]: scaled and unscaled agree
-        return super()._sample_action(learning_starts, action_noise, n_envs)
-
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "warmup_policy"]
 
 
 @register_searcher
