@@ -81,12 +81,23 @@ def read_json(path: str | Path) -> Any:
         raise AutopruneError(f"{str(path)!r} is missing or not valid JSON ({type(exc).__name__})") from exc
 
 
+def read_parquet_bytes(data: bytes) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(data))
+
+
 def read_trials(path: str | Path) -> pd.DataFrame:
+    """The trials table, or an empty one before the first write. Safe beside a live writer: the
+    file is read through one open handle (``pd.read_parquet(path)`` stats the path and opens it
+    again, so a rename in between pairs the old file's size with the new file's bytes)."""
     path = Path(path)
-    if not path.exists():
-        return pd.DataFrame()
     try:
-        return pd.read_parquet(path)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return pd.DataFrame()
+    except OSError as exc:
+        raise AutopruneError(f"{str(path)!r} cannot be read ({type(exc).__name__})") from exc
+    try:
+        return read_parquet_bytes(data)
     except Exception as exc:
         raise AutopruneError(
             f"{str(path)!r} is corrupted ({type(exc).__name__}); delete it to restart the search"

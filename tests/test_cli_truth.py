@@ -16,6 +16,7 @@ from conftest import TESTS, tiny_config, write_config
 
 import autoprune.pipeline.run
 import autoprune.pipeline.session
+from autoprune.atomic import read_trials
 from autoprune.cli import main
 from autoprune.errors import AutopruneError
 from autoprune.search.base import switch_searcher
@@ -129,7 +130,7 @@ def test_a_kill_9_segment_is_counted_up_to_its_last_heartbeat(tmp_path):
     trials = out / "trials.parquet"
     deadline = time.time() + 300
     while time.time() < deadline:
-        if trials.exists() and len(pd.read_parquet(trials)) >= 5:
+        if len(read_trials(trials)) >= 5:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from conftest import TESTS, tiny_config, write_config
 
+from autoprune.atomic import read_trials
 from autoprune.cli import main
 
 TIMING = ["seconds", "time"]
@@ -41,7 +42,7 @@ def test_kill_9_mid_search_then_resume_loses_and_duplicates_nothing(tmp_path):
     trials = out / "trials.parquet"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if trials.exists() and len(pd.read_parquet(trials)) >= 5:
+        if len(read_trials(trials)) >= 5:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -106,7 +107,7 @@ def test_kill_9_mid_netadapt_then_resume_loses_and_duplicates_no_proposal(tmp_pa
     trials = out / "trials.parquet"
     deadline = time.time() + 120
     while time.time() < deadline:  # kill once a few iterations are on disk
-        if trials.exists() and pd.read_parquet(trials)["iteration"].max() >= 3:
+        if trials.exists() and read_trials(trials)["iteration"].max() >= 3:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)

@@ -23,6 +23,7 @@ import pytest
 import torch
 from conftest import tiny_config, write_config
 
+from autoprune.atomic import read_trials
 from autoprune.cli import main
 from autoprune.config import load_config
 from autoprune.errors import AutopruneError, ConfigError
@@ -381,7 +382,7 @@ def test_cluster_stopped_job_resumes_without_losing_evaluations(ray_head, tmp_pa
     job = _submitted(_run(capsys, "submit", config, "--address", a, "--storage", str(storage)))
     trials = storage / "runs" / job / "trials.parquet"
     deadline = time.time() + 300
-    while not (trials.is_file() and len(pd.read_parquet(trials)) >= 5):
+    while len(read_trials(trials)) < 5:  # one read per look: the job renames new tables over it
         assert time.time() < deadline, "the job recorded no trial in time"
         time.sleep(0.2)
     assert "stopping job" in _run(capsys, "stop", job, "--address", a)

@@ -251,7 +251,7 @@ class JobRow:
 
 def progress(store: Storage, run: str, kind: str) -> tuple[int, float | None]:
     """Evaluations recorded so far and the best proxy accuracy among them, read from the storage."""
-    import pyarrow.parquet as pq
+    from autoprune.atomic import read_parquet_bytes
 
     files = [(RUNS, run, "trials.parquet")]
     if kind == "run":
@@ -260,9 +260,10 @@ def progress(store: Storage, run: str, kind: str) -> tuple[int, float | None]:
     for parts in files:
         if not store.is_file(*parts):
             continue
-        column = pq.read_table(store.path(*parts), filesystem=store.fs, columns=["val_accuracy"]).column(0)
+        # one read of the bytes: the job may rename a new table over this one while we look
+        column = read_parquet_bytes(store.read_bytes(*parts))["val_accuracy"]
         done += len(column)
-        values = [v for v in column.to_pylist() if v is not None and v == v]
+        values = [v for v in column.tolist() if v is not None and v == v]
         if values:
             best = max(values) if best is None else max(best, max(values))
     return done, best
