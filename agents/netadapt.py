@@ -260,9 +260,10 @@ class NetAdaptSearcher(Searcher):
     def candidates(self, unit: int, current: int) -> list[int]:
         """Channel counts a unit may drop to (below ``current``, at least the min ratio, rounded)."""
         ctx = self.ctx
-        n = ctx.graph.units[unit].out_channels
+        spec = ctx.graph.units[unit]
+        n, step = spec.out_channels, spec.step(ctx.pruning.round_to)
         floor = ctx.min_counts()[unit]
-        values = {resolve_count(k / n, n, ctx.pruning.round_to) for k in range(floor, current)}
+        values = {resolve_count(k / n, n, step) for k in range(floor, current)}
         return sorted(v for v in values if floor <= v < current)
 
     def largest_fitting(self, counts: Sequence[int], unit: int, target: float) -> int | None:

@@ -61,7 +61,7 @@ import gymnasium as gym
 import numpy as np
 
 from autoprune.core.cost import Budget, CostModel, FlopsCost, ParamsCost
-from autoprune.core.graph import UnitGraph
+from autoprune.core.graph import LayerSpec, UnitGraph
 from autoprune.core.plan import PruningPlan, resolve_count
 from autoprune.envs.rewards import Outcome, RewardFn, make_reward
 from autoprune.errors import ConfigError
@@ -130,9 +130,9 @@ class ChannelPruningEnv(gym.Env):
         self.flops = costs["flops"]
         self.reward_fn = make_reward(reward, reward_kwargs)
         self.n_units = len(graph)
-        self.min_counts = [resolve_count(min_ratio, u.out_channels, round_to) for u in graph.units]
-        self.max_counts = [resolve_count(max_ratio, u.out_channels, round_to) for u in graph.units]
-        self.candidates = [self._candidate_counts(u.out_channels) for u in graph.units]
+        self.min_counts = [resolve_count(min_ratio, u.out_channels, u.step(round_to)) for u in graph.units]
+        self.max_counts = [resolve_count(max_ratio, u.out_channels, u.step(round_to)) for u in graph.units]
+        self.candidates = [self._candidate_counts(u) for u in graph.units]
         budget.check_reachable(self.min_counts)
         self.reward_fn(self.outcome(self.min_counts, 1.0))  # fail now if the reward lacks a cost model
         self._static = self._static_features()
@@ -143,11 +143,12 @@ class ChannelPruningEnv(gym.Env):
         self._ratios: list[float] = []
 
     # ------------------------------------------------------------------------------- setup
-    def _candidate_counts(self, channels: int) -> np.ndarray:
+    def _candidate_counts(self, unit: LayerSpec) -> np.ndarray:
         """Every count a ratio in [min_ratio, max_ratio] can resolve to, ascending."""
-        lo = resolve_count(self.min_ratio, channels, self.round_to)
-        hi = resolve_count(self.max_ratio, channels, self.round_to)
-        found = {resolve_count(k / channels, channels, self.round_to) for k in range(lo, hi + 1)}
+        channels, step = unit.out_channels, unit.step(self.round_to)
+        lo = resolve_count(self.min_ratio, channels, step)
+        hi = resolve_count(self.max_ratio, channels, step)
+        found = {resolve_count(k / channels, channels, step) for k in range(lo, hi + 1)}
         return np.array(sorted(c for c in found | {lo, hi} if lo <= c <= hi), dtype=np.int64)
 
     def _static_features(self) -> np.ndarray:
@@ -174,7 +175,8 @@ class ChannelPruningEnv(gym.Env):
             raise RuntimeError("call reset() before step() (the episode is over)")
         t = self._t
         ratio = self.action_to_ratio(action)
-        count = resolve_count(ratio, self.graph.units[t].out_channels, self.round_to)
+        unit = self.graph.units[t]
+        count = resolve_count(ratio, unit.out_channels, unit.step(self.round_to))
         count, clipped = self.wall(t, count) if self.action_wall else (count, False)
         if clipped:
             ratio = count / self.graph.units[t].out_channels
@@ -293,7 +295,8 @@ class ChannelPruningEnv(gym.Env):
         """The counts of ``ratios * factor``, clipped to the ratio range and rounded (never below
         ``floor`` when given)."""
         r = np.clip(ratios * factor, self.min_ratio, self.max_ratio)
-        counts = [resolve_count(float(x), u.out_channels, self.round_to) for x, u in zip(r, self.graph.units, strict=True)]
+        counts = [resolve_count(float(x), u.out_channels, u.step(self.round_to))
+                  for x, u in zip(r, self.graph.units, strict=True)]
         return counts if floor is None else [max(int(f), c) for f, c in zip(floor, counts, strict=True)]
 
     def _largest_factor(self, ratios: np.ndarray, lo: float, hi: float, iters: int,

@@ -1,6 +1,9 @@
-"""Models defined outside autoprune (torchvision-style ResNet-18, MobileNetV2, VGG-11) prune exactly."""
+"""Models defined outside autoprune (torchvision-style ResNet-18, MobileNetV2, VGG-11, a ViT, a
+ResNeXt-style net with GroupNorm, squeeze-excite and a concat) prune exactly."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -11,10 +14,11 @@ from autoprune.core.cost import FlopsCost, ParamsCost, measure_model
 from autoprune.core.graph import build_unit_graph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
+from autoprune.errors import AutopruneError
 
 
 @pytest.mark.parametrize("name,kinds", [("resnet18", {"conv"}), ("mobilenetv2", {"conv", "depthwise"}),
-                                        ("vgg11", {"conv", "linear"})])
+                                        ("vgg11", {"conv", "linear"}), ("resnextish", {"conv"})])
 def test_third_party_models_prune_with_exact_costs(name, kinds):
     model = getattr(thirdparty_models, name)().eval()
     graph = build_unit_graph(model, (3, 32, 32))
@@ -26,3 +30,45 @@ def test_third_party_models_prune_with_exact_costs(name, kinds):
         pruned = apply_plan(model, graph, plan)
         assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
         assert (flops(plan.counts(graph)), params(plan.counts(graph))) == measure_model(pruned, (3, 32, 32))
+
+
+def test_heads_and_groups_stay_whole():
+    """Attention heads, GroupNorm groups and grouped-conv groups split a unit into equal blocks:
+    counts round to a multiple of the block count and every block keeps the same positions."""
+    vit = thirdparty_models.vit().eval()
+    graph = build_unit_graph(vit, (3, 32, 32))
+    assert {u.name: u.blocks for u in graph.units} == {
+        "patch": 4, "encoder.layers.0.linear1": 1, "encoder.layers.1.linear1": 1}
+    for ratio in (0.3, 0.55, 0.8):
+        plan = PruningPlan.from_ratios(graph, ratio, round_to=8)
+        assert plan.channels["patch"] % 8 == 0
+        pruned = apply_plan(vit, graph, plan)
+        attn = pruned.encoder.layers[0].self_attn
+        assert attn.embed_dim == plan.channels["patch"] and attn.num_heads == 4
+        assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    net = thirdparty_models.resnextish().eval()
+    graph = build_unit_graph(net, (3, 32, 32))
+    assert {u.name: u.blocks for u in graph.units} == {"c1": 4, "c2": 8, "se1": 1, "c3": 1}
+    with pytest.raises(AutopruneError, match="multiple of 4"):
+        apply_plan(net, graph, PruningPlan.from_counts(graph, {"c1": 30}))
+
+
+def test_a_grouped_conv_input_cut_in_every_group_alike_equals_zeroing_those_channels():
+    """Cutting the channels feeding a grouped conv must remove the same input slots of every group:
+    the pruned net computes exactly what the full net computes with those channels zeroed."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 8, 3, padding=1, groups=4), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 36, 10)).eval()
+    graph = build_unit_graph(net, (3, 6, 6))
+    assert graph.units[0].blocks == 4
+    removed = []
+    pruned = apply_plan(net, graph, PruningPlan.from_counts(graph, {"0": 8}), log=removed)
+    (_, idxs), = removed
+    assert len(idxs) == 8 and sorted({i % 4 for i in idxs}) == sorted({i % 4 for i in idxs[:2]})
+    zeroed = copy.deepcopy(net)
+    with torch.no_grad():
+        zeroed[0].weight[idxs] = 0
+        zeroed[0].bias[idxs] = 0
+    x = torch.randn(4, 3, 6, 6)
+    torch.testing.assert_close(pruned(x), zeroed(x))

@@ -116,3 +116,51 @@ def mobilenetv2(num_classes=10):
 
 def vgg11(num_classes=10):
     return VGG11(num_classes)
+
+
+class ViT(nn.Module):
+    """Patch embedding, class token, learned positions, nn.TransformerEncoder (4 heads)."""
+
+    def __init__(self, num_classes=10, dim=64, patch=8, size=32, channels=3):
+        super().__init__()
+        self.patch = nn.Conv2d(channels, dim, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, (size // patch) ** 2 + 1, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(len(x), -1, -1), x], 1) + self.pos
+        return self.head(self.encoder(x)[:, 0])
+
+
+class ResNeXtish(nn.Module):
+    """Grouped 3x3 convs (groups=4) between GroupNorms, a squeeze-excite gate, a dense concat."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 3, 1, 1, bias=False)
+        self.n1 = nn.GroupNorm(4, 32)
+        self.c2 = nn.Conv2d(32, 64, 3, 2, 1, groups=4, bias=False)
+        self.n2 = nn.GroupNorm(8, 64)
+        self.se1, self.se2 = nn.Conv2d(64, 16, 1), nn.Conv2d(16, 64, 1)
+        self.c3 = nn.Conv2d(64, 32, 3, 1, 1, bias=False)
+        self.n3 = nn.BatchNorm2d(32)
+        self.head = nn.Linear(64 + 32, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.n1(self.c1(x)))
+        x = torch.relu(self.n2(self.c2(x)))
+        x = x * torch.sigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3), keepdim=True)))))
+        x = torch.cat([x, torch.relu(self.n3(self.c3(x)))], 1)
+        return self.head(x.mean((2, 3)))
+
+
+def vit(num_classes=10):
+    return ViT(num_classes)
+
+
+def resnextish(num_classes=10):
+    return ResNeXtish(num_classes)

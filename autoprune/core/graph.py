@@ -12,6 +12,7 @@ closed-form function of the kept channel counts (see :mod:`autoprune.core.cost`)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,6 +42,14 @@ class LayerSpec:
     flops: int  # MACs of the layers whose outputs this unit prunes
     params: int
     members: tuple[str, ...] = ()  # every conv/linear whose output channels belong to this unit
+    # kept counts must be a multiple of this: the unit's channels are split into this many equal
+    # blocks (attention heads, GroupNorm groups, a grouped conv's groups) and every block keeps the
+    # same positions, so heads and groups stay whole. 1 for most units.
+    blocks: int = 1
+
+    def step(self, round_to: int = 1) -> int:
+        """The multiple kept counts are rounded to: ``round_to`` and :attr:`blocks` both divide it."""
+        return math.lcm(max(1, int(round_to)), self.blocks)
 
 
 @dataclass
@@ -166,6 +175,20 @@ def _module_info(name: str, module: nn.Module, in_shape: tuple | None, out_shape
     return ModuleInfo(name, "other", 0, 0, 0, 0, 0, fixed_params=direct)
 
 
+def channel_blocks(module: nn.Module) -> int:
+    """Into how many equal blocks ``module`` splits the channels it shares with a unit: the heads
+    of an attention layer's embedding, a GroupNorm's groups, a grouped (not depthwise) conv's
+    groups. Pruning must take the same number from each block (torch-pruning keeps ``num_heads``,
+    ``num_groups`` and ``groups`` as they are and slices grouped inputs block by block)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return int(module.num_heads)
+    if isinstance(module, nn.GroupNorm):
+        return int(module.num_groups)
+    if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups != module.out_channels:
+        return int(module.groups)
+    return 1
+
+
 def build_unit_graph(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -201,8 +224,10 @@ def build_unit_graph(
         probe = dg.get_pruning_group(root, handler, idxs=[0])
         coupling: dict[tuple[int, str], int] = {}
         members = []
+        blocks = 1
         for item in probe:
             mod = item.dep.target.module
+            blocks = math.lcm(blocks, channel_blocks(mod))
             mname = name_of.get(mod)
             if mname is None or mname not in module_index:
                 continue
@@ -214,7 +239,9 @@ def build_unit_graph(
         if not members:
             continue
         members.sort(key=exec_index.__getitem__)
-        found.append((exec_index[members[0]], members, coupling))
+        if blocks > 1 and blocks >= modules[module_index[members[0]]].out_ch:
+            continue  # one channel per head/group: nothing can go without breaking the structure
+        found.append((exec_index[members[0]], members, coupling, blocks))
     if not found:
         raise AutopruneError(
             "the model has no prunable unit (its only conv/linear layer is the classifier)"
@@ -222,7 +249,7 @@ def build_unit_graph(
     found.sort(key=lambda f: f[0])
 
     units, couplings = [], []
-    for index, (_pos, members, coupling) in enumerate(found):
+    for index, (_pos, members, coupling, blocks) in enumerate(found):
         rep_name = members[0]
         rep = dict(model.named_modules())[rep_name]
         ins, _outs = shapes[rep_name]
@@ -238,7 +265,7 @@ def build_unit_graph(
             kernel=int(conv.kernel_size[0]) if conv else 1, stride=int(conv.stride[0]) if conv else 1,
             groups=int(conv.groups) if conv else 1,
             in_h=int(ins[2]) if len(ins) > 2 else 1, in_w=int(ins[3]) if len(ins) > 3 else 1,
-            flops=int(flops), params=int(params), members=tuple(members),
+            flops=int(flops), params=int(params), members=tuple(members), blocks=blocks,
         ))
         couplings.append([(m, d, mult) for (m, d), mult in sorted(coupling.items())])
     return UnitGraph(model=model, input_shape=input_shape, units=units, modules=modules,

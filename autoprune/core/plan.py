@@ -61,7 +61,7 @@ class PruningPlan:
         if unknown:
             raise AutopruneError(f"plan names unknown units: {', '.join(sorted(unknown))}")
         full = {u.name: float(ratios.get(u.name, 1.0)) for u in graph.units}
-        channels = {u.name: resolve_count(full[u.name], u.out_channels, round_to) for u in graph.units}
+        channels = {u.name: resolve_count(full[u.name], u.out_channels, u.step(round_to)) for u in graph.units}
         return cls(full, channels, dict(meta))
 
     @classmethod

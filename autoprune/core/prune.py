@@ -20,7 +20,7 @@ from torch import nn
 
 from autoprune.config import PruningConfig
 from autoprune.core.criteria import Batch, Criterion, get_criterion
-from autoprune.core.graph import UnitGraph, build_dependency_graph
+from autoprune.core.graph import LayerSpec, UnitGraph, build_dependency_graph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.sparsity import SPARSE_GRANULARITIES, check_granularity, sparse_prune
 from autoprune.device import Device, model_device
@@ -29,13 +29,24 @@ from autoprune.errors import AutopruneError
 Removal = tuple[str, list[int]]
 
 
-def _select(criterion: Criterion, group, unit_name: str, channels: int, keep: int) -> list[int]:
+def _select(criterion: Criterion, group, unit: LayerSpec, keep: int) -> list[int]:
+    """The channels of ``unit`` to remove: the lowest-scoring ones, or, where the unit's channels
+    form equal blocks (heads, groups), the lowest-scoring positions by their summed score, removed
+    from every block alike."""
+    channels, blocks = unit.out_channels, unit.blocks
     scores = criterion.scores(group)
     if scores is None or scores.numel() != channels:
-        raise AutopruneError(f"criterion gave no per-channel scores for unit {unit_name!r}")
+        raise AutopruneError(f"criterion gave no per-channel scores for unit {unit.name!r}")
     scores = torch.nan_to_num(scores.float(), nan=0.0)
-    order = torch.argsort(scores, stable=True)
-    return sorted(order[: channels - keep].tolist())
+    if blocks == 1:
+        return sorted(torch.argsort(scores, stable=True)[: channels - keep].tolist())
+    if keep % blocks:
+        raise AutopruneError(
+            f"unit {unit.name!r} keeps {keep} channels: its {channels} channels are {blocks} heads or "
+            f"groups, so it must keep a multiple of {blocks}")
+    width = channels // blocks
+    drop = torch.argsort(scores.view(blocks, width).sum(0), stable=True)[: width - keep // blocks]
+    return sorted(b * width + int(p) for b in range(blocks) for p in drop)
 
 
 def channel_prune(
@@ -69,7 +80,7 @@ def channel_prune(
         root = modules[unit.name]
         prune_fn = dg.get_pruner_of_module(root).prune_out_channels
         group = dg.get_pruning_group(root, prune_fn, idxs=list(range(unit.out_channels)))
-        selections.append((unit.name, root, prune_fn, _select(criterion, group, unit.name, unit.out_channels, keep)))
+        selections.append((unit.name, root, prune_fn, _select(criterion, group, unit, keep)))
     for name, root, prune_fn, idxs in selections:
         group = dg.get_pruning_group(root, prune_fn, idxs=idxs)
         criterion.selected(group)

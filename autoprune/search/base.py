@@ -81,7 +81,7 @@ class SearchContext:
 
     def counts(self, ratios: Sequence[float]) -> list[int]:
         r = self.pruning.round_to
-        return [resolve_count(a, u.out_channels, r) for a, u in zip(ratios, self.graph.units, strict=True)]
+        return [resolve_count(a, u.out_channels, u.step(r)) for a, u in zip(ratios, self.graph.units, strict=True)]
 
     def min_counts(self) -> list[int]:
         return self.counts([self.pruning.min_ratio] * len(self.graph))
