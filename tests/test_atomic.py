@@ -9,7 +9,13 @@ import threading
 import pandas as pd
 import pytest
 
-from autoprune.atomic import atomic_write_bytes, atomic_write_json, atomic_write_parquet, read_json, read_trials
+from autoprune.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_parquet,
+    read_json,
+    read_trials,
+)
 
 
 def test_written_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
