@@ -18,7 +18,8 @@ from autoprune.errors import AutopruneError
 
 
 @pytest.mark.parametrize("name,kinds", [("resnet18", {"conv"}), ("mobilenetv2", {"conv", "depthwise"}),
-                                        ("vgg11", {"conv", "linear"}), ("resnextish", {"conv"})])
+                                        ("vgg11", {"conv", "linear"}), ("resnextish", {"conv"}),
+                                        ("vit", {"conv", "linear"})])
 def test_third_party_models_prune_with_exact_costs(name, kinds):
     model = getattr(thirdparty_models, name)().eval()
     graph = build_unit_graph(model, (3, 32, 32))
@@ -72,3 +73,20 @@ def test_a_grouped_conv_input_cut_in_every_group_alike_equals_zeroing_those_chan
         zeroed[0].bias[idxs] = 0
     x = torch.randn(4, 3, 6, 6)
     torch.testing.assert_close(pruned(x), zeroed(x))
+
+
+@pytest.mark.parametrize("name", ["resnextish", "vit"])
+def test_a_lut_builds_and_checks_on_grouped_convs_and_attention(name):
+    """Grouped convs are timed at whole groups; attention (not a layer table) is carried by the
+    calibration. The plans a check times keep heads and groups whole."""
+    from autoprune.latency.build import build_lut, check_lut
+
+    model = getattr(thirdparty_models, name)().eval()
+    lut = build_lut(model, (3, 32, 32), step=16, repeats=2, calibration_plans=2, progress=False, model_name=name)
+    if name == "resnextish":
+        c2 = next(t for t in lut.tables if t.name == "c2")
+        assert all(w % 4 == 0 for w in c2.in_grid + c2.out_grid) and len(c2.out_grid) > 2  # groups=4
+    result = check_lut(lut, model, plans=3, repeats=2, progress=False)
+    graph = build_unit_graph(model, (3, 32, 32))
+    assert all(c % u.blocks == 0 for counts in result["counts"] for c, u in zip(counts, graph.units, strict=True))
+    assert result["plans"] == 3 and 0 <= result["mape"] < 100

@@ -63,7 +63,7 @@ class WidthModel:
             for m, dim, mult in coupling:
                 (self.r_out if dim == "out" else self.r_in)[m, u] = mult
         kinds = [m.kind for m in graph.modules]
-        self.dense = np.array([k in ("conv", "linear") for k in kinds], dtype=np.float64)
+        self.dense = np.array([k in ("conv", "linear", "attention") for k in kinds], dtype=np.float64)
         self.macs = np.array([m.macs for m in graph.modules], dtype=np.float64)
         self.weight_params = np.array([m.weight_params for m in graph.modules], dtype=np.float64)
         self.out_params = np.array([m.out_params for m in graph.modules], dtype=np.float64)
@@ -220,7 +220,11 @@ def measure_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, in
     the oracle the tests compare the plan-only counters with for channel pruning, and the way to
     count a model pruned by some other tool (benchmarks).
     """
-    macs = [0]
+    from autoprune.core.graph import _in_projections, attention_tokens
+
+    tokens = attention_tokens(model, input_shape)  # attention's projections are F.linear calls
+    macs = [sum(n * (sum(w.numel() for w in _in_projections(mha)) + mha.out_proj.weight.numel())
+                for name, mha in model.named_modules() if (n := tokens.get(name)))]
 
     def count(name: str, mod: nn.Module, inp, out: torch.Tensor) -> None:
         if isinstance(mod, nn.modules.conv._ConvNd):

@@ -57,7 +57,7 @@ class ModuleInfo:
     """Static shape facts about one module that holds parameters or does MACs."""
 
     name: str
-    kind: str  # "conv", "depthwise", "linear", "norm" or "other"
+    kind: str  # "conv", "depthwise", "linear", "attention", "norm" or "other"
     in_ch: int
     out_ch: int
     macs: int  # at full width
@@ -65,6 +65,7 @@ class ModuleInfo:
     out_params: int  # params scaling with out only (bias, norm affine, depthwise weight)
     fixed_params: int = 0  # params no unit changes
     out_spatial: int = 0  # output elements per output channel (H x W of a conv), 0 if not run
+    groups: int = 1  # a grouped (not depthwise) conv's groups: both widths stay multiples of it
 
 
 @dataclass
@@ -144,6 +145,51 @@ def execution_order(model: nn.Module, input_shape: Sequence[int]) -> list[tuple[
     return unique
 
 
+def attention_tokens(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Query tokens per sample of every ``nn.MultiheadAttention`` (one batch-1 forward; empty
+    without attention). Its projections run as ``F.linear`` calls that no Linear hook sees."""
+    found = {name: m for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+    if not found:
+        return {}
+    tokens: dict[str, int] = {}
+
+    def hook(name, mod, args, kwargs, _out):
+        query = args[0] if args else kwargs.get("query")
+        if query is not None and name not in tokens:
+            tokens[name] = int(query.numel() // mod.embed_dim)
+
+    handles = [m.register_forward_hook(lambda mod, a, kw, out, n=n: hook(n, mod, a, kw, out), with_kwargs=True)
+               for n, m in found.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input(input_shape, model=model))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return tokens
+
+
+def _in_projections(mha: nn.MultiheadAttention) -> list[torch.Tensor]:
+    if mha.in_proj_weight is not None:
+        return [mha.in_proj_weight]
+    return [mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight]
+
+
+def _attention_info(name: str, mha: nn.MultiheadAttention, tokens: int) -> ModuleInfo:
+    """The q/k/v input projection of an attention layer as a dense layer: embed_dim inputs, three
+    outputs per embedding channel (the out projection is its own Linear). Attention's own products
+    (QK^T, AV) are not conv/linear MACs and are not counted, as everywhere in autoprune."""
+    weight = sum(w.numel() for w in _in_projections(mha))
+    bias = mha.in_proj_bias.numel() if mha.in_proj_bias is not None else 0
+    e = mha.embed_dim
+    return ModuleInfo(name, "attention", e, 3 * e, tokens * weight, weight, bias,
+                      fixed_params=sum(p.numel() for p in (mha.bias_k, mha.bias_v) if p is not None),
+                      out_spatial=tokens)
+
+
 def _module_info(name: str, module: nn.Module, in_shape: tuple | None, out_shape: tuple | None) -> ModuleInfo:
     direct = sum(p.numel() for p in module.parameters(recurse=False))
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -160,7 +206,8 @@ def _module_info(name: str, module: nn.Module, in_shape: tuple | None, out_shape
                               spatial * w, 0, w + bias, out_spatial=spatial if out_shape else 0)
         macs = spatial * module.weight.numel()
         return ModuleInfo(name, "conv", module.in_channels, module.out_channels, macs,
-                          module.weight.numel(), bias, out_spatial=spatial if out_shape else 0)
+                          module.weight.numel(), bias, out_spatial=spatial if out_shape else 0,
+                          groups=channel_blocks(module))
     if isinstance(module, nn.Linear):
         lead = 1
         for s in (out_shape or (1, 1))[1:-1]:
@@ -170,6 +217,8 @@ def _module_info(name: str, module: nn.Module, in_shape: tuple | None, out_shape
                           lead * module.weight.numel(), module.weight.numel(), bias,
                           out_spatial=lead if out_shape else 0)
     channels = getattr(module, "num_features", None) or getattr(module, "num_channels", None)
+    if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1:
+        channels = module.normalized_shape[0]
     if channels:
         return ModuleInfo(name, "norm", channels, channels, 0, 0, direct)
     return ModuleInfo(name, "other", 0, 0, 0, 0, 0, fixed_params=direct)
@@ -187,6 +236,19 @@ def channel_blocks(module: nn.Module) -> int:
     if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups != module.out_channels:
         return int(module.groups)
     return 1
+
+
+def _loose_parameter(modules: list[ModuleInfo], module_index: dict[str, int], name: str,
+                     param: nn.Parameter, root: nn.Module) -> int:
+    """Index of a ModuleInfo for a parameter that torch-pruning cuts along with a unit (a class
+    token, position embeddings): its elements move from its owner's fixed params to this entry."""
+    if name not in module_index:
+        width = getattr(root, "out_channels", None) or getattr(root, "out_features", None) or param.shape[-1]
+        module_index[name] = len(modules)
+        modules.append(ModuleInfo(name, "norm", width, width, 0, 0, param.numel()))
+        owner = modules[module_index[name.rpartition(".")[0]]]
+        owner.fixed_params -= param.numel()
+    return module_index[name]
 
 
 def build_unit_graph(
@@ -210,12 +272,22 @@ def build_unit_graph(
 
     modules: list[ModuleInfo] = []
     module_index: dict[str, int] = {}
+    tokens = attention_tokens(model, input_shape)
     for name, module in model.named_modules():
         has_params = any(True for _ in module.parameters(recurse=False))
         if has_params or isinstance(module, PRUNABLE_TYPES):
             ins, outs = shapes.get(name, (None, None))
             module_index[name] = len(modules)
-            modules.append(_module_info(name, module, ins, outs))
+            if isinstance(module, nn.MultiheadAttention):
+                modules.append(_attention_info(name, module, tokens.get(name, 0)))
+            else:
+                modules.append(_module_info(name, module, ins, outs))
+    for name, module in model.named_modules():  # out projections run inside attention, unhooked
+        if isinstance(module, nn.MultiheadAttention) and f"{name}.out_proj" in module_index:
+            out = modules[module_index[f"{name}.out_proj"]]
+            n = tokens.get(name, 0)
+            out.kind, out.macs, out.out_spatial = "attention", n * module.out_proj.weight.numel(), n
+    param_names = {id(p): n for n, p in model.named_parameters()}
 
     found = []
     for group in groups:
@@ -228,6 +300,17 @@ def build_unit_graph(
         for item in probe:
             mod = item.dep.target.module
             blocks = math.lcm(blocks, channel_blocks(mod))
+            if isinstance(mod, nn.MultiheadAttention):  # embed channels: in and 3x out of in_proj, out_proj
+                mname = name_of[mod]
+                coupling[(module_index[mname], "in")] = 1
+                coupling[(module_index[mname], "out")] = 3
+                if f"{mname}.out_proj" in module_index:
+                    coupling[(module_index[f"{mname}.out_proj"], "in")] = 1
+                    coupling[(module_index[f"{mname}.out_proj"], "out")] = 1
+                continue
+            if isinstance(mod, nn.Parameter) and id(mod) in param_names:  # a loose parameter (cls token)
+                coupling[(_loose_parameter(modules, module_index, param_names[id(mod)], mod, root), "out")] = 1
+                continue
             mname = name_of.get(mod)
             if mname is None or mname not in module_index:
                 continue

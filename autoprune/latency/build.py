@@ -94,13 +94,11 @@ class LayerShapes:
             bias = mod.bias is not None
             return ("linear", i, o, bias, ins[1:-1]), nn.Linear, (i, o), {"bias": bias}, (*ins[1:-1], i)
         depthwise = self.kinds[name] == "depthwise"
-        if mod.groups > 1 and not depthwise:
-            raise AutopruneError(f"lut build: grouped convolution {name!r} (groups={mod.groups}) is not supported")
         cls = type(mod) if type(mod).__module__.startswith("torch.nn") else {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[
             len(mod.kernel_size)]
         cin = o if depthwise else i
         kwargs = dict(kernel_size=mod.kernel_size, stride=mod.stride, padding=mod.padding, dilation=mod.dilation,
-                      groups=o if depthwise else 1, bias=mod.bias is not None)
+                      groups=o if depthwise else mod.groups, bias=mod.bias is not None)
         key = (cls.__name__, cin, o, tuple(sorted((k, str(v)) for k, v in kwargs.items())), ins[2:])
         return key, cls, (cin, o), kwargs, (cin, *ins[2:])
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from autoprune.core.cost import WidthModel
 from autoprune.core.graph import UnitGraph
+from autoprune.core.plan import resolve_count
 from autoprune.errors import AutopruneError
 
 DENSE_KINDS = ("conv", "depthwise", "linear")
@@ -203,7 +204,11 @@ def module_axes(graph: UnitGraph, step: int) -> dict[str, tuple[list[int], list[
                 grid.append([full])
             else:
                 g = g if full % g == 0 else 1
-                grid.append([c * g for c in grid_counts(full // g, step)])
+                spacing = step
+                if m.groups > 1:  # a grouped conv's widths are whole groups, about `step` channels apart
+                    g = math.lcm(g, m.groups)
+                    spacing = max(1, step // g)
+                grid.append([c * g for c in grid_counts(full // g, spacing)])
         axes[m.name] = (grid[0], grid[1])
     return axes
 
@@ -273,8 +278,9 @@ def calibration_counts(graph: UnitGraph, plans: int, seed: int = 0) -> list[list
         counts = random_counts(graph, rng, high=CALIBRATION_HIGHS[k % len(CALIBRATION_HIGHS)])
         align = (0, 16, 0, 8, 0, 4)[k % 6]
         if align:
-            counts = [c if full < align else min(full, max(align, round(c / align) * align))
-                      for c, full in zip(counts, graph.channels, strict=True)]
+            steps = [u.step(align) for u in graph.units]
+            counts = [c if full < s else min(full, max(s, round(c / s) * s))
+                      for c, full, s in zip(counts, graph.channels, steps, strict=True)]
         out.append(counts)
     return out
 
@@ -285,4 +291,4 @@ CALIBRATION_HIGHS = (1.0, 0.7, 1.0, 0.45)
 
 def random_counts(graph: UnitGraph, rng: np.random.Generator, low: float = 0.2, high: float = 1.0) -> list[int]:
     """Kept channels per unit with preserve ratios drawn uniformly from [low, high]."""
-    return [max(1, min(c, round(rng.uniform(low, high) * c))) for c in graph.channels]
+    return [resolve_count(rng.uniform(low, high), u.out_channels, u.step()) for u in graph.units]
