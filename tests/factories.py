@@ -106,3 +106,26 @@ def float_labels_factory():
     """Labels stored as floats (e.g. read from a CSV): not class indices."""
     train, val, test = digits_factory()
     return tuple(type(ds)(ds.tensors[0], ds.tensors[1].float()) for ds in (train, val, test))
+
+
+def digit_features(shape: str = "flat"):
+    """sklearn's digits as feature vectors [64] (``flat``) or 1-d signals [1, 64] (``signal``)."""
+    from sklearn.datasets import load_digits
+    from torch.utils.data import TensorDataset
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    x = x if shape == "flat" else x[:, None, :]
+    y = torch.tensor(d.target)
+    return TensorDataset(x[:1200], y[:1200]), TensorDataset(x[1200:1500], y[1200:1500]), TensorDataset(x[1500:], y[1500:])
+
+
+def feature_mlp(**kw):
+    return nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                         nn.Linear(32, kw.get("num_classes", 10)))
+
+
+def signal_cnn(**kw):
+    return nn.Sequential(nn.Conv1d(1, 16, 5, padding=2), nn.BatchNorm1d(16), nn.ReLU(), nn.MaxPool1d(2),
+                         nn.Conv1d(16, 32, 3, padding=1), nn.BatchNorm1d(32), nn.ReLU(),
+                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, kw.get("num_classes", 10)))

@@ -341,6 +341,19 @@ def case_data_factory_returns_wrong_type(env):
 
 
 @case
+def case_data_factory_with_resize(env):
+    return search(env, "data.resize applies to the built-in datasets; a data factory's samples",
+                  data={"factory": "factories:digits_factory", "resize": 16})
+
+
+@case
+def case_crop_augment_on_feature_vectors(env):
+    return search(env, r"data.augment 'crop' crops images \[C, H, W\]; these samples are \[64\]",
+                  data={"factory": "factories:digit_features", "augment": "crop"},
+                  model={"factory": "factories:feature_mlp"})
+
+
+@case
 def case_model_kwargs_torch_rejects(env):
     """torch warns (zero-element tensors) before failing: the warning must not reach stderr."""
     return search(env, r"the model rejects inputs of shape \[1, 8, 8\]",
@@ -708,8 +721,15 @@ def case_lut_check_on_a_directory(env):
 @case
 def case_lut_build_bad_input_shape(env):
     out = env.tmp / "lut.json"
+    return Case(["lut", "build", "--model", "factories:tiny_cnn", "--input-shape", "1x0x8", "--out", str(out)],
+                "--input-shape must be one sample's shape, positive integers", [out])
+
+
+@case
+def case_lut_build_shape_the_model_rejects(env):
+    out = env.tmp / "lut.json"
     return Case(["lut", "build", "--model", "factories:tiny_cnn", "--input-shape", "8x8", "--out", str(out)],
-                "--input-shape must be C,H,W", [out])
+                r"the model rejects inputs of shape \[8, 8\]", [out])
 
 
 @case

@@ -4,12 +4,14 @@ ResNeXt-style net with GroupNorm, squeeze-excite and a concat) prune exactly."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import thirdparty_models
 import torch
 
+from autoprune import load_pruned
 from autoprune.core.cost import FlopsCost, ParamsCost, measure_model
 from autoprune.core.graph import build_unit_graph
 from autoprune.core.plan import PruningPlan
@@ -90,3 +92,26 @@ def test_a_lut_builds_and_checks_on_grouped_convs_and_attention(name):
     graph = build_unit_graph(model, (3, 32, 32))
     assert all(c % u.blocks == 0 for counts in result["counts"] for c, u in zip(counts, graph.units, strict=True))
     assert result["plans"] == 3 and 0 <= result["mape"] < 100
+
+
+@pytest.mark.parametrize("model,shape,searcher", [
+    ("feature_mlp", "flat", {"name": "random", "evaluations": 4}),
+    ("signal_cnn", "signal", {"name": "netadapt", "max_iterations": 2, "short_term_batches": 2}),
+])
+def test_feature_vectors_and_1d_signals_search_end_to_end(tmp_path, model, shape, searcher):
+    """Samples need not be images: [64] feature vectors and [1, 64] signals search, prune and
+    fine-tune like images, with the plan-only FLOPs equal to the built model's."""
+    from conftest import tiny_config
+
+    from autoprune.config import load_config
+    from autoprune.pipeline.run import run_search
+
+    cfg = load_config(tiny_config(model={"factory": f"factories:{model}"},
+                                  data={"factory": "factories:digit_features", "kwargs": {"shape": shape}},
+                                  searcher=searcher, train={"epochs": 3, "lr": 0.05, "batch_size": 64}))
+    run = run_search(cfg, tmp_path / "run", progress=False)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["pruned"]["flops_kept"] <= 0.5 + 1e-9
+    in_shape = (64,) if shape == "flat" else (1, 64)
+    assert measure_model(load_pruned(run / "pruned_model.pt"), in_shape)[0] == summary["pruned"]["flops"]
+    assert summary["pruned"]["test_accuracy_after_finetune"] > 0.2  # 10 classes: twice chance

@@ -77,7 +77,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _shape_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-shape", required=True, help="one sample's shape, C,H,W (e.g. 3,32,32)")
+    p.add_argument("--input-shape", required=True, help="one sample's shape: C,H,W (e.g. 3,32,32), C,L for 1-d signals, "
+                   "F for feature vectors")
     p.add_argument("--batch", type=int, default=1, help="batch size to time (default 1)")
     p.add_argument("--step", type=int, default=8, help="grid spacing in channels; 1 = every count (default 8)")
     p.add_argument("--calibration-plans", type=int, default=12,
@@ -93,8 +94,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
         shape = tuple(int(s) for s in str(text).replace("x", ",").split(","))
     except ValueError:
         shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise AutopruneError(f"--input-shape must be C,H,W with positive integers (got {text!r})")
+    if not shape or min(shape) < 1:
+        raise AutopruneError(f"--input-shape must be one sample's shape, positive integers such as C,H,W "
+                             f"(got {text!r})")
     return shape
 
 

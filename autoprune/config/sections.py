@@ -22,7 +22,8 @@ class ModelConfig:
     checkpoint: str | None = None
     """A state_dict file, loaded with ``weights_only=True``; without it the model is trained first."""
     input_shape: list[int] | None = None
-    """``[C, H, W]`` of one input; defaults to the dataset's shape."""
+    """One input's shape (``[C, H, W]`` for images, ``[C, L]`` for 1-d signals, ``[F]`` for feature
+    vectors); defaults to the dataset's shape."""
 
 
 AUGMENTS = ("none", "crop", "crop_flip", "standard")
@@ -83,6 +84,10 @@ class DataConfig:
         for key in ("image_size", "resize_to", "crop_scale"):
             if getattr(self, key) is not None and not folder:
                 raise ConfigError(f"data.{key} applies to data.name: image_folder only")
+        for key in ("resize", "channels"):
+            if self.factory and getattr(self, key) is not None:
+                raise ConfigError(f"data.{key} applies to the built-in datasets; a data factory's samples are "
+                                  "used as it returns them (resize them there)")
         if folder and self.resize is not None:
             raise ConfigError("data.resize does not apply to image folders; set data.image_size (and data.resize_to)")
         if folder and (self.resize_to or 10**9) < (self.image_size or 224):

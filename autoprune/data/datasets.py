@@ -166,6 +166,9 @@ def _augmented(bundle: DataBundle, cfg: DataConfig) -> Dataset:
         return Augmented(bundle.train, fn)
     if hasattr(bundle.train, "augmented"):
         return bundle.train.augmented(flip=kind == "crop_flip")
+    if len(bundle.input_shape) != 3:
+        raise AutopruneError(f"data.augment {kind!r} crops images [C, H, W]; these samples are "
+                             f"{list(bundle.input_shape)}: use none or a \"pkg.module:callable\"")
     side = bundle.input_shape[-1]
     padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, round(side / 8))
     return Augmented(bundle.train, RandomCrop(padding, flip=kind == "crop_flip"))

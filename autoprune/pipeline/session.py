@@ -101,8 +101,8 @@ def base_model(cfg: ExperimentConfig, data: DataBundle, checkpoint: str | Path |
     """Build the base model; load its checkpoint, or train it (on ``runtime``'s device). Returns
     (model on the CPU, input shape, trained)."""
     input_shape = tuple(cfg.model.input_shape or data.input_shape)
-    if len(input_shape) != 3:
-        raise ConfigError(f"model.input_shape must be [C, H, W] (got {list(input_shape)})")
+    if not input_shape or any(int(s) < 1 for s in input_shape):
+        raise ConfigError(f"model.input_shape must be one sample's shape, e.g. [C, H, W] (got {list(input_shape)})")
     if input_shape != tuple(data.input_shape):
         raise ConfigError(
             f"model.input_shape {list(input_shape)} does not match the data's {list(data.input_shape)}; "
