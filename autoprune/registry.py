@@ -108,7 +108,7 @@ def import_object(path: str, what: str = "factory") -> Callable:
     except Exception as exc:  # ImportError, or anything the user's module raises at import
         raise AutopruneError(
             f"{what} {path!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
-            "check the path and that the package is on PYTHONPATH"
+            "check the path and that the package is in the working directory or on PYTHONPATH"
         ) from exc
     obj = module
     for part in attr.split("."):

@@ -49,3 +49,26 @@ def test_train_command_writes_a_checkpoint_search_can_load(tmp_path, capsys):
     ok = tiny_config(model={"name": "mnist_cnn", "kwargs": {"width": 8}, "checkpoint": str(ckpt)})
     assert main(["search", write_config(tmp_path, ok), "--out", str(tmp_path / "a"), "--no-progress"]) == 0
     # a checkpoint that does not match the model: tests/test_bad_inputs.py
+
+
+def test_a_factory_in_the_working_directory_imports_without_pythonpath(tmp_path):
+    """`autoprune search` run from a project dir finds `mynets:fn` there (as `python -m` would), and
+    hands the directory on to subprocesses (Ray and DataLoader workers) through PYTHONPATH."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "mynets.py").write_text(
+        "from torch import nn\n"
+        "def net(num_classes=10, **kw):\n"
+        "    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, num_classes))\n")
+    cfg = write_config(tmp_path, tiny_config(model={"factory": "mynets:net"}))
+    code = ("import os, sys; sys.path = [p for p in sys.path if p not in ('', os.getcwd())]; "
+            "from autoprune.cli import main; rc = main(sys.argv[1:]); "
+            "print('PYTHONPATH=' + os.environ['PYTHONPATH']); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code, "search", cfg, "--out", "run", "--no-progress"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "summary.json").exists()
+    assert f"PYTHONPATH={tmp_path}" in proc.stdout

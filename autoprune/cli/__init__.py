@@ -49,8 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def importable_cwd() -> None:
+    """Factories in the working directory import (``"mynets:resnet"`` run from the project), as with
+    ``python -m``; PYTHONPATH carries it to the local Ray workers and DataLoader workers too."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if cwd not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *filter(None, paths)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    importable_cwd()
     debug = "--debug" in argv or os.environ.get("AUTOPRUNE_DEBUG") == "1"
     parser = build_parser()
     try:
