@@ -142,6 +142,12 @@ def _mutations():
     def unknown_alignment(d):
         d["header"]["calibration"] = {"scale": 1.0, "offset": 0.1, "align": 3, "per_misaligned": 2.0}
 
+    def negative_padded(d):
+        d["header"]["calibration"] = {"scale": 1.0, "offset": 0.1, "pad": 16, "per_padded_mmac": -1.0}
+
+    def no_scale_and_no_padded_term(d):
+        d["header"]["calibration"] = {"scale": 0.0, "offset": 0.1}
+
     def unknown_unit(d):
         d["header"]["unit"] = "seconds"
 
@@ -156,7 +162,8 @@ def _mutations():
 
     return [(f.__name__, f) for f in (wrong_schema, missing_header_field, missing_module, missing_entry, ragged,
                                       negative, nan, bad_calibration, negative_misaligned, unknown_alignment, signature,
-                                      grid_end, unknown_unit, reference_without_rel)]
+                                      grid_end, unknown_unit, reference_without_rel, negative_padded,
+                                      no_scale_and_no_padded_term)]
 
 
 @pytest.mark.parametrize("label,mutate", _mutations(), ids=[m[0] for m in _mutations()])
@@ -649,3 +656,47 @@ def test_build_lut_in_onnxruntime_records_the_runtime_and_fine_curves(graph):
     cost, again = LutCost(lut, graph), LutCost(back, graph)
     for counts in ([5, 7], [8, 13], [1, 1]):  # off-grid widths go through the fine curves
         assert again.fraction(counts) == pytest.approx(cost.fraction(counts), rel=1e-5)
+
+
+@pytest.mark.parametrize("padded_elements", [False, True])
+def test_calibration_takes_padded_macs_where_latency_follows_them(padded_elements):
+    """OpenVINO-like latency: MACs with every width padded to 16 channels plus elementwise work (on
+    padded channels too, or not), which lone-layer tables (here: plain MACs) miss. The calibration
+    picks that form from 12 calibration plans and predicts unseen random plans; a LUT with that form
+    loads and prices plans."""
+    from autoprune.latency.build import fit_calibration
+    from autoprune.latency.tables import (
+        ALIGNMENTS,
+        calibration_counts,
+        misaligned_melements,
+        padded_melements,
+        padded_mmacs,
+        random_counts,
+    )
+    from autoprune.models import build_model
+
+    g = build_unit_graph(build_model("resnet20", num_classes=10, in_channels=3).eval(), (3, 32, 32))
+    w = WidthModel(g)
+
+    def truth(c):
+        elements = padded_melements(g, w, c, 16) if padded_elements else w.activations(c) / 1e6
+        return 0.02 * padded_mmacs(g, w, c, 16) + 3.0 * elements + 0.1
+
+    def raw(c):
+        return 0.5 * w.flops(c) / 1e6
+
+    cal = calibration_counts(g, 12, seed=0)
+    lut = synthetic_lut(g)
+    fit_calibration(lut, cal, [raw(c) for c in cal], [w.activations(c) / 1e6 for c in cal],
+                    [truth(c) / truth(cal[0]) for c in cal], truth(cal[0]),
+                    {a: [misaligned_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_mmacs(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS})
+    fitted = lut.header["calibration"]
+    assert fitted["pad"] == 16 and fitted["per_padded_mmac"] > 0 and fitted["loo_mape"] < 0.5
+    assert fitted.get("padded_elements", False) == padded_elements
+    cost = LutCost(Lut.from_dict(json.loads(lut.to_json())), g)
+    rng = np.random.default_rng(1)
+    for counts in [random_counts(g, rng) for _ in range(10)]:
+        assert cost.fraction(counts) == pytest.approx(truth(counts) / truth(g.channels), rel=0.01)
+    assert padded_mmacs(g, w, g.channels, 16) >= w.flops(g.channels) / 1e6  # the 3-channel input pads up

@@ -121,7 +121,7 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from autoprune.latency.runtimes import get_runtime
-    from autoprune.pipeline.lut import build_lut_file, calibration_warning
+    from autoprune.pipeline.lut import build_lut_file, calibration_summary, calibration_warning
 
     shape = parse_shape(args.input_shape)
     _positive(args, "batch", "threads", "step", "repeats")
@@ -131,11 +131,10 @@ def cmd_build(args: argparse.Namespace) -> int:
                          calibration_plans=args.calibration_plans, seed=args.seed, progress=not args.no_progress,
                          clock=args.clock, runtime=args.runtime, fine=args.fine)
     h = lut.header
-    cal = h.get("calibration")
     print(f"wrote {Path(args.out)}: {len(lut.tables)} module tables, {h['runtime']} {h['runtime_version']}, "
           f"base {h['base_measured_ms']:.3f} ms = {h['base_reference']:.2f} x the reference op "
           f"(batch {h['batch']}, {h['threads']} thread(s), {h['device']}) in {h['build_seconds']:.1f} s"
-          + (f"; calibration fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans" if cal else ""))
+          + calibration_summary(h))
     if warning := calibration_warning(h):
         print(warning, file=sys.stderr)
     return 0
@@ -175,14 +174,13 @@ def cmd_probes(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from autoprune.pipeline.lut import calibration_warning, import_lut_file
+    from autoprune.pipeline.lut import calibration_summary, calibration_warning, import_lut_file
 
     lut = import_lut_file(args.dir, args.out, args.device_name)
     h = lut.header
-    cal = h.get("calibration")
     print(f"wrote {args.out}: {len(lut.tables)} module tables for {h['device']!r} ({h['runtime']} "
           f"{h['runtime_version']}, batch {h['batch']}, {h['threads']} thread(s))"
-          + (f"; calibration fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans" if cal else ""))
+          + calibration_summary(h))
     if warning := calibration_warning(h):
         print(warning, file=sys.stderr)
     return 0

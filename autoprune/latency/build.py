@@ -35,6 +35,8 @@ from autoprune.latency.tables import (
     fine_points,
     misaligned_melements,
     module_axes,
+    padded_melements,
+    padded_mmacs,
     random_counts,
     tabulate,
 )
@@ -216,22 +218,32 @@ def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 12, see
     relative = [1.0, *timing.relative] if timing else [1.0]
     fit_calibration(lut, counts, [lut.raw_sum(graph, widths, c) for c in counts],
                     [widths.activations(c) / 1e6 for c in counts], relative, base.relative[0],
-                    {a: [misaligned_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS})
+                    {a: [misaligned_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
+                    {a: [padded_mmacs(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
+                    {a: [padded_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS})
     h["base_measured_ms"] = timing.base_ms if timing else base.ms[0]
 
 
 def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[float], melements: Sequence[float],
                     relative: Sequence[float], base_reference: float,
-                    misaligned: Mapping[int, Sequence[float]] | None = None) -> None:
-    """Fit ``value = scale * raw + per_melement * melements [+ per_misaligned * misaligned] + offset``
-    to measured latencies (reference units).
+                    misaligned: Mapping[int, Sequence[float]] | None = None,
+                    padded: Mapping[int, Sequence[float]] | None = None,
+                    padded_elements: Mapping[int, Sequence[float]] | None = None) -> None:
+    """Fit ``value = scale * raw + per_melement * melements [+ per_misaligned * misaligned |
+    + per_padded_mmac * padded] + offset`` to measured latencies (reference units).
 
-    Candidate forms: with or without the ``misaligned`` term (output elements of convs whose width
-    is not a multiple of ``align``, for each ``align`` given), and with every coefficient >= 0 or
-    with ``per_melement`` and ``offset`` free in sign (a layer timed alone can cost *more* than
+    Candidate forms: with no third term, with the ``misaligned`` term (output elements of convs
+    whose width is not a multiple of ``align``) or with the ``padded`` term (MACs with every width
+    rounded up to a multiple of ``pad``), for each alignment given; and with every coefficient >= 0
+    or with ``per_melement`` and ``offset`` free in sign (a layer timed alone can cost *more* than
     inside the model: ONNX Runtime reorders a lone conv's input and output to its blocked layout).
-    The form kept predicts left-out calibration plans best (leave-one-out, mean abs % error of the
-    fraction; each extra term must earn a quarter of a percentage point).
+    With the padded term the tables' ``scale`` may fit to 0: OpenVINO's CPU plugin times lone
+    layers at 2.3x their share of the model, and its latency follows the padded MACs instead
+    (``benchmarks/results/lut_accuracy.md``); the padded forms are tried with ``melements`` and
+    with ``padded_elements`` (the output elements with channels rounded up alike: activations
+    stored in channel blocks) as the elements term. The form kept predicts left-out calibration plans best
+    (leave-one-out, mean abs % error of the fraction; each extra term must earn a quarter of a
+    percentage point).
 
     :param counts: the plans, the unpruned model first (stored in the header for later baselines).
     :param raw: each plan's table sum; ``melements``: its kept output elements (millions).
@@ -246,51 +258,67 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
     h.pop("calibration", None)
     if len(raw) < 2 or np.ptp(raw) <= 0:
         return
-    columns = {None: [raw, np.asarray(melements, float)]}
-    columns |= {a: [raw, np.asarray(melements, float), np.asarray(m, float)] for a, m in (misaligned or {}).items()}
-    forms = {(a, free): np.column_stack([*cols, np.ones_like(raw)]) for a, cols in columns.items() for free in (0, 1)}
-    loo = {form: _leave_one_out(x, measured, relative, bool(form[1])) + 0.25 * ((form[0] is not None) + form[1])
-           for form, x in forms.items()}
-    (align, free) = min(loo, key=loo.__getitem__) if np.isfinite(min(loo.values())) else (None, 0)
-    x = forms[(align, free)]
-    coef = _fit(x, measured, bool(free))
+    mel = np.asarray(melements, float)
+    columns: dict[tuple[str, int] | None, list[np.ndarray]] = {None: [raw, mel]}
+    columns |= {("misaligned", a): [raw, mel, np.asarray(m, float)] for a, m in (misaligned or {}).items()}
+    columns |= {("padded", a): [raw, mel, np.asarray(p, float)] for a, p in (padded or {}).items()}
+    columns |= {("padded_elements", a): [raw, np.asarray(padded_elements[a], float), np.asarray(p, float)]
+                for a, p in (padded or {}).items() if a in (padded_elements or {})}
+    forms = {(term, free): np.column_stack([*cols, np.ones_like(raw)]) for term, cols in columns.items() for free in (0, 1)}
+    loo = {form: _leave_one_out(x, measured, relative, bool(form[1]), _padded(form))
+           + 0.25 * ((form[0] is not None) + form[1]) for form, x in forms.items()}
+    best = min(loo, key=loo.__getitem__) if np.isfinite(min(loo.values())) else (None, 0)
+    term, free = best
+    x = forms[best]
+    coef = _fit(x, measured, bool(free), _padded(best))
     if coef is None:
         log.warning("LUT calibration fit failed; using sum + remainder")
         return
     fit = x @ coef
     cal: dict[str, Any] = {"scale": float(coef[0]), "per_melement": float(coef[1])}
-    if align is not None:
-        cal.update(align=int(align), per_misaligned=float(coef[2]))
+    if term is not None and term[0] == "misaligned":
+        cal.update(align=int(term[1]), per_misaligned=float(coef[2]))
+    elif term is not None:
+        cal.update(pad=int(term[1]), per_padded_mmac=float(coef[2]))
+        if term[0] == "padded_elements":
+            cal["padded_elements"] = True
     cal.update(offset=float(coef[-1]), plans=len(raw),
                fit_mape=float(np.mean(np.abs(fit / fit[0] - relative) / relative) * 100),
-               loo_mape=float(loo[(align, free)]) if np.isfinite(loo[(align, free)]) else None, counts=[list(map(int, c)) for c in counts],
+               loo_mape=float(loo[best]) if np.isfinite(loo[best]) else None, counts=[list(map(int, c)) for c in counts],
                relative=relative.tolist())
     h["calibration"] = cal
 
 
-def _fit(x: np.ndarray, y: np.ndarray, free: bool = False) -> np.ndarray | None:
-    """Least squares with ``scale`` (column 0) and ``per_misaligned`` >= 0, and the elements term
-    (column 1) and the offset (last) >= 0 too unless ``free``; a straight line on the sum if the
-    fit gives the tables no weight."""
+def _padded(form: tuple) -> bool:
+    return form[0] is not None and form[0][0].startswith("padded")
+
+
+def _fit(x: np.ndarray, y: np.ndarray, free: bool = False, padded: bool = False) -> np.ndarray | None:
+    """Least squares with ``scale`` (column 0) and the third term >= 0, and the elements term
+    (column 1) and the offset (last) >= 0 too unless ``free``. If the fit gives the tables no
+    weight: a straight line on the sum, unless the padded MACs (column 2 with ``padded``) carry it."""
     low = np.zeros(x.shape[1])
     if free:
         low[1] = low[-1] = -np.inf
     coef = lsq_linear(x, y, bounds=(low, np.full(x.shape[1], np.inf))).x
-    if coef[0] <= 0:  # the tables explain nothing: fall back to a plain linear fit on the sum
+    if padded and coef[0] <= 0 < coef[2]:
+        coef[0] = 0.0
+    elif coef[0] <= 0:  # the tables explain nothing: fall back to a plain linear fit on the sum
         scale, offset = np.polyfit(x[:, 0], y, 1)
         coef = np.zeros(x.shape[1])
         coef[0], coef[-1] = scale, offset
-    return coef if np.isfinite(coef).all() and coef[0] > 0 else None
+    ok = coef[0] > 0 or (padded and coef[2] > 0)
+    return coef if np.isfinite(coef).all() and ok else None
 
 
-def _leave_one_out(x: np.ndarray, y: np.ndarray, relative: np.ndarray, free: bool) -> float:
+def _leave_one_out(x: np.ndarray, y: np.ndarray, relative: np.ndarray, free: bool, padded: bool = False) -> float:
     """Mean abs % error of each pruned plan's predicted fraction, fitted without that plan."""
     if len(y) < x.shape[1] + 2:
         return float("inf")
     errors = []
     for k in range(1, len(y)):
         keep = np.arange(len(y)) != k
-        coef = _fit(x[keep], y[keep], free)
+        coef = _fit(x[keep], y[keep], free, padded)
         if coef is None:
             return float("inf")
         errors.append(abs((x[k] @ coef) / (x[0] @ coef) - relative[k]) / relative[k])

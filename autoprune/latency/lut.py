@@ -28,14 +28,19 @@ Prediction for a count vector: every module's kept (in, out) widths come from
 surrounding grid points (exact on grid points, and always between the smallest and largest of
 its neighbours); a width outside a table's grid is an error (never extrapolated). Then
 
-    value = scale * sum + per_melement * elements / 1e6 + per_misaligned * misaligned / 1e6 + offset
+    value = scale * sum + per_melement * elements / 1e6 + per_misaligned * misaligned / 1e6
+            + per_padded_mmac * padded_macs / 1e6 + offset
 
 with the header's ``calibration``, where ``elements`` is the number of output elements of every
 conv/linear at the kept widths (the work of the norm, activation and residual-add layers between
 them, which no table holds; ``per_melement`` is optional, default 0) and ``misaligned`` the output
 elements of the convs whose kept width is not a multiple of the calibration's ``align`` (4, 8 or
 16; absent: no such term): a runtime that lays channels out in blocks (ONNX Runtime's NCHWc)
-reorders the activations around such a conv, which no layer alone shows. Without a calibration,
+reorders the activations around such a conv, which no layer alone shows. ``padded_macs`` (instead
+of ``misaligned``; calibration key ``pad``) are the MACs with every kept width rounded up to a
+multiple of ``pad``: OpenVINO's CPU plugin computes convs in blocks of 16 channels, and its latency
+follows these rather than the tables of lone layers (``scale`` may then be 0); with
+``padded_elements: true`` the elements are counted with padded channels too. Without a calibration,
 ``scale = 1`` and ``offset = remainder`` (plain NetAdapt: sum plus the measured rest of the model).
 The LUT predicts the **fraction** ``value(plan) / value(unpruned)``, which does not depend on how
 fast the machine was while it was built; in ms it predicts that fraction times
@@ -73,6 +78,8 @@ from autoprune.latency.tables import (  # noqa: F401  (the grid and the tables a
     grid_counts,
     misaligned_melements,
     module_axes,
+    padded_melements,
+    padded_mmacs,
     parse_table,
     random_counts,
     tabulate,
@@ -196,9 +203,19 @@ class Lut:
     def per_misaligned(self) -> float:
         return float((self.header.get("calibration") or {}).get("per_misaligned", 0.0))
 
-    def value(self, raw: float, melements: float, misaligned: float = 0.0) -> float:
-        """The calibrated prediction from a table sum and the kept output elements (millions)."""
-        return self.scale * raw + self.per_melement * melements + self.per_misaligned * misaligned + self.offset
+    @property
+    def pad(self) -> int | None:
+        return (self.header.get("calibration") or {}).get("pad")
+
+    @property
+    def per_padded(self) -> float:
+        return float((self.header.get("calibration") or {}).get("per_padded_mmac", 0.0))
+
+    def value(self, raw: float, melements: float, misaligned: float = 0.0, padded: float = 0.0) -> float:
+        """The calibrated prediction from a table sum, the kept output elements (millions) and,
+        where the calibration has those terms, the misaligned elements and the padded MACs."""
+        return (self.scale * raw + self.per_melement * melements + self.per_misaligned * misaligned
+                + self.per_padded * padded + self.offset)
 
 
 def upgrade_v1_header(header: dict[str, Any]) -> dict[str, Any]:
@@ -221,14 +238,16 @@ def _check_calibration(header: dict[str, Any], source: str) -> None:
     cal = header.get("calibration")
     if cal is not None and not (isinstance(cal, dict) and {"scale", "offset"} <= set(cal)):
         raise AutopruneError(f"{source}: header 'calibration' must be {{\"scale\": a, \"offset\": b, ...}} or absent")
-    keys = ("scale", "offset", "per_melement", "per_misaligned")
+    keys = ("scale", "offset", "per_melement", "per_misaligned", "per_padded_mmac")
     numbers = [header["remainder"]] + [(cal or {}).get(k, 0.0) for k in keys]
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers) or \
-            (cal and (cal["scale"] <= 0 or cal.get("per_misaligned", 0) < 0)):
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers) or (cal and (
+            cal["scale"] < 0 or cal.get("per_misaligned", 0) < 0 or cal.get("per_padded_mmac", 0) < 0
+            or cal["scale"] == cal.get("per_padded_mmac", 0) == 0)):
         raise AutopruneError(f"{source}: remainder and calibration must be finite numbers "
-                             "(scale > 0, per_misaligned >= 0)")
-    if cal and cal.get("align") not in (None, *ALIGNMENTS):
-        raise AutopruneError(f"{source}: calibration 'align' must be one of {ALIGNMENTS} or absent")
+                             "(scale > 0, or scale >= 0 with per_padded_mmac > 0; per_misaligned >= 0)")
+    for key in ("align", "pad"):
+        if cal and cal.get(key) not in (None, *ALIGNMENTS):
+            raise AutopruneError(f"{source}: calibration {key!r} must be one of {ALIGNMENTS} or absent")
 
 
 def read_lut_json(path: str | Path) -> tuple[Any, str]:
@@ -283,9 +302,15 @@ class LutCost:
 
     def value(self, counts: Sequence[int]) -> float:
         """The calibrated prediction in the LUT's unit (ms or reference-op units)."""
-        align = self.lut.align
+        align, pad = self.lut.align, self.lut.pad
         misaligned = misaligned_melements(self.graph, self.widths, counts, align) if align else 0.0
-        return self.lut.value(self.raw(counts), self.widths.activations(counts) / 1e6, misaligned)
+        padded = padded_mmacs(self.graph, self.widths, counts, pad) if pad else 0.0
+        raw = self.raw(counts) if self.lut.scale > 0 else 0.0
+        if pad and self.lut.header["calibration"].get("padded_elements"):
+            elements = padded_melements(self.graph, self.widths, counts, pad)
+        else:
+            elements = self.widths.activations(counts) / 1e6
+        return self.lut.value(raw, elements, misaligned, padded)
 
     def fraction(self, counts: Sequence[int]) -> float:
         """Predicted latency of ``counts`` as a fraction of the unpruned model's (drift-proof)."""

@@ -47,6 +47,8 @@ from autoprune.latency.tables import (
     fine_axes,
     misaligned_melements,
     module_axes,
+    padded_melements,
+    padded_mmacs,
 )
 from autoprune.latency.timing import example_input
 
@@ -100,7 +102,10 @@ def write_probes(model: nn.Module, input_shape: Sequence[int], out_dir: str | Pa
             _export(apply_plan(model, graph, PruningPlan.from_counts(graph, counts)).eval(), example, out / file)
         calibration.append({"file": file, "counts": [int(c) for c in counts], "widths": module_widths(graph, widths, counts),
                             "melements": widths.activations(counts) / 1e6,
-                            "misaligned": {str(a): misaligned_melements(graph, widths, counts, a) for a in ALIGNMENTS}})
+                            "misaligned": {str(a): misaligned_melements(graph, widths, counts, a) for a in ALIGNMENTS},
+                            "padded": {str(a): padded_mmacs(graph, widths, counts, a) for a in ALIGNMENTS},
+                            "padded_elements": {str(a): padded_melements(graph, widths, counts, a)
+                                                for a in ALIGNMENTS}})
     header = make_header(graph, batch=batch, step=step, model=model_name, unit="reference", runtime="onnxruntime",
                          runtime_version="unknown", device="unknown", calibration_seed=seed, fine=fine)
     manifest = {"schema": PROBES_SCHEMA, "header": header,
@@ -165,5 +170,9 @@ def import_probes(probe_dir: str | Path, device: str | None = None) -> Lut:
     fit_calibration(lut, [p["counts"] for p in plans],
                     [lut.sum_at({k: tuple(v) for k, v in p["widths"].items()}) for p in plans],
                     [p["melements"] for p in plans], relative, float(timings["base"]["reference"]),
-                    {a: [p["misaligned"][str(a)] for p in plans] for a in ALIGNMENTS})
+                    {a: [p["misaligned"][str(a)] for p in plans] for a in ALIGNMENTS},
+                    {a: [p["padded"][str(a)] for p in plans] for a in ALIGNMENTS}
+                    if all("padded" in p for p in plans) else None,
+                    {a: [p["padded_elements"][str(a)] for p in plans] for a in ALIGNMENTS}
+                    if all("padded_elements" in p for p in plans) else None)
     return Lut.from_dict(json.loads(lut.to_json()), f"LUT imported from {str(folder)!r}")

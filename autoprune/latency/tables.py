@@ -178,6 +178,31 @@ def misaligned_melements(graph: UnitGraph, widths: WidthModel, counts: Sequence[
     return total / 1e6
 
 
+def padded_mmacs(graph: UnitGraph, widths: WidthModel, counts: Sequence[int], align: int) -> float:
+    """MACs (millions) of the conv/linear layers at ``counts`` with each width rounded up to a
+    multiple of ``align``: the work of kernels that compute in blocks of ``align`` channels, padding
+    included (OpenVINO's CPU plugin on AVX-512 computes convs in blocks of 16 channels)."""
+    in_k, out_k = widths.ratios(counts)
+    total = 0.0
+    for idx, m in enumerate(graph.modules):
+        if m.kind in DENSE_KINDS and m.macs > 0:
+            out = math.ceil(round(out_k[idx] * m.out_ch, 6) / align) * align / m.out_ch
+            inp = 1.0 if m.kind == "depthwise" else math.ceil(round(in_k[idx] * m.in_ch, 6) / align) * align / m.in_ch
+            total += m.macs * inp * out
+    return total / 1e6
+
+
+def padded_melements(graph: UnitGraph, widths: WidthModel, counts: Sequence[int], align: int) -> float:
+    """Output elements (millions) of every conv/linear at ``counts`` with the channels rounded up to a
+    multiple of ``align``: the elementwise work on activations stored in ``align``-channel blocks."""
+    _in_k, out_k = widths.ratios(counts)
+    total = 0.0
+    for idx, m in enumerate(graph.modules):
+        if m.kind in DENSE_KINDS and m.macs > 0:
+            total += math.ceil(round(out_k[idx] * m.out_ch, 6) / align) * align * m.out_spatial
+    return total / 1e6
+
+
 def grid_counts(n: int, step: int) -> list[int]:
     """Grid of channel counts for ``n`` channels: 1, every multiple of ``step`` and ``n``."""
     if step < 1:

@@ -38,6 +38,20 @@ def calibration_warning(header: dict) -> str | None:
             f"latency in {header.get('runtime', 'this runtime')} (a latency budget without lut)")
 
 
+def calibration_summary(header: dict) -> str:
+    """``"; calibration: <form>, fit X% mean error on N plans (leave-one-out Y%)"``, or ``""``."""
+    cal = header.get("calibration")
+    if not cal:
+        return ""
+    form = "tables" if cal.get("scale", 0) > 0 else "no tables"
+    if cal.get("align"):
+        form += f" + misaligned elements ({cal['align']})"
+    if cal.get("pad"):
+        form += f" + MACs padded to {cal['pad']}"
+    loo = f" (leave-one-out {cal['loo_mape']:.1f}%)" if cal.get("loo_mape") is not None else ""
+    return f"; calibration: {form} + elements, fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans{loo}"
+
+
 def build_lut_file(model: str, input_shape: tuple[int, ...], out: str | Path, model_kwargs: dict | None = None,
                    num_classes: int | None = None, **options: Any) -> Lut:
     """Profile the model named ``model`` (random weights: latency does not depend on them) and write its
