@@ -115,3 +115,19 @@ def test_feature_vectors_and_1d_signals_search_end_to_end(tmp_path, model, shape
     in_shape = (64,) if shape == "flat" else (1, 64)
     assert measure_model(load_pruned(run / "pruned_model.pt"), in_shape)[0] == summary["pruned"]["flops"]
     assert summary["pruned"]["test_accuracy_after_finetune"] > 0.2  # 10 classes: twice chance
+
+
+def test_units_whose_cut_breaks_the_forward_are_left_out_with_a_warning(caplog):
+    """timm-style attention reshapes qkv with the embedding width and a fixed head count: cutting
+    the embedding or qkv alone breaks the forward, which the dependency graph cannot see. Those units
+    are left out (named in a warning); the MLP's hidden width still prunes, with exact costs."""
+    model = thirdparty_models.timm_style_vit().eval()
+    with caplog.at_level("WARNING", logger="autoprune.core.graph"):
+        graph = build_unit_graph(model, (3, 32, 32))
+    assert graph.names == ["mlp.0"]
+    assert "patch" in caplog.text and "qkv" in caplog.text
+    plan = PruningPlan.from_ratios(graph, 0.3)
+    pruned = apply_plan(model, graph, plan)
+    assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    counts = plan.counts(graph)
+    assert (FlopsCost(graph)(counts), ParamsCost(graph)(counts)) == measure_model(pruned, (3, 32, 32))

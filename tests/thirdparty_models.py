@@ -164,3 +164,29 @@ def vit(num_classes=10):
 
 def resnextish(num_classes=10):
     return ResNeXtish(num_classes)
+
+
+class TimmStyleViT(nn.Module):
+    """timm's attention: one qkv Linear split by reshape(B, N, 3, heads, C // heads), then SDPA."""
+
+    def __init__(self, num_classes=10, dim=64, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.patch = nn.Conv2d(3, dim, 8, 8)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        b, n, c = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, c))
+        x = x + self.mlp(self.norm2(x))
+        return self.head(x.mean(1))
+
+
+def timm_style_vit(num_classes=10):
+    return TimmStyleViT(num_classes)

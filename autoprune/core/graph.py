@@ -12,6 +12,8 @@ closed-form function of the kept channel counts (see :mod:`autoprune.core.cost`)
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import AutopruneError
+
+log = logging.getLogger(__name__)
 
 PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -251,6 +255,48 @@ def _loose_parameter(modules: list[ModuleInfo], module_index: dict[str, int], na
     return module_index[name]
 
 
+def _prunes_cleanly(model: nn.Module, input_shape: tuple[int, ...], units: Sequence[tuple[str, int, int]]) -> bool:
+    """Whether a copy of ``model`` with each ``(unit, channels, blocks)`` cut to about half (the same
+    positions of every block) still runs a forward pass."""
+    pruned = copy.deepcopy(model)
+    modules = dict(pruned.named_modules())
+    try:
+        dg = build_dependency_graph(pruned, input_shape)
+        for name, channels, blocks in units:
+            width = channels // blocks
+            drop = [b * width + p for b in range(blocks) for p in range(width - max(1, width // 2), width)]
+            root = modules[name]
+            dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs=drop).prune()
+        forward_with_hooks(pruned, input_shape, lambda *_: None)
+    except Exception:  # noqa: BLE001  (any failure means: this cut breaks the model)
+        return False
+    return True
+
+
+def _without_breaking_units(model: nn.Module, input_shape: tuple[int, ...], found: list) -> list:
+    """Drop the units whose pruning breaks the model's forward: a ``reshape`` to sizes computed from
+    another tensor (timm-style attention splits ``qkv`` with the embedding width and a fixed head
+    count) ties channels together in a way the dependency graph does not trace. The dropped units
+    keep all their channels; a warning names them. One trial forward when nothing breaks."""
+    spec = {f[1][0]: (f[1][0], _out_width(model, f[1][0]), f[3]) for f in found}
+    if _prunes_cleanly(model, input_shape, list(spec.values())):
+        return found
+    broken = {name for name, unit in spec.items() if not _prunes_cleanly(model, input_shape, [unit])}
+    kept = [f for f in found if f[1][0] not in broken]
+    if not _prunes_cleanly(model, input_shape, [spec[f[1][0]] for f in kept]):
+        raise AutopruneError("pruning the model's units together breaks its forward pass (each one alone "
+                             "works); mark the offending layers as not prunable")
+    log.warning("left out %d unit(s) whose pruning breaks the model's forward pass (a reshape the dependency "
+                "graph does not see, e.g. timm-style attention): %s; their channels are kept",
+                len(broken), ", ".join(sorted(broken)))
+    return kept
+
+
+def _out_width(model: nn.Module, name: str) -> int:
+    module = dict(model.named_modules())[name]
+    return int(getattr(module, "out_channels", None) or module.out_features)
+
+
 def build_unit_graph(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -325,6 +371,7 @@ def build_unit_graph(
         if blocks > 1 and blocks >= modules[module_index[members[0]]].out_ch:
             continue  # one channel per head/group: nothing can go without breaking the structure
         found.append((exec_index[members[0]], members, coupling, blocks))
+    found = _without_breaking_units(model, input_shape, found)
     if not found:
         raise AutopruneError(
             "the model has no prunable unit (its only conv/linear layer is the classifier)"
