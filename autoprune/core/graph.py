@@ -123,8 +123,14 @@ def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.D
 def forward_with_hooks(model: nn.Module, input_shape: Sequence[int], hook) -> None:
     """One eval-mode, no-grad forward of a batch-1 input with ``hook(name, mod, inp, out)`` on every
     conv/linear; the model's mode is restored and the hooks removed."""
-    handles = [module.register_forward_hook(lambda mod, inp, out, name=name: hook(name, mod, inp, out))
-               for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
+    _run_hooked(model, input_shape, [
+        module.register_forward_hook(lambda mod, inp, out, name=name: hook(name, mod, inp, out))
+        for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)])
+
+
+def _run_hooked(model: nn.Module, input_shape: Sequence[int], handles: list) -> None:
+    """One eval-mode, no-grad forward of a batch-1 input; then the mode is restored and ``handles``
+    (hooks registered by the caller) removed."""
     was_training = model.training
     model.eval()
     try:
@@ -162,17 +168,9 @@ def attention_tokens(model: nn.Module, input_shape: Sequence[int]) -> dict[str, 
         if query is not None and name not in tokens:
             tokens[name] = int(query.numel() // mod.embed_dim)
 
-    handles = [m.register_forward_hook(lambda mod, a, kw, out, n=n: hook(n, mod, a, kw, out), with_kwargs=True)
-               for n, m in found.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input(input_shape, model=model))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    _run_hooked(model, input_shape, [
+        m.register_forward_hook(lambda mod, a, kw, out, n=n: hook(n, mod, a, kw, out), with_kwargs=True)
+        for n, m in found.items()])
     return tokens
 
 
