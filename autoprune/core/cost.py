@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from autoprune.config import GRANULARITIES, PruningConfig
-from autoprune.core.graph import UnitGraph, forward_with_hooks
+from autoprune.core.graph import UnitGraph, attention_tokens, forward_with_hooks, in_projections
 from autoprune.errors import BudgetError, ConfigError
 from autoprune.registry import Registry
 
@@ -220,10 +220,8 @@ def measure_model(model: nn.Module, input_shape: Sequence[int]) -> tuple[int, in
     the oracle the tests compare the plan-only counters with for channel pruning, and the way to
     count a model pruned by some other tool (benchmarks).
     """
-    from autoprune.core.graph import _in_projections, attention_tokens
-
     tokens = attention_tokens(model, input_shape)  # attention's projections are F.linear calls
-    macs = [sum(n * (sum(w.numel() for w in _in_projections(mha)) + mha.out_proj.weight.numel())
+    macs = [sum(n * (sum(w.numel() for w in in_projections(mha)) + mha.out_proj.weight.numel())
                 for name, mha in model.named_modules() if (n := tokens.get(name)))]
 
     def count(name: str, mod: nn.Module, inp, out: torch.Tensor) -> None:

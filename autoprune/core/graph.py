@@ -2,8 +2,9 @@
 
 A *unit* is one group of coupled channels: a plain conv with its BatchNorm and the next layer's
 inputs; all convs joined by a residual add; an expand conv with its depthwise conv; the producers
-of a concat. Pruning ``k`` channels of a unit removes the same ``k`` channels everywhere in the
-group. The classifier's output channels are never pruned.
+of a concat; a ViT's embedding. Pruning ``k`` channels of a unit removes the same ``k`` channels
+everywhere in the group; where they form equal blocks (heads, groups), the same positions of every
+block. The classifier's outputs, and units whose cut breaks the forward pass, are never pruned.
 
 For each unit we record, per module it touches, how many input/output elements one channel
 maps to (1 for a conv, H*W for a Linear after a flatten). That makes the cost of any plan a
@@ -123,9 +124,8 @@ def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.D
 def forward_with_hooks(model: nn.Module, input_shape: Sequence[int], hook) -> None:
     """One eval-mode, no-grad forward of a batch-1 input with ``hook(name, mod, inp, out)`` on every
     conv/linear; the model's mode is restored and the hooks removed."""
-    _run_hooked(model, input_shape, [
-        module.register_forward_hook(lambda mod, inp, out, name=name: hook(name, mod, inp, out))
-        for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)])
+    _run_hooked(model, input_shape, [m.register_forward_hook(lambda mod, inp, out, name=n: hook(name, mod, inp, out))
+                                     for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)])
 
 
 def _run_hooked(model: nn.Module, input_shape: Sequence[int], handles: list) -> None:
@@ -174,7 +174,7 @@ def attention_tokens(model: nn.Module, input_shape: Sequence[int]) -> dict[str, 
     return tokens
 
 
-def _in_projections(mha: nn.MultiheadAttention) -> list[torch.Tensor]:
+def in_projections(mha: nn.MultiheadAttention) -> list[torch.Tensor]:
     if mha.in_proj_weight is not None:
         return [mha.in_proj_weight]
     return [mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight]
@@ -184,7 +184,7 @@ def _attention_info(name: str, mha: nn.MultiheadAttention, tokens: int) -> Modul
     """The q/k/v input projection of an attention layer as a dense layer: embed_dim inputs, three
     outputs per embedding channel (the out projection is its own Linear). Attention's own products
     (QK^T, AV) are not conv/linear MACs and are not counted, as everywhere in autoprune."""
-    weight = sum(w.numel() for w in _in_projections(mha))
+    weight = sum(w.numel() for w in in_projections(mha))
     bias = mha.in_proj_bias.numel() if mha.in_proj_bias is not None else 0
     e = mha.embed_dim
     return ModuleInfo(name, "attention", e, 3 * e, tokens * weight, weight, bias,
@@ -231,10 +231,8 @@ def channel_blocks(module: nn.Module) -> int:
     of an attention layer's embedding, a GroupNorm's groups, a grouped (not depthwise) conv's
     groups. Pruning must take the same number from each block (torch-pruning keeps ``num_heads``,
     ``num_groups`` and ``groups`` as they are and slices grouped inputs block by block)."""
-    if isinstance(module, nn.MultiheadAttention):
-        return int(module.num_heads)
-    if isinstance(module, nn.GroupNorm):
-        return int(module.num_groups)
+    if isinstance(module, nn.MultiheadAttention | nn.GroupNorm):
+        return int(getattr(module, "num_heads", None) or module.num_groups)
     if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups != module.out_channels:
         return int(module.groups)
     return 1
@@ -271,28 +269,31 @@ def _prunes_cleanly(model: nn.Module, input_shape: tuple[int, ...], units: Seque
     return True
 
 
-def _without_breaking_units(model: nn.Module, input_shape: tuple[int, ...], found: list) -> list:
+def _without_breaking_units(model: nn.Module, input_shape: tuple[int, ...], found: list,
+                            widths: dict[str, int]) -> list:
     """Drop the units whose pruning breaks the model's forward: a ``reshape`` to sizes computed from
     another tensor (timm-style attention splits ``qkv`` with the embedding width and a fixed head
     count) ties channels together in a way the dependency graph does not trace. The dropped units
-    keep all their channels; a warning names them. One trial forward when nothing breaks."""
-    spec = {f[1][0]: (f[1][0], _out_width(model, f[1][0]), f[3]) for f in found}
+    keep all their channels; a warning names them. One trial forward when nothing breaks; else one
+    per unit (those failing alone go), and, if the rest still fail together, one per unit again,
+    adding them back in order while the cut still runs."""
+    spec = {f[1][0]: (f[1][0], widths[f[1][0]], f[3]) for f in found}
     if _prunes_cleanly(model, input_shape, list(spec.values())):
         return found
     broken = {name for name, unit in spec.items() if not _prunes_cleanly(model, input_shape, [unit])}
     kept = [f for f in found if f[1][0] not in broken]
     if not _prunes_cleanly(model, input_shape, [spec[f[1][0]] for f in kept]):
-        raise AutopruneError("pruning the model's units together breaks its forward pass (each one alone "
-                             "works); mark the offending layers as not prunable")
+        together: list = []
+        for f in kept:
+            if _prunes_cleanly(model, input_shape, [spec[g[1][0]] for g in [*together, f]]):
+                together.append(f)
+            else:
+                broken.add(f[1][0])
+        kept = together
     log.warning("left out %d unit(s) whose pruning breaks the model's forward pass (a reshape the dependency "
                 "graph does not see, e.g. timm-style attention): %s; their channels are kept",
                 len(broken), ", ".join(sorted(broken)))
     return kept
-
-
-def _out_width(model: nn.Module, name: str) -> int:
-    module = dict(model.named_modules())[name]
-    return int(getattr(module, "out_channels", None) or module.out_features)
 
 
 def build_unit_graph(
@@ -369,7 +370,8 @@ def build_unit_graph(
         if blocks > 1 and blocks >= modules[module_index[members[0]]].out_ch:
             continue  # one channel per head/group: nothing can go without breaking the structure
         found.append((exec_index[members[0]], members, coupling, blocks))
-    found = _without_breaking_units(model, input_shape, found)
+    found = _without_breaking_units(model, input_shape, found,
+                                    {f[1][0]: modules[module_index[f[1][0]]].out_ch for f in found})
     if not found:
         raise AutopruneError(
             "the model has no prunable unit (its only conv/linear layer is the classifier)"
