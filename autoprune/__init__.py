@@ -32,6 +32,7 @@ _API = {
     "apply_plan": "autoprune.core.prune",
     "UnitGraph": "autoprune.core.graph",
     "build_unit_graph": "autoprune.core.graph",
+    "skip_units": "autoprune.core.skip",
     "Budget": "autoprune.core.cost",
     "make_budget": "autoprune.core.cost",
     "plan_costs": "autoprune.core.cost",

@@ -203,6 +203,9 @@ class PruningConfig:
     """Batches used by data-driven criteria (taylor, apoz, hessian, reconstruction)."""
     scope: str = "layer"
     """``fine`` granularity: ``layer`` (each layer keeps its density) or ``global`` (one magnitude threshold)."""
+    skip: list[str] = field(default_factory=list)
+    """Layers kept at full width: glob patterns over module names (``[conv1, "layer3.*"]``); a unit
+    is kept whole when any conv/linear of it matches."""
 
     def validate(self) -> None:
         check_choice("pruning.granularity", self.granularity, GRANULARITIES)
@@ -213,6 +216,8 @@ class PruningConfig:
             )
         if self.round_to < 1:
             raise ConfigError(f"pruning.round_to must be >= 1 (got {self.round_to})")
+        if any(not p.strip() for p in self.skip):
+            raise ConfigError("pruning.skip: a pattern is empty (give module names or globs such as 'layer3.*')")
 
 
 @dataclass

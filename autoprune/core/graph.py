@@ -84,6 +84,9 @@ class UnitGraph:
     # unit index -> list of (module index, "in"|"out", elements per channel)
     couplings: list[list[tuple[int, str, int]]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    # units kept whole by ``pruning.skip`` (their discovery-order index) and its patterns
+    skipped: list[LayerSpec] = field(default_factory=list)
+    skip: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -100,7 +103,16 @@ class UnitGraph:
         for u in self.units:
             if u.name == name:
                 return u
+        if any(u.name == name for u in self.skipped):
+            raise AutopruneError(f"unit {name!r} is kept whole by pruning.skip {list(self.skip)}")
         raise AutopruneError(f"unknown prunable unit {name!r}; units: {', '.join(self.names)}")
+
+    def discovered(self) -> list[tuple[str, int]]:
+        """``(name, channels)`` of every unit the model has, skipped ones included, in discovery order."""
+        skipped = {u.index: u for u in self.skipped}
+        kept = iter(self.units)
+        return [(u.name, u.out_channels) for u in
+                (skipped[i] if i in skipped else next(kept) for i in range(len(self.units) + len(skipped)))]
 
 
 def example_input(input_shape: Sequence[int], batch: int = 1, model: nn.Module | None = None) -> torch.Tensor:

@@ -37,6 +37,7 @@ from autoprune.core.criteria import Batch, Criterion
 from autoprune.core.graph import UnitGraph, build_unit_graph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import Removal, apply_plan, replay
+from autoprune.core.skip import skip_units
 from autoprune.core.sparsity import apply_masks, make_permanent, masks_of
 from autoprune.errors import ConfigError
 
@@ -143,7 +144,8 @@ def iterative_prune(
     """
     model, removals, widths = base, [], []
     for counts in schedule_counts(graph.channels, plan.counts(graph), schedule):
-        current = build_unit_graph(model, graph.input_shape) if pruning.granularity == "channel" else graph
+        current = (skip_units(build_unit_graph(model, graph.input_shape), graph.skip)
+                   if pruning.granularity == "channel" else graph)
         step_plan = PruningPlan.from_counts(current, dict(zip(graph.names, counts, strict=True)))
         step_log: list[Removal] = []
         model = apply_plan(model, current, step_plan, pruning, calibration, criterion, step_log)

@@ -26,6 +26,7 @@ from autoprune.core.cost import Budget, CostModel, make_budget, plan_costs
 from autoprune.core.criteria import CRITERIA
 from autoprune.core.graph import UnitGraph, build_unit_graph
 from autoprune.core.iterative import check_recorded, recording, steps_per_epoch
+from autoprune.core.skip import skip_units
 from autoprune.core.train import dataset_accuracy, train_model
 from autoprune.data.datasets import DataBundle, load_data
 from autoprune.device import CPU, Device, cpu_state
@@ -174,7 +175,7 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
     model, input_shape, trained = base_model(cfg, data, base_checkpoint, progress, runtime)
     training_seconds = time.time() - started if trained else 0.0
     check_recorded(cfg, model)
-    graph = build_unit_graph(model, input_shape)
+    graph = skip_units(build_unit_graph(model, input_shape), cfg.pruning.skip)
     b = cfg.budget
     budget = make_budget(graph, b.kind, b.value, absolute=b.latency_ms is not None, pruning=cfg.pruning,
                          model=model, lut=b.lut, runtime=b.runtime, device=b.device, luts=cfg.luts)
