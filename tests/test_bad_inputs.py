@@ -217,7 +217,18 @@ def case_budget_two_kinds(env):
 
 @case
 def case_budget_below_reachable(env):
-    return search(env, "below the minimum reachable .* lower pruning.min_ratio", budget={"flops": 0.01})
+    return search(env, "below the minimum reachable .* lower pruning.min_ratio", budget={"flops": 0.1},
+                  pruning={"min_ratio": 0.5})
+
+
+@case
+def case_budget_below_the_fixed_part(env):
+    return search(env, "below what this model can reach: .* raise the budget", budget={"flops": 0.01})
+
+
+@case
+def case_skip_pattern_matches_nothing(env):
+    return search(env, "pruning.skip: 'layer9' matches no layer of the model", pruning={"skip": ["layer9"]})
 
 
 @case
@@ -477,7 +488,7 @@ def latency_search(env: Env, message: str, lut: str, value: float = 0.6) -> Case
 
 @case
 def case_latency_budget_below_lut_minimum(env):
-    return latency_search(env, "budget latency=0.02 is below the minimum reachable", lut_file(env), 0.02)
+    return latency_search(env, "budget latency=0.02 is below what this model can reach: .* the time outside conv/linear", lut_file(env), 0.02)
 
 
 @case

@@ -96,3 +96,15 @@ def test_iterative_schedule_keeps_the_skip(tiny_session):
     assert modules["features.4"].out_channels == graph.skipped[0].out_channels
     assert modules["features.0"].out_channels == plan.channels["features.0"]
     assert result.model(x).shape == (64, 10) and not torch.isnan(result.model(x)).any()
+
+
+def test_a_budget_below_the_fixed_part_says_lowering_min_ratio_cannot_help(tmp_path):
+    from autoprune.errors import BudgetError
+    from autoprune.pipeline.session import prepare
+
+    raw = tiny_config(pruning={"skip": ["features.0", "fc1"], "min_ratio": 0.9}, budget={"flops": 0.05})
+    with pytest.raises(BudgetError, match=r"below what this model can reach: 0\.\d+ of the base stays .* pruning\.skip"):
+        prepare(load_config(raw), progress=False)
+    raw["budget"] = {"flops": 0.5}  # reachable with every unit at one channel, not at min_ratio
+    with pytest.raises(BudgetError, match="below the minimum reachable .* lower pruning.min_ratio"):
+        prepare(load_config(raw), progress=False)

@@ -144,9 +144,23 @@ class Budget:
     def fits(self, counts: Sequence[int], tol: float = 1e-9) -> bool:
         return self.cost(counts) <= self.target * (1 + tol)
 
-    def check_reachable(self, min_counts: Sequence[int], hint: str = "lower pruning.min_ratio") -> None:
+    def check_reachable(self, min_counts: Sequence[int], hint: str = "lower pruning.min_ratio",
+                        floor_counts: Sequence[int] | None = None) -> None:
+        """Raise ``BudgetError`` when the plan at ``min_counts`` costs more than the budget.
+
+        :param floor_counts: every unit at its smallest width; when even that misses the budget,
+            lowering ``min_ratio`` cannot help and the message says what is fixed instead.
+        """
         lowest = self.cost(min_counts)
         if lowest > self.target * (1 + 1e-9):
+            floor = self.cost(floor_counts) if floor_counts is not None else 0.0
+            if floor > self.target * (1 + 1e-9):
+                raise BudgetError(
+                    f"budget {self.kind}={self.fraction:.3g} is below what this model can reach: "
+                    f"{floor / self.cost.base:.3g} of the base stays with every prunable unit at its smallest "
+                    f"width (what no unit prunes stays: the classifier's outputs, units left out or in "
+                    f"pruning.skip{', the time outside conv/linear layers' if self.kind == 'latency' else ''}); "
+                    f"raise the budget")
             raise BudgetError(
                 f"budget {self.kind}={self.fraction:.3g} is below the minimum reachable "
                 f"({lowest / self.cost.base:.3g} of the base with every unit at min_ratio); "
