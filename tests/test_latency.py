@@ -218,6 +218,7 @@ def test_build_lut_profiles_every_dense_module_and_calibrates(graph):
     assert h["batch"] == 1 and h["threads"] == 1 and h["dtype"] == "float32" and h["model"] == "tiny"
     assert h["runtime"] == "torch" and h["runtime_version"] == torch.__version__.split("+")[0]
     assert h["device_kind"] == "cpu" and h["unit"] == "reference" and h["reference"]["ms"] > 0
+    assert h["clock"] == "cpu"  # "auto" at 1 thread on the CPU: what a busy machine cannot inflate
     assert h["input_shape"] == list(SHAPE) and h["model_signature"] == model_signature(graph)
     assert math.isfinite(h["remainder"]) and h["base_measured_ms"] > 0 and h["base_reference"] > 0
     cost = LutCost(lut, graph)
@@ -497,6 +498,20 @@ def test_unknown_runtime_and_cuda_with_the_cpu_clock_are_one_line_errors():
         measure_latency(TinyCNN(), SHAPE, repeats=1, runtime="tensorrt")
     with pytest.raises(AutopruneError, match="cannot time a CUDA device"):
         make_timer("cuda:0", "cpu", 1)
+
+
+def test_the_auto_clock_is_thread_time_for_one_cpu_thread_only():
+    import time
+
+    from autoprune.latency.timing import CudaTimer, clock_fn, make_timer, resolve_clock
+
+    assert resolve_clock("auto", 1) == "cpu" and resolve_clock("auto", 1, "cpu") == "cpu"
+    assert resolve_clock("auto", 2) == "wall" and resolve_clock("auto", 1, "cuda:0") == "wall"
+    assert resolve_clock("auto", 1, "mps") == "wall" and resolve_clock("wall", 1) == "wall"
+    assert clock_fn("auto", 1) is time.thread_time and clock_fn("auto", 4) is time.perf_counter
+    assert isinstance(make_timer("cuda:0", "auto", 1), CudaTimer)  # CUDA events, not the cpu clock
+    assert measure_latency(TinyCNN(), SHAPE, repeats=2).clock == "cpu"
+    assert measure_latency(TinyCNN(), SHAPE, repeats=2, threads=2).clock == "wall"
 
 
 def test_a_lut_for_another_runtime_or_device_is_refused(graph, tmp_path):

@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _shape_args(b)
     b.add_argument("--runtime", default="torch", help=RUNTIME_HELP)
     b.add_argument("--threads", type=int, default=1, help="intra-op threads while timing (default 1)")
-    b.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall: end-to-end latency (default); cpu: the timing thread's CPU time "
-                        "(1 thread; for busy machines)")
+    b.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
+                   help="auto (default): cpu at 1 thread on the CPU, else wall; wall: end-to-end latency; "
+                        "cpu: the timing thread's CPU time (1 thread; what a busy machine cannot inflate)")
     b.add_argument("--device-name", help="name stored in the header (default: the CPU's model name)")
     b.add_argument("--repeats", type=int, default=15, help="timed samples per measurement (default 15)")
     b.add_argument("--out", required=True, help="where to write the LUT (JSON)")

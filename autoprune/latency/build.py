@@ -49,6 +49,7 @@ from autoprune.latency.timing import (
     default_device_name,
     eval_mode,
     model_device,
+    resolve_clock,
     resolve_runtime,
     thread_count,
     time_interleaved,
@@ -118,7 +119,7 @@ class LayerProfiler(LayerShapes):
     """
 
     def __init__(self, graph: UnitGraph, batch: int = 1, threads: int = 1, repeats: int = 15,
-                 clock: Clock = "wall", runtime: str | Runtime | None = None, rounds: int = 5,
+                 clock: Clock = "auto", runtime: str | Runtime | None = None, rounds: int = 5,
                  block: int = 16) -> None:
         super().__init__(graph, batch)
         self.threads, self.repeats, self.clock, self.rounds, self.block = threads, repeats, clock, rounds, block
@@ -161,7 +162,7 @@ class LayerProfiler(LayerShapes):
 
 def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, threads: int = 1, step: int = 8,
               device: str | None = None, repeats: int = 15, calibration_plans: int = 12, seed: int = 0,
-              progress: bool = True, model_name: str | None = None, clock: Clock = "wall",
+              progress: bool = True, model_name: str | None = None, clock: Clock = "auto",
               runtime: str | Runtime | None = None, fine: bool | None = None) -> Lut:
     """Profile ``model``'s modules over a (in, out) grid and calibrate: a ready :class:`Lut`.
 
@@ -169,7 +170,8 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
     :param device: the device name stored in the header (default: the CPU's or GPU's model name).
     :param calibration_plans: random pruned variants timed, with the unpruned model, to fit the
         prediction (0: plain sum + remainder).
-    :param clock: ``"wall"`` or ``"cpu"`` (see :mod:`autoprune.latency.timing`); stored in the header.
+    :param clock: ``"auto"``, ``"wall"`` or ``"cpu"`` (see :func:`~autoprune.latency.timing.resolve_clock`);
+        the clock used is stored in the header.
     :param model_name: stored in the header as ``model`` (informative; the signature pins the model).
     :param runtime: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` (or a runtime object).
     :param fine: also time each axis of every module at every width (the other axis full): the
@@ -178,11 +180,12 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
         Default: when the runtime says its kernels are stepped there (onnxruntime, openvino; torch on CUDA).
     """
     check_threads(threads)
+    where = model_device(model)
+    clock = resolve_clock(clock, threads, str(where))
     clock_fn(clock, threads)
     rt = resolve_runtime(runtime)
     start = time.perf_counter()
     graph = build_unit_graph(model, input_shape)
-    where = model_device(model)
     profiler = LayerProfiler(graph, batch, threads, repeats, clock, rt)
     if fine is None:
         fine = bool(getattr(rt, "stepped", lambda device: False)(str(where)))

@@ -26,6 +26,8 @@ from autoprune.latency.timing import (
     check_threads,
     eval_mode,
     example_input,
+    model_device,
+    resolve_clock,
     resolve_runtime,
     thread_count,
     time_against_base,
@@ -51,10 +53,11 @@ class MeasuredLatencyCost:
     source = "measured"
 
     def __init__(self, graph: UnitGraph, model: nn.Module, batch: int = 1, threads: int = 1,
-                 repeats: int = 9, runtime: str | Runtime | None = None, clock: str = "wall") -> None:
+                 repeats: int = 9, runtime: str | Runtime | None = None, clock: str = "auto") -> None:
         check_threads(threads)
         self.graph, self.model = graph, model
-        self.batch, self.threads, self.repeats, self.clock = batch, threads, repeats, clock
+        self.batch, self.threads, self.repeats = batch, threads, repeats
+        self.clock = resolve_clock(clock, threads, str(model_device(model)))
         self.rt = resolve_runtime(runtime)
         self.runtime = self.rt.name
         self.example = example_input(model, graph.input_shape, batch)
