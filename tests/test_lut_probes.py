@@ -65,6 +65,7 @@ def test_timing_script_needs_only_onnxruntime_numpy_and_the_standard_library(pro
     assert imported <= {"argparse", "json", "os", "platform", "time", "numpy", "onnxruntime", "openvino"}
     timings = json.loads((probed / "timings.json").read_text())
     assert timings["device"] == "board-ort" and timings["runtime"] == "onnxruntime"
+    assert timings["clock"] == "cpu"  # --clock auto at 1 thread
     assert all(ms > 0 and rel > 0 for ms, rel in timings["probes"].values())
 
 
@@ -97,9 +98,13 @@ def test_import_reads_the_timings_back_into_a_lut_that_prices_plans(probed, tmp_
 def test_the_script_times_in_openvino_and_the_import_records_that_runtime(probed, tmp_path):
     ov = pytest.importorskip("openvino")
     out = tmp_path / "ov_timings.json"
-    done = run_script(probed, "--runtime", "openvino", "--device-name", "board-ov", "--out", str(out))
+    done = run_script(probed, "--runtime", "openvino", "--device-name", "board-ov", "--out", str(out),
+                      "--clock", "wall")
     assert done.returncode == 0, done.stderr
     timings = json.loads(out.read_text())
+    assert timings["clock"] == "wall"
+    refused = run_script(probed, "--threads", "2", "--clock", "cpu", "--out", str(tmp_path / "no.json"))
+    assert refused.returncode == 2 and "--clock cpu times one thread" in refused.stderr
     assert timings["runtime"] == "openvino" and timings["runtime_version"] == ov.__version__.split("-")[0]
     assert all(ms > 0 and rel > 0 for ms, rel in timings["probes"].values())
     folder = tmp_path / "ov_probes"

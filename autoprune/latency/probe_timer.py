@@ -6,7 +6,10 @@ Standalone: needs only Python 3.8+, numpy and the runtime's package (``onnxrunti
 device. ``autoprune lut probes`` copies it next to the probes as ``time_probes.py``::
 
     python time_probes.py [DIR] [--runtime onnxruntime|openvino] [--threads 1] [--rounds 5]
-                          [--samples 3] [--device-name NAME]
+                          [--samples 3] [--clock auto|wall|cpu] [--device-name NAME]
+
+``--clock auto`` (default) times with the timing thread's CPU time at 1 thread (a busy device
+cannot inflate it) and with the wall clock otherwise; ``wall`` gives end-to-end latency.
 
 Every layer probe is timed interleaved with the reference probe, the unpruned model with the
 reference probe, and every calibration plan with the unpruned model: in each pass the reference is
@@ -72,11 +75,15 @@ def openvino_session(path, threads):
     return request.infer
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+clock_now = time.perf_counter  # set by main() from --clock
+
+
 def sample(fn, runs):
-    start = time.perf_counter()
+    start = clock_now()
     for _ in range(runs):
         fn()
-    return (time.perf_counter() - start) / runs * 1e3
+    return (clock_now() - start) / runs * 1e3
 
 
 def runs_for(fn, min_sample_ms):
@@ -130,9 +137,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--samples", type=int, default=3)
     parser.add_argument("--block", type=int, default=16, help="probes whose sessions are open at once")
+    parser.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
+                        help="auto: cpu at 1 thread, else wall; cpu: the timing thread's CPU time (1 thread)")
     parser.add_argument("--device-name", default=None)
     parser.add_argument("--out", default=None, help="default: DIR/timings.json")
     args = parser.parse_args()
+    clock = args.clock if args.clock != "auto" else ("cpu" if args.threads == 1 else "wall")
+    if clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu times one thread; use --threads 1 or --clock wall")
+    global clock_now
+    clock_now = CLOCKS[clock]
     with open(os.path.join(args.dir, "manifest.json")) as f:
         manifest = json.load(f)
 
@@ -160,7 +174,7 @@ def main():
                                max(args.samples, 6), 2, 1.0) if plans else ([], base_timing[0])
     out = {"schema": "autoprune.lut-timings/v1", "runtime": args.runtime, "runtime_version": runtime_version(args.runtime),
            "device": args.device_name or device_name(), "device_kind": "cpu", "threads": args.threads,
-           "clock": "wall", "reference_ms": float(np.median(ref_times)) if ref_times else None,
+           "clock": clock, "reference_ms": float(np.median(ref_times)) if ref_times else None,
            "probes": {f: list(t) for f, t in probes.items()},
            "base": {"ms": base_ms, "reference": base_timing[1]},
            "calibration": {f: list(t) for f, t in zip(plans, got)},
