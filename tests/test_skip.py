@@ -108,3 +108,16 @@ def test_a_budget_below_the_fixed_part_says_lowering_min_ratio_cannot_help(tmp_p
     raw["budget"] = {"flops": 0.5}  # reachable with every unit at one channel, not at min_ratio
     with pytest.raises(BudgetError, match="below the minimum reachable .* lower pruning.min_ratio"):
         prepare(load_config(raw), progress=False)
+
+
+def test_units_command_lists_the_names_skip_and_plans_use(capsys):
+    assert main(["units", "--model", "resnet20", "--input-shape", "3,32,32", "--skip", "layer3.*", "--round-to", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["unit", "kind", "channels", "step"]
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert list(rows)[:2] == ["conv1", "layer1.0.conv1"] and len(rows) == 12
+    assert rows["conv1"][1:4] == ["conv", "16", "8"] and "layer1.2.conv2" in lines[1]
+    assert rows["layer3.0.conv2"][4] == "skip" and rows["layer2.0.conv1"][4].endswith("%")
+    assert lines[-1].startswith("8 prunable unit(s), 4 kept whole by --skip")
+    assert main(["units", "--model", "resnet20", "--input-shape", "3,32,32", "--skip", "nope"]) == 2
+    assert "matches no layer" in capsys.readouterr().err

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "autoprune.cli.lut",
     "autoprune.cli.sensitivity",
     "autoprune.cli.export",
+    "autoprune.cli.units",
     "autoprune.cli.jobs",
 )
 
