@@ -21,8 +21,11 @@ each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's globa
     python -m benchmarks.search_quality_hard [--seeds 0 1 2] [--evaluations 100] [--workers 2]
     python -m benchmarks.search_quality_hard --evaluations 400 --searchers random ddpg --top-k 0
 
+    python -m benchmarks.search_quality_hard --budgets 0.1 --searchers uniform tp_global random tpe cmaes ddpg
+
 (the second: AMC's episode count, the agent against random search only, results in
-``search_quality_hard_e400.md``)
+``search_quality_hard_e400.md``; the third: a budget beyond the default two, results in
+``search_quality_hard_flops0.1.md``, its targets taken at that budget as the aggressive one)
 
 Runs land in ``benchmarks/runs/search_quality_hard/<budget>__<searcher>__<seed>`` (run dirs:
 ``autoprune compare`` reads them; ``docs/compare_hard`` is that report). A finished run is reused,
