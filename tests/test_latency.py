@@ -384,9 +384,9 @@ class FakeRuntime:
 
 @pytest.fixture
 def fake_machine(monkeypatch):
-    from autoprune.latency import runtimes, timing
+    from autoprune.latency import clocks, runtimes
 
-    monkeypatch.setitem(timing.CLOCKS, "fake", FakeMachine.now)
+    monkeypatch.setitem(clocks.CLOCKS, "fake", FakeMachine.now)
     monkeypatch.setattr(runtimes, "RUNTIMES", Registry("runtime"))
     runtimes.RUNTIMES.register("torch", runtimes.TorchRuntime)
     runtimes.RUNTIMES.register("fake", FakeRuntime)
@@ -492,7 +492,7 @@ def test_openvino_runtime_says_what_to_install_when_missing(monkeypatch):
 
 
 def test_unknown_runtime_and_cuda_with_the_cpu_clock_are_one_line_errors():
-    from autoprune.latency.timing import make_timer
+    from autoprune.latency.clocks import make_timer
 
     with pytest.raises(AutopruneError, match="unknown runtime 'tensorrt'"):
         measure_latency(TinyCNN(), SHAPE, repeats=1, runtime="tensorrt")
@@ -503,7 +503,7 @@ def test_unknown_runtime_and_cuda_with_the_cpu_clock_are_one_line_errors():
 def test_the_auto_clock_is_thread_time_for_one_cpu_thread_only():
     import time
 
-    from autoprune.latency.timing import CudaTimer, clock_fn, make_timer, resolve_clock
+    from autoprune.latency.clocks import CudaTimer, clock_fn, make_timer, resolve_clock
 
     assert resolve_clock("auto", 1) == "cpu" and resolve_clock("auto", 1, "cpu") == "cpu"
     assert resolve_clock("auto", 2) == "wall" and resolve_clock("auto", 1, "cuda:0") == "wall"
@@ -616,7 +616,7 @@ def test_lut_directory_finds_luts_by_device_runtime_and_model(graph, tmp_path, m
 
 def test_cuda_timer_synchronises_around_event_timing(monkeypatch):
     """The CUDA path (no GPU here): synchronise, record start, run, record end, wait for it, divide."""
-    from autoprune.latency.timing import CudaTimer
+    from autoprune.latency.clocks import CudaTimer
 
     log = []
 

@@ -26,6 +26,7 @@ from torch import nn
 from autoprune.core.cost import WidthModel
 from autoprune.core.graph import UnitGraph, build_unit_graph, execution_order
 from autoprune.errors import AutopruneError
+from autoprune.latency.clocks import Clock, clock_fn, clock_name, resolve_clock
 from autoprune.latency.lut import Lut, LutCost, make_header
 from autoprune.latency.runtimes import Runtime, Session
 from autoprune.latency.tables import (
@@ -41,15 +42,11 @@ from autoprune.latency.tables import (
     tabulate,
 )
 from autoprune.latency.timing import (
-    Clock,
     TimedPlans,
     check_threads,
-    clock_fn,
-    clock_name,
     default_device_name,
     eval_mode,
     model_device,
-    resolve_clock,
     resolve_runtime,
     thread_count,
     time_interleaved,
@@ -170,7 +167,7 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
     :param device: the device name stored in the header (default: the CPU's or GPU's model name).
     :param calibration_plans: random pruned variants timed, with the unpruned model, to fit the
         prediction (0: plain sum + remainder).
-    :param clock: ``"auto"``, ``"wall"`` or ``"cpu"`` (see :func:`~autoprune.latency.timing.resolve_clock`);
+    :param clock: ``"auto"``, ``"wall"`` or ``"cpu"`` (see :func:`~autoprune.latency.clocks.resolve_clock`);
         the clock used is stored in the header.
     :param model_name: stored in the header as ``model`` (informative; the signature pins the model).
     :param runtime: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` (or a runtime object).

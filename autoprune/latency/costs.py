@@ -19,6 +19,7 @@ from autoprune.core.graph import UnitGraph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
 from autoprune.errors import AutopruneError
+from autoprune.latency.clocks import resolve_clock
 from autoprune.latency.lut import LutCost, load_lut, model_signature
 from autoprune.latency.lutdir import find_lut, lut_dir
 from autoprune.latency.runtimes import Runtime
@@ -27,7 +28,6 @@ from autoprune.latency.timing import (
     eval_mode,
     example_input,
     model_device,
-    resolve_clock,
     resolve_runtime,
     thread_count,
     time_against_base,
