@@ -1,6 +1,6 @@
 """Typed experiment configuration, loaded strictly from YAML.
 
-Each section of an experiment file is a dataclass (:mod:`.sections`); unknown or misspelled keys
+Each section of an experiment file is a dataclass (:mod:`.sections`, :mod:`.inputs`); unknown or misspelled keys
 and values of the wrong type are errors that name the key and suggest the fix (:mod:`.checks`).
 ``--set a.b=value`` overrides are applied to the raw mapping before validation, so they are
 checked the same way (:mod:`.loading`).
@@ -12,6 +12,7 @@ from autoprune.config.checks import (  # noqa: F401
     from_dict,
     unknown_key,
 )
+from autoprune.config.inputs import AUGMENTS, DataConfig, ModelConfig  # noqa: F401
 from autoprune.config.loading import (  # noqa: F401
     apply_overrides,
     dump_config,
@@ -22,17 +23,14 @@ from autoprune.config.loading import (  # noqa: F401
 )
 from autoprune.config.sections import (  # noqa: F401
     AMP_MODES,
-    AUGMENTS,
     DEVICES,
     GRANULARITIES,
     SCHEDULE_KINDS,
     SCOPES,
     BudgetConfig,
-    DataConfig,
     EvaluationConfig,
     ExperimentConfig,
     FinetuneConfig,
-    ModelConfig,
     PruningConfig,
     RayConfig,
     RerankConfig,
