@@ -122,7 +122,7 @@ def test_units_whose_cut_breaks_the_forward_are_left_out_with_a_warning(caplog):
     the embedding or qkv alone breaks the forward, which the dependency graph cannot see. Those units
     are left out (named in a warning); the MLP's hidden width still prunes, with exact costs."""
     model = thirdparty_models.timm_style_vit().eval()
-    with caplog.at_level("WARNING", logger="autoprune.core.graph"):
+    with caplog.at_level("WARNING", logger="autoprune.core.tracing"):
         graph = build_unit_graph(model, (3, 32, 32))
     assert graph.names == ["mlp.0"]
     assert "patch" in caplog.text and "qkv" in caplog.text

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from autoprune.config import GRANULARITIES, PruningConfig
-from autoprune.core.graph import UnitGraph, attention_tokens, forward_with_hooks, in_projections
+from autoprune.core.graph import UnitGraph
+from autoprune.core.tracing import attention_tokens, forward_with_hooks, in_projections
 from autoprune.errors import BudgetError, ConfigError
 from autoprune.registry import Registry
 

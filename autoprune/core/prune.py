@@ -20,9 +20,10 @@ from torch import nn
 
 from autoprune.config import PruningConfig
 from autoprune.core.criteria import Batch, Criterion, get_criterion
-from autoprune.core.graph import LayerSpec, UnitGraph, build_dependency_graph
+from autoprune.core.graph import LayerSpec, UnitGraph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.sparsity import SPARSE_GRANULARITIES, check_granularity, sparse_prune
+from autoprune.core.tracing import build_dependency_graph
 from autoprune.device import Device, model_device
 from autoprune.errors import AutopruneError
 

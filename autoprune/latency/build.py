@@ -24,7 +24,8 @@ from scipy.optimize import lsq_linear
 from torch import nn
 
 from autoprune.core.cost import WidthModel
-from autoprune.core.graph import UnitGraph, build_unit_graph, execution_order
+from autoprune.core.graph import UnitGraph, build_unit_graph
+from autoprune.core.tracing import execution_order
 from autoprune.errors import AutopruneError
 from autoprune.latency.clocks import Clock, clock_fn, clock_name, resolve_clock
 from autoprune.latency.lut import Lut, LutCost, make_header
