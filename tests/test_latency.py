@@ -207,6 +207,7 @@ def test_measured_latency_cost_caches_by_counts(graph):
     assert cost.base > 0 and cost.source == "measured"
     first = cost([4, 8])
     assert first > 0 and cost([4, 8]) == first and len(cost.cache) == 2
+    assert cost.clock == "cpu"  # "auto" at 1 thread on the CPU
 
 
 def test_build_lut_profiles_every_dense_module_and_calibrates(graph):
