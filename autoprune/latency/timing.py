@@ -14,7 +14,8 @@ The default, ``clock="auto"``, is ``cpu`` for one thread on the CPU and ``wall``
 (:func:`autoprune.latency.clocks.resolve_clock`): on a busy machine the wall clock charges a forward for the time slices
 other processes took (a MobileNetV2 LUT built and checked on a 2-core VM running a 2-worker
 benchmark alongside: 63% of 30 plans within +-10% in onnxruntime and 67% in openvino with ``wall``,
-100% in onnxruntime with ``cpu``, 2026-12-05).
+100% in onnxruntime with ``cpu``; ``mobilenetv2_small`` in openvino beside two CPU-bound processes:
+77% with ``wall``, 93% with ``cpu``; 2026-12-05).
 
 **Drift-proof comparisons.** Every timing that is compared with another is taken interleaved
 with a *reference* (:func:`time_interleaved`): in each of ``rounds`` passes the reference is timed
