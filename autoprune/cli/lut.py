@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lut_sub.required = True
 
     b = lut_sub.add_parser("build", help="profile a model's layers over a channel grid and write a LUT")
-    _model_args(b)
+    add_model_args(b)
     _shape_args(b)
     b.add_argument("--runtime", default="torch", help=RUNTIME_HELP)
     b.add_argument("--threads", type=int, default=1, help="intra-op threads while timing (default 1)")
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = lut_sub.add_parser("check", help="time random pruned plans and compare with the LUT's predictions")
     c.add_argument("--lut", required=True, help="the LUT (JSON)")
-    _model_args(c)
+    add_model_args(c)
     c.add_argument("--runtime", help="runtime to time in (default and only choice: the LUT's)")
     c.add_argument("--plans", type=int, default=50, help="random plans to time (default 50)")
     c.add_argument("--repeats", type=int, default=15, help="timed samples per plan (default 15)")
@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_check)
 
     pr = lut_sub.add_parser("probes", help="write probe models + a standalone timing script for another device")
-    _model_args(pr)
+    add_model_args(pr)
     _shape_args(pr)
     pr.add_argument("--out", required=True, help="directory to write the probes, manifest.json and time_probes.py to")
     pr.set_defaults(func=cmd_probes)
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(func=cmd_list)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="built-in model name or a pkg.module:function factory")
     p.add_argument("--model-kwargs", default="{}", help='JSON keyword arguments for the model, e.g. \'{"width": 8}\'')
     p.add_argument("--num-classes", type=int, default=10, help="classes of a built-in model (default 10)")

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from autoprune.cli.lut import model_kwargs, parse_shape
+from autoprune.cli.lut import add_model_args, model_kwargs, parse_shape
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("units", help="list a model's prunable units (names for pruning.skip and plans)")
-    p.add_argument("--model", required=True, help="built-in model name or a pkg.module:function factory")
-    p.add_argument("--model-kwargs", default="{}", help='JSON keyword arguments for the model, e.g. \'{"width": 8}\'')
-    p.add_argument("--num-classes", type=int, default=10, help="classes of a built-in model (default 10)")
+    add_model_args(p)
     p.add_argument("--input-shape", required=True, help="one sample's shape: C,H,W (e.g. 3,32,32), C,L or F")
     p.add_argument("--skip", nargs="*", default=[], metavar="PATTERN",
                    help="pruning.skip patterns to try: the units they keep whole are marked 'skip'")

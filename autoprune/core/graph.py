@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from autoprune.core.tracing import (  # noqa: F401  (PRUNABLE_TYPES: part of this module's API)
+from autoprune.core.tracing import (
     PRUNABLE_TYPES,
     attention_tokens,
     build_dependency_graph,

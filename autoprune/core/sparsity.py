@@ -43,8 +43,9 @@ from autoprune.core.cost import (  # noqa: F401  (check_granularity, cost_kind, 
     check_granularity,
     cost_kind,
 )
-from autoprune.core.graph import PRUNABLE_TYPES, UnitGraph
+from autoprune.core.graph import UnitGraph
 from autoprune.core.plan import PruningPlan
+from autoprune.core.tracing import PRUNABLE_TYPES
 
 log = logging.getLogger(__name__)
 

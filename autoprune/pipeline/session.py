@@ -185,6 +185,5 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
                       budget=budget, searcher_cls=searcher_cls, searcher_options=options,
                       base_training_seconds=training_seconds, runtime=runtime)
     reach = SearchContext(graph=graph, evaluator=None, budget=budget, costs=costs, pruning=cfg.pruning)
-    budget.check_reachable(reach.min_counts(), floor_counts=[min(u.step(cfg.pruning.round_to), u.out_channels)
-                                                           for u in graph.units])
+    budget.check_reachable(reach.min_counts(), floor_counts=reach.floor_counts())
     return session

@@ -86,6 +86,10 @@ class SearchContext:
     def min_counts(self) -> list[int]:
         return self.counts([self.pruning.min_ratio] * len(self.graph))
 
+    def floor_counts(self) -> list[int]:
+        """Every unit at its smallest width (one step), whatever ``min_ratio`` allows."""
+        return [min(u.step(self.pruning.round_to), u.out_channels) for u in self.graph.units]
+
     def max_counts(self) -> list[int]:
         return self.counts([self.pruning.max_ratio] * len(self.graph))
 
