@@ -105,6 +105,18 @@ def test_interpolation_is_bounded_by_neighbours_and_exact_for_bilinear_tables(se
     assert bilinear.lookup(x, y) == pytest.approx(a + b * x + c * y + d * x * y, rel=1e-9)
 
 
+def test_grid_has_the_powers_of_two_below_its_step():
+    """Between 1 and the step a layer's time is far from linear in its width: the grid samples it."""
+    from autoprune.latency.tables import grid_counts
+
+    assert grid_counts(16, 8) == [1, 2, 4, 8, 16]
+    assert grid_counts(64, 16) == [1, 2, 4, 8, 16, 32, 48, 64]
+    assert grid_counts(3, 8) == [1, 2, 3]
+    assert grid_counts(10, 1) == list(range(1, 11))
+    with pytest.raises(AutopruneError, match="step must be >= 1"):
+        grid_counts(8, 0)
+
+
 def test_width_outside_the_grid_is_an_error():
     table = ModuleTable("m", "conv", [4, 8], [4, 8], np.ones((2, 2)))
     with pytest.raises(AutopruneError, match="covers 4..8"):
