@@ -657,11 +657,14 @@ def test_cuda_timer_synchronises_around_event_timing(monkeypatch):
                    "record end on stream", "wait end"]
 
 
-def test_build_lut_in_openvino_records_its_runtime_and_a_budget_for_another_refuses_it(graph, tmp_path):
+def test_build_lut_in_openvino_records_its_runtime_and_a_budget_for_another_refuses_it(tmp_path):
     pytest.importorskip("openvino")
     import openvino
 
-    lut = build_lut(graph.model, SHAPE, step=8, repeats=3, calibration_plans=2, progress=False, runtime="openvino")
+    # 64x64 input: at the fixture's 8x8 the model is all runtime overhead and a [4, 4] plan times like the base
+    graph = build_unit_graph(TinyCNN().eval(), (1, 64, 64))
+    lut = build_lut(graph.model, (1, 64, 64), step=8, repeats=3, calibration_plans=2, progress=False,
+                    runtime="openvino")
     h = lut.header
     assert h["runtime"] == "openvino" and h["runtime_version"] == openvino.__version__.split("-")[0]
     assert h["fine"] is True and h["threads"] == 1 and h["batch"] == 1
@@ -728,3 +731,25 @@ def test_calibration_takes_padded_macs_where_latency_follows_them(padded_element
     for counts in [random_counts(g, rng) for _ in range(10)]:
         assert cost.fraction(counts) == pytest.approx(truth(counts) / truth(g.channels), rel=0.01)
     assert padded_mmacs(g, w, g.channels, 16) >= w.flops(g.channels) / 1e6  # the 3-channel input pads up
+
+
+def test_calibration_on_too_few_plans_fits_a_line_on_the_sum_and_never_a_zero_weight_on_the_tables(graph):
+    from autoprune.latency.build import fit_calibration
+
+    counts = [list(graph.channels), [4, 8], [2, 4]]
+    # three noisy plans: a 3-term fit through them put 1e-13 on the tables (every plan priced as the base)
+    lut = synthetic_lut(graph)
+    fit_calibration(lut, counts, [9.0, 5.0, 2.0], [1.5, 0.7, 0.3], [1.0, 1.3, 0.6], 3.0)
+    cal = lut.header["calibration"]
+    assert cal["scale"] > 0 and cal["per_melement"] == 0 and cal["loo_mape"] is None
+    cost = LutCost(lut, graph)
+    assert 0 < cost.fraction([2, 4]) < cost.fraction([4, 8]) < 1
+    # a line that falls with the sum is no fit; the tables sum to 3x the model: scaled down to it, not
+    # priced by sum + a negative remainder (which made pruned plans negative)
+    lut = synthetic_lut(graph)
+    fit_calibration(lut, counts, [9.0, 5.0, 2.0], [1.5, 0.7, 0.3], [1.0, 1.1, 1.2], 3.0)
+    assert lut.header["remainder"] == -6.0
+    cal = lut.header["calibration"]
+    assert cal["scale"] == pytest.approx(3.0 / 9.0) and cal["offset"] == 0
+    cost = LutCost(lut, graph)  # the tables' own shares: the fraction is the ratio of their sums
+    assert cost.fraction([2, 4]) == pytest.approx(cost.raw([2, 4]) / cost.raw(graph.channels))

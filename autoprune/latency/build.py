@@ -268,13 +268,18 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
     forms = {(term, free): np.column_stack([*cols, np.ones_like(raw)]) for term, cols in columns.items() for free in (0, 1)}
     loo = {form: _leave_one_out(x, measured, relative, bool(form[1]), _padded(form))
            + 0.25 * ((form[0] is not None) + form[1]) for form, x in forms.items()}
-    best = min(loo, key=loo.__getitem__) if np.isfinite(min(loo.values())) else (None, 0)
+    enough = np.isfinite(min(loo.values()))  # too few plans to choose by leave-one-out: a line on the sum
+    best = min(loo, key=loo.__getitem__) if enough else (None, 0)
     term, free = best
     x = forms[best]
-    coef = _fit(x, measured, bool(free), _padded(best))
-    if coef is None:
+    coef = _fit(x, measured, bool(free), _padded(best)) if enough else _line(x, measured)
+    if coef is None and raw[0] <= base_reference:
         log.warning("LUT calibration fit failed; using sum + remainder")
         return
+    if coef is None:  # the tables sum to more than the model (lone layers timed slower): scale them to it
+        log.warning("LUT calibration fit failed; the tables sum to more than the model, scaled down to it")
+        coef = np.zeros(x.shape[1])
+        coef[0] = base_reference / raw[0]
     fit = x @ coef
     cal: dict[str, Any] = {"scale": float(coef[0]), "per_melement": float(coef[1])}
     if term is not None and term[0] == "misaligned":
@@ -302,14 +307,20 @@ def _fit(x: np.ndarray, y: np.ndarray, free: bool = False, padded: bool = False)
     if free:
         low[1] = low[-1] = -np.inf
     coef = lsq_linear(x, y, bounds=(low, np.full(x.shape[1], np.inf))).x
-    if padded and coef[0] <= 0 < coef[2]:
+    if padded and coef[0] * x[0, 0] < 0.01 * y[0] and coef[2] > 0:
         coef[0] = 0.0
-    elif coef[0] <= 0:  # the tables explain nothing: fall back to a plain linear fit on the sum
-        scale, offset = np.polyfit(x[:, 0], y, 1)
-        coef = np.zeros(x.shape[1])
-        coef[0], coef[-1] = scale, offset
+    elif coef[0] * x[0, 0] < 0.01 * y[0]:  # the tables carry < 1% of the base: fit a plain line on the sum
+        return _line(x, y)
     ok = coef[0] > 0 or (padded and coef[2] > 0)
     return coef if np.isfinite(coef).all() and ok else None
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """``y ~ scale * sum + offset`` (the other terms 0); None unless ``scale > 0``. Row 0 is the base."""
+    scale, offset = np.polyfit(x[:, 0], y, 1)
+    coef = np.zeros(x.shape[1])
+    coef[0], coef[-1] = scale, offset
+    return coef if np.isfinite(coef).all() and scale > 0 else None
 
 
 def _leave_one_out(x: np.ndarray, y: np.ndarray, relative: np.ndarray, free: bool, padded: bool = False) -> float:
