@@ -63,8 +63,23 @@ def ensure_checkpoint(task: str = "resnet20") -> Path:
     return checkpoint
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its widest vector extensions (from /proc/cpuinfo; '' where absent):
+    timing results differ between CPUs that the same 'x86_64 2 cores' hides."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    wide = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile") if f in flags]
+    return f"{fields.get('model name', platform.processor())} ({' '.join(wide) or 'no AVX2'})"
+
+
 def machine() -> str:
-    return f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (f"{platform.machine()} {os.cpu_count()} cores, {cpu_model()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def target(name: str, goal: str, measured: Any, met: bool) -> dict[str, Any]:
