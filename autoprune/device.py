@@ -5,7 +5,7 @@ else the CPU) and refuses, with a one-line :class:`~autoprune.errors.ConfigError
 machine does not have. A :class:`Device` then does everything placement needs: move a model
 (:meth:`Device.place`, channels-last when asked), move a batch (:meth:`Device.to_device`), mixed
 precision (:meth:`Device.autocast`, :meth:`Device.grad_scaler`) and the DataLoader settings
-(:meth:`Device.loader_kwargs`). Nothing else in autoprune calls ``.cuda()``.
+(:meth:`Device.loader_kwargs`). Nothing else in autoprune moves a model or a tensor to CUDA.
 
 The default :class:`Device` is the CPU in fp32 with nothing changed, so code given none behaves as
 before. Artifacts are always saved with CPU tensors (:func:`cpu_state`).

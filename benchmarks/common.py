@@ -64,7 +64,7 @@ def ensure_checkpoint(task: str = "resnet20") -> Path:
 
 
 def cpu_model() -> str:
-    """The CPU's model name and its widest vector extensions (from /proc/cpuinfo; '' where absent):
+    """The CPU's model name and its widest vector extensions (from /proc/cpuinfo; ``platform.processor()`` where it cannot be read):
     timing results differ between CPUs that the same 'x86_64 2 cores' hides."""
     try:
         info = Path("/proc/cpuinfo").read_text()
