@@ -42,7 +42,7 @@ from autoprune.agents.ddpg_sb3 import AMCDDPG, TruncatedNormalNoise
 from autoprune.atomic import atomic_write_with
 from autoprune.config import check_choice
 from autoprune.core.plan import PruningPlan
-from autoprune.envs.pruning_env import ChannelPruningEnv
+from autoprune.envs.pruning_env import ACTION_MODES, ChannelPruningEnv
 from autoprune.envs.rewards import make_reward
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.search.base import Searcher, best_of, plan_from_row, positive, register_searcher
@@ -79,6 +79,9 @@ class DdpgSearcher(Searcher):
         repair_budget: bool = True
         """At each episode's end scale the ratio vector up to use the budget; the repaired plan is
         scored and its transitions stored (off in ``preset: amc``)."""
+        action_mode: str = "ratio"
+        """``ratio`` (AMC: the action is the preserve ratio) or ``share`` (relative to the unit's fair
+        share of the budget left: 0 is that share, -1 ``min_ratio``, +1 ``max_ratio``; see the env)."""
         action_wall: bool = False
         """AMC's per-step wall (``preset: amc``); off: each episode's ratio vector is scaled to the
         budget at its end instead (down or up, as ``random`` does; implies the repair)."""
@@ -97,6 +100,8 @@ class DdpgSearcher(Searcher):
         """Soft target-update rate."""
         gamma: float = 1.0
         batch_size: int = 64
+        updates_per_transition: int = 1
+        """Gradient steps (critic and actor) per stored transition, taken after each rollout (AMC: 1)."""
         replay_episodes: int = 100
         """Replay buffer capacity, in episodes."""
         baseline_decay: float = 0.95
@@ -116,7 +121,7 @@ class DdpgSearcher(Searcher):
 
         def validate(self) -> None:
             for name in ("episodes", "batch_size", "replay_episodes", "parallel_episodes", "checkpoint_every",
-                         "actor_lr", "critic_lr", "tau"):
+                         "actor_lr", "critic_lr", "tau", "updates_per_transition"):
                 positive(name, getattr(self, name))
             for name in ("warmup", "sigma", "sigma_min"):
                 positive(name, getattr(self, name), allow_zero=True)
@@ -129,6 +134,7 @@ class DdpgSearcher(Searcher):
             self._check_parallel()
             make_reward(self.reward, self.reward_kwargs)
             check_choice("searcher.warmup_sampling", self.warmup_sampling, ("actions", "budget"))
+            check_choice("searcher.action_mode", self.action_mode, ACTION_MODES)
             check_choice("searcher.preset", self.preset, tuple(PRESETS))
             if self.fill_budget and not self.action_wall:
                 raise ConfigError("searcher.fill_budget is a wall: it needs action_wall: true (without the wall "
@@ -204,7 +210,8 @@ class DdpgSearcher(Searcher):
                                  reward_kwargs=self.options.reward_kwargs, min_ratio=p.min_ratio,
                                  max_ratio=p.max_ratio, round_to=p.round_to, costs=ctx.costs,
                                  defer_evaluation=True, fill_budget=self.options.fill_budget,
-                                 repair_budget=self.options.repair_budget, action_wall=self.options.action_wall)
+                                 repair_budget=self.options.repair_budget, action_wall=self.options.action_wall,
+                                 action_mode=self.options.action_mode)
 
     def _warmup_actions(self) -> np.ndarray:
         """One action per env: each env plays a random-search plan (channel counts) drawn when its
@@ -216,7 +223,7 @@ class DdpgSearcher(Searcher):
                 draw = self.warmup_rng.uniform(ctx.pruning.min_ratio, ctx.pruning.max_ratio, size=len(ctx.graph))
                 self.warmup_plans[i] = np.array(ctx.counts(ctx.fit_to_budget(draw)))
             # aim at the middle of the count's rounding interval: float32 actions cannot tip it over
-            actions.append(env.ratio_to_action(self.warmup_plans[i][t] / ctx.graph.units[t].out_channels))
+            actions.append(env.action_for(self.warmup_plans[i][t] / ctx.graph.units[t].out_channels))
         return np.stack(actions)
 
     def _new_model(self, vec: DummyVecEnv) -> AMCDDPG:
@@ -225,13 +232,18 @@ class DdpgSearcher(Searcher):
         model = AMCDDPG(
             "MlpPolicy", vec, learning_rate=opts.critic_lr, buffer_size=opts.replay_episodes * self.steps,
             learning_starts=opts.warmup * self.steps, batch_size=opts.batch_size, tau=opts.tau, gamma=opts.gamma,
-            train_freq=(self.steps, "step"), gradient_steps=-1,
+            train_freq=(self.steps, "step"), gradient_steps=self._gradient_steps(),
             action_noise=TruncatedNormalNoise(opts.parallel_episodes, seed=ctx.seed + 1),
             policy_kwargs={"net_arch": {"pi": list(opts.hidden), "qf": list(opts.hidden)}},
             tensorboard_log=tb, seed=ctx.seed, device=opts.device, verbose=0,
         )
         model.actor_learning_rate = opts.actor_lr
         return model
+
+    def _gradient_steps(self) -> int:
+        """Gradient steps per rollout: ``updates_per_transition`` per transition (-1: SB3's one each)."""
+        k = self.options.updates_per_transition
+        return -1 if k == 1 else k * self.steps * self.options.parallel_episodes
 
     def _best(self) -> PruningPlan:
         best = best_of(self.ctx.recorder.rows, key="reward")
@@ -279,6 +291,7 @@ class DdpgSearcher(Searcher):
             raise AutopruneError("the DDPG checkpoint was written for another model; start a new run")
         self.model = AMCDDPG.load(io.BytesIO(blob["agent"]), env=vec, device=self.options.device)
         self.model.load_replay_buffer(io.BytesIO(blob["replay"]))
+        self.model.gradient_steps = self._gradient_steps()
         rng = state["rng"]
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])

@@ -10,6 +10,17 @@ evaluator) and returns the episode reward. Every intermediate reward is 0.
 linearly to a preserve ratio in ``[min_ratio, max_ratio]`` and resolved to a channel count
 (rounded to ``round_to``).
 
+**Share actions** (``action_mode="share"``, an addition to AMC): the action is read relative to the
+unit's *fair share* of the budget left: the preserve ratio that, given to this unit and every later
+one, uses the budget exactly with the earlier units at their chosen counts. Action 0 is that share,
+-1 ``min_ratio`` and +1 ``max_ratio`` (piecewise linear between). The budget is then tracked as the
+episode goes (a unit that takes more leaves a smaller share to the later ones, and the actions of
+later units say so), uniform random actions give plans spread around uniform shrinking, and the last
+unit's share is what is left. With plain ratio actions and the end-of-episode scaling below, nothing
+during the episode says what an action costs the other units: at 50% FLOPs of a ResNet-20 the agent
+drove its last three units to ``max_ratio`` and the scaling took their channels from the earlier
+units (docs/amc.md).
+
 **Action wall** (AMC): the count is lowered, if needed, to the largest candidate count for which
 the budget can still be met with every later unit at ``min_ratio``. The check is exact: the
 budget's own cost model prices the vector (earlier units at their chosen counts, this unit at the
@@ -66,6 +77,7 @@ from autoprune.core.plan import PruningPlan, resolve_count
 from autoprune.envs.rewards import Outcome, RewardFn, make_reward
 from autoprune.errors import ConfigError
 
+ACTION_MODES = ("ratio", "share")
 KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
 OBS_FEATURES = ("index", "kind", "in_channels", "out_channels", "kernel", "stride", "in_h", "in_w",
                 "unit_flops", "flops_reduced", "flops_rest", "prev_ratio")
@@ -90,6 +102,8 @@ class ChannelPruningEnv(gym.Env):
     :param repair_budget: scale the finished episode's ratios up to use the budget (above).
     :param action_wall: clip each step's count to keep the budget reachable (AMC); ``False``:
         scale the finished episode's ratios to the budget instead (above; implies the repair).
+    :param action_mode: ``ratio`` (AMC: the action maps linearly to a preserve ratio) or ``share``
+        (relative to the unit's fair share of the budget left, above).
     :param defer_evaluation: if true, the last step does not evaluate: it returns reward 0 and
         the plan in ``info`` for the caller to score in a batch (see :meth:`reward_of`).
     """
@@ -112,11 +126,15 @@ class ChannelPruningEnv(gym.Env):
         fill_budget: bool = False,
         repair_budget: bool = False,
         action_wall: bool = True,
+        action_mode: str = "ratio",
     ) -> None:
         if not 0 < min_ratio <= max_ratio <= 1:
             raise ConfigError(f"need 0 < min_ratio <= max_ratio <= 1 (got {min_ratio}, {max_ratio})")
         if round_to < 1:
             raise ConfigError(f"round_to must be >= 1 (got {round_to})")
+        if action_mode not in ACTION_MODES:
+            raise ConfigError(f"action_mode must be one of {', '.join(ACTION_MODES)} (got {action_mode!r})")
+        self.action_mode = action_mode
         self.graph, self.evaluator, self.budget = graph, evaluator, budget
         self.min_ratio, self.max_ratio, self.round_to = float(min_ratio), float(max_ratio), int(round_to)
         self.defer_evaluation, self.fill_budget = defer_evaluation, bool(fill_budget)
@@ -174,7 +192,7 @@ class ChannelPruningEnv(gym.Env):
         if self._t is None or self._t >= self.n_units:
             raise RuntimeError("call reset() before step() (the episode is over)")
         t = self._t
-        ratio = self.action_to_ratio(action)
+        ratio = self.action_to_ratio(action, self.fair_share(t, self._counts))
         unit = self.graph.units[t]
         count = resolve_count(ratio, unit.out_channels, unit.step(self.round_to))
         count, clipped = self.wall(t, count) if self.action_wall else (count, False)
@@ -208,16 +226,52 @@ class ChannelPruningEnv(gym.Env):
         return reward
 
     # ----------------------------------------------------------------------------- helpers
-    def action_to_ratio(self, action) -> float:
-        """Map an action in [-1, 1] (clipped) linearly to a ratio in [min_ratio, max_ratio]."""
+    def action_to_ratio(self, action, share: float | None = None) -> float:
+        """Map an action in [-1, 1] (clipped) to a ratio in [min_ratio, max_ratio]: linearly, or with
+        ``share`` (``action_mode="share"``: :meth:`fair_share`) piecewise linearly, 0 -> ``share``."""
         x = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
-        return self.min_ratio + (x + 1.0) / 2.0 * (self.max_ratio - self.min_ratio)
+        if share is None:
+            return self.min_ratio + (x + 1.0) / 2.0 * (self.max_ratio - self.min_ratio)
+        end = self.max_ratio if x >= 0 else self.min_ratio
+        return float(share + abs(x) * (end - share))
 
-    def ratio_to_action(self, ratio: float) -> np.ndarray:
+    def ratio_to_action(self, ratio: float, share: float | None = None) -> np.ndarray:
         """The action that :meth:`action_to_ratio` maps to ``ratio`` (the inverse map)."""
-        span = self.max_ratio - self.min_ratio
-        x = 0.0 if span <= 0 else 2.0 * (float(ratio) - self.min_ratio) / span - 1.0
+        ratio = float(np.clip(ratio, self.min_ratio, self.max_ratio))
+        if share is None:
+            span = self.max_ratio - self.min_ratio
+            x = 0.0 if span <= 0 else 2.0 * (ratio - self.min_ratio) / span - 1.0
+        else:
+            end = self.max_ratio if ratio >= share else self.min_ratio
+            x = 0.0 if end == share else (ratio - share) / (end - share) * (1.0 if ratio >= share else -1.0)
         return np.array([np.clip(x, -1.0, 1.0)], dtype=np.float32)
+
+    def action_for(self, ratio: float) -> np.ndarray:
+        """The action that gives ``ratio`` at the current step (in either action mode)."""
+        t = self.unit_index
+        return self.ratio_to_action(ratio, self.fair_share(t, self._counts))
+
+    def fair_share(self, t: int, counts: Sequence[int], iters: int = 30) -> float | None:
+        """``action_mode="share"``: the largest ratio that units ``t`` onwards can all keep with the
+        budget met, the first ``t`` units at ``counts`` (clipped to the ratio range); None in ``ratio``
+        mode. The budget's own cost model prices the vectors, so any budget kind works."""
+        if self.action_mode != "share":
+            return None
+        head = list(counts[:t])
+
+        def fits(r: float) -> bool:
+            return self.budget.fits(head + [resolve_count(r, u.out_channels, u.step(self.round_to))
+                                            for u in self.graph.units[t:]])
+
+        lo, hi = self.min_ratio, self.max_ratio
+        if fits(hi):
+            return hi
+        if not fits(lo):
+            return lo
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
 
     @property
     def unit_index(self) -> int:
@@ -316,7 +370,7 @@ class ChannelPruningEnv(gym.Env):
         units = self.graph.units
         ratios = [c / u.out_channels for c, u in zip(counts, units, strict=True)]
         obs = [self._observation_at(t, list(counts[:t]), ratios[t - 1] if t else 1.0) for t in range(self.n_units + 1)]
-        actions = np.stack([self.ratio_to_action(r) for r in ratios])
+        actions = np.stack([self.ratio_to_action(r, self.fair_share(t, counts)) for t, r in enumerate(ratios)])
         return np.stack(obs), actions
 
     def plan(self) -> PruningPlan:

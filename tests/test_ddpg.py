@@ -146,10 +146,11 @@ def test_short_run_returns_within_budget_plan_and_fills_trials(tiny_session, tmp
     assert (tmp_path / "run" / "ddpg" / "checkpoint.pkl").is_file()
 
 
-def test_warmup_episodes_play_random_search_plans(tiny_session, tmp_path):
+@pytest.mark.parametrize("action_mode", ["ratio", "share"])
+def test_warmup_episodes_play_random_search_plans(tiny_session, tmp_path, action_mode):
     ctx = make_ctx(tiny_session, tmp_path / "run")
     run(ctx, replay_episodes=10, episodes=4, warmup=4, warmup_sampling="budget", action_wall=True,
-        repair_budget=False)  # the wall never binds on a plan in budget; no repair: the plans as drawn
+        repair_budget=False, action_mode=action_mode)  # the wall never binds on a plan in budget; no repair: the plans as drawn
     df = read_trials(tmp_path / "run" / "trials.parquet")
     counts = [[int(r[f"channels/{n}"]) for n in ctx.graph.names] for _, r in df.iterrows()]
     rng = np.random.default_rng(ctx.seed + 2)  # the random searcher's draw: uniform ratios scaled to the budget
@@ -181,7 +182,7 @@ OLD_DEFAULTS = {"episodes": 400, "warmup": 100, "warmup_sampling": "actions", "f
                 "sigma_decay": 0.95, "hidden": [300, 300], "actor_lr": 1e-4, "critic_lr": 1e-3, "tau": 0.01,
                 "gamma": 1.0, "batch_size": 64, "replay_episodes": 100, "baseline_decay": 0.95, "reward": "acc",
                 "reward_kwargs": {}, "parallel_episodes": 1, "checkpoint_every": 10, "tensorboard": False,
-                "device": "cpu"}
+                "device": "cpu", "updates_per_transition": 1, "action_mode": "ratio"}
 
 
 def test_presets_amc_reproduces_the_old_defaults_and_autoprune_adds_the_repair():
@@ -205,11 +206,14 @@ def test_explicit_options_override_the_preset():
         DdpgSearcher.parse_options({"fill_budget": True})
 
 
-def test_default_preset_repairs_every_episode_and_the_best_plan_uses_the_budget(tiny_session, tmp_path):
+@pytest.mark.parametrize("action_mode", ["ratio", "share"])
+def test_default_preset_repairs_every_episode_and_the_best_plan_uses_the_budget(tiny_session, tmp_path, action_mode):
     ctx = make_ctx(tiny_session, tmp_path / "run")
-    searcher, plan = run(ctx, replay_episodes=10, episodes=8, warmup=4)  # per-step uniform warm-up, then the agent
+    searcher, plan = run(ctx, replay_episodes=10, episodes=8, warmup=4,  # per-step uniform warm-up, then the agent
+                         action_mode=action_mode)
     env, T, buf = searcher.envs[0], len(ctx.graph), searcher.model.replay_buffer
     assert not env.action_wall and env.repair_budget  # no wall: every episode is scaled to the budget
+    assert env.action_mode == action_mode
     df = read_trials(tmp_path / "run" / "trials.parquet")
     for e, (_, r) in enumerate(df.iterrows()):  # every plan scored is maximal within the budget
         c = [int(r[f"channels/{n}"]) for n in ctx.graph.names]
@@ -226,9 +230,10 @@ def test_default_preset_repairs_every_episode_and_the_best_plan_uses_the_budget(
     assert plan.meta["flops_kept"] >= 0.95 * fraction  # on this task: maximal plans are within 5% of it
 
 
-def test_parallel_episodes_are_scored_in_batches_and_rewritten_per_env(tiny_session, tmp_path):
+@pytest.mark.parametrize("updates", [1, 3])
+def test_parallel_episodes_are_scored_in_batches_and_rewritten_per_env(tiny_session, tmp_path, updates):
     ctx = make_ctx(tiny_session, tmp_path / "run")
-    searcher, plan = run(ctx, parallel_episodes=2, replay_episodes=10)
+    searcher, plan = run(ctx, parallel_episodes=2, replay_episodes=10, updates_per_transition=updates)
     assert ctx.evaluator.batches == [2, 2, 2] and ctx.fits(plan)
     df = read_trials(tmp_path / "run" / "trials.parquet")
     assert list(df["episode"]) == list(range(6)) and list(df["warmup"]) == [True, True] + [False] * 4
@@ -236,12 +241,14 @@ def test_parallel_episodes_are_scored_in_batches_and_rewritten_per_env(tiny_sess
     adv = expected_advantages(df["reward"].to_numpy(), 2).reshape(3, 2)  # rollout x env
     rows = buf.rewards[: 3 * T].reshape(3, T, 2)
     assert np.allclose(rows, adv[:, None, :], atol=1e-6)
-    assert searcher.model._n_updates == 2 * 2 * T  # one gradient step per transition after warm-up
+    assert searcher.model._n_updates == updates * 2 * 2 * T  # `updates` gradient steps per transition after warm-up
 
 
 @pytest.mark.parametrize("options", [{}, {"warmup": 4, "warmup_sampling": "budget", "fill_budget": True,
-                                          "action_wall": True}],
-                         ids=["amc", "budget-warmup-resumed-inside-warmup"])
+                                          "action_wall": True},
+                                     {"warmup": 4, "warmup_sampling": "budget", "action_mode": "share",
+                                      "updates_per_transition": 2}],
+                         ids=["amc", "budget-warmup-resumed-inside-warmup", "share-budget-warmup"])
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_session, tmp_path, options):
     whole = make_ctx(tiny_session, tmp_path / "whole")
     run(whole, **options)

@@ -224,6 +224,61 @@ def test_without_the_wall_the_episode_is_scaled_to_the_budget_keeping_its_shape(
     assert budget.fits(walled[-1]["plan"].counts(g))
 
 
+@pytest.mark.parametrize("name", ["cnn", "residual", "mnist_cnn"])
+@pytest.mark.parametrize("kind", ["flops", "params", "latency"])
+def test_share_actions_are_read_against_the_fair_share_of_the_budget_left(name, kind):
+    """``action_mode="share"``: action 0 at every step is each unit's fair share of what is left, so
+    an all-zero episode is uniform shrinking at the budget; -1 and +1 are the ratio range's ends; the
+    share follows the earlier units' choices (a unit that takes more leaves less), for any cost model."""
+    g = GRAPHS[name]
+    cost = ToyLatency(g) if kind == "latency" else make_budget(g, kind, 1.0).cost
+    budget = Budget(cost, 0.4 * cost.base)
+    env = ChannelPruningEnv(g, ConstantEvaluator(), budget, action_wall=False, action_mode="share", min_ratio=0.1)
+    env.reset(seed=0)
+    share0 = env.fair_share(0, [])
+    assert 0.1 < share0 < 1.0
+    assert env.action_to_ratio([0.0], share0) == pytest.approx(share0)
+    assert env.action_to_ratio([-1.0], share0) == pytest.approx(0.1)
+    assert env.action_to_ratio([1.0], share0) == pytest.approx(1.0)
+    for x in (-0.7, -0.2, 0.0, 0.3, 0.9):  # the inverse map
+        assert env.ratio_to_action(env.action_to_ratio([x], share0), share0)[0] == pytest.approx(x, abs=1e-6)
+    if len(g) > 1:  # taking more now leaves a smaller share to the next unit
+        big = [g.units[0].out_channels]
+        small = [resolve_count(0.1, g.units[0].out_channels, 1)]
+        assert env.fair_share(1, big) < env.fair_share(1, small)
+    infos = run_episode(env, [0.0] * len(g))[1]
+    counts = infos[-1]["plan"].counts(g)
+    assert budget.fits(counts) and budget.cost(counts) / budget.cost.base > 0.3
+    ratios = np.array(counts) / np.array(g.channels)
+    assert ratios.max() - ratios.min() < 0.25  # about uniform (rounding of small layers aside)
+    obs, actions = env.trajectory(counts)  # what the agent stores: actions that replay the plan
+    replay = ChannelPruningEnv(g, ConstantEvaluator(), budget, action_wall=False, action_mode="share", min_ratio=0.1)
+    replayed = run_episode(replay, [float(a[0]) for a in actions])[1]
+    assert replayed[-1]["plan"].counts(g) == counts
+    assert ChannelPruningEnv(g, ConstantEvaluator(), budget).fair_share(0, []) is None  # ratio mode
+
+
+def test_share_actions_under_uniform_random_play_spread_around_uniform_not_lopsided():
+    """The failure share actions avoid: with ratio actions and AMC's wall, uniform random actions at an
+    aggressive budget spend it on the first units and crush the last ones to the minimum."""
+    g = GRAPHS["mnist_cnn"]
+    budget = make_budget(g, "flops", 0.2)
+    rng = np.random.default_rng(0)
+    last = {"share": [], "ratio": []}
+    for mode in last:
+        env = ChannelPruningEnv(g, ConstantEvaluator(), budget, action_wall=True, action_mode=mode, min_ratio=0.1)
+        for _ in range(30):
+            infos = run_episode(env, rng.uniform(-1, 1, len(g)))[1]
+            last[mode].append(infos[-1]["plan"].counts(g)[-1] / g.channels[-1])
+    assert np.mean(last["share"]) > np.mean(last["ratio"]) + 0.05
+
+
+def test_action_mode_is_checked():
+    g = GRAPHS["cnn"]
+    with pytest.raises(ConfigError, match="action_mode"):
+        ChannelPruningEnv(g, ConstantEvaluator(), make_budget(g, "flops", 0.5), action_mode="relative")
+
+
 def test_unreachable_budget_is_a_budget_error():
     g = GRAPHS["cnn"]
     with pytest.raises(BudgetError, match="below the minimum reachable"):

@@ -1,0 +1,125 @@
+"""DDPG option sweep on the search_quality task: which departures from the default close the gap to
+random search at equal evaluations?
+
+Each variant is the default ``ddpg`` searcher of ``benchmarks.search_quality`` (same episodes, warm-up,
+2 parallel episodes) with a few options overridden, run at 50% and 25% FLOPs of the cached ResNet-20
+for each seed. The references are that benchmark's own runs (``runs/search_quality``: ``random`` and
+``ddpg``, the default), so run ``python -m benchmarks.search_quality`` first. Reported per variant and
+budget: best val accuracy before fine-tuning (mean +- std over seeds, the number search_quality
+compares), the mean val accuracy of the last third of the episodes, and the mean preserve ratio of
+the last three units in that third (the default saturates them at 50% FLOPs).
+
+    python -m benchmarks.ddpg_sweep [--variants smin15 upt4 ...] [--seeds 0 1 2] [--budgets 0.5 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+import numpy as np
+
+from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, write_results
+from benchmarks.search_quality import RUNS as QUALITY_RUNS
+from benchmarks.search_quality import searchers
+
+RUNS = ROOT / "runs" / "ddpg_sweep"
+
+VARIANTS: dict[str, dict] = {
+    "smin15": {"sigma_min": 0.15},
+    "smin25": {"sigma_min": 0.25},
+    "decay98": {"sigma_decay": 0.98, "sigma_min": 0.1},
+    "smin15d98": {"sigma_min": 0.15, "sigma_decay": 0.98},
+    "upt4": {"updates_per_transition": 4},
+    "upt4_smin15d98": {"updates_per_transition": 4, "sigma_min": 0.15, "sigma_decay": 0.98},
+    "share": {"action_mode": "share"},
+    "share_smin15d98": {"action_mode": "share", "sigma_min": 0.15, "sigma_decay": 0.98},
+}
+"""Named option overrides of the default ``ddpg`` searcher."""
+
+
+def run_variant(name: str, budget: float, seed: int, episodes: int, workers: int):
+    """The variant's trials (pandas), running the search unless its run dir is complete."""
+    import pandas as pd
+
+    from autoprune.pipeline.run import run_search
+
+    out = RUNS / f"flops{budget}__{name}__{seed}"
+    if not (out / "summary.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        searcher = {**searchers(episodes)["ddpg"], **VARIANTS[name]}
+        cfg = base_config([f"seed={seed}", f"ray.workers={workers}"], searcher=searcher, budget={"flops": budget})
+        run_search(cfg, out=out, progress=False)
+    return pd.read_parquet(out / "trials.parquet")
+
+
+def reference(label: str, budget: float, seed: int):
+    import pandas as pd
+
+    path = QUALITY_RUNS / f"flops{budget}__{label}__{seed}" / "trials.parquet"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run python -m benchmarks.search_quality first")
+    return pd.read_parquet(path)
+
+
+def describe(trials: list) -> dict:
+    """Best, last-third mean val accuracy and last-three-units ratio, per seed and their mean/std."""
+    best = [float(t["val_accuracy"].max()) for t in trials]
+    late, tail_ratio = [], []
+    for t in trials:
+        learn = t[~t["warmup"].to_numpy(bool)] if "warmup" in t else t
+        third = learn.iloc[-max(1, len(learn) // 3):]
+        late.append(float(third["val_accuracy"].mean()))
+        cols = [c for c in t.columns if c.startswith("ratio/")][-3:]
+        tail_ratio.append(float(third[cols].to_numpy().mean()))
+    return {"best": best, "best_mean": float(np.mean(best)), "best_std": float(np.std(best, ddof=1)) if len(best) > 1 else 0.0,
+            "late_mean": float(np.mean(late)), "tail_ratio": float(np.mean(tail_ratio))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25])
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    ensure_checkpoint()
+    if args.workers:
+        import ray
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+    rows = []
+    for budget in args.budgets:
+        for label in ("random", "ddpg"):
+            rows.append({"variant": label if label == "random" else "ddpg (default)", "budget": budget, "options": {},
+                         **describe([reference(label, budget, s) for s in args.seeds])})
+        for name in args.variants:
+            trials = [run_variant(name, budget, s, args.episodes, args.workers) for s in args.seeds]
+            rows.append({"variant": name, "budget": budget, "options": VARIANTS[name], **describe(trials)})
+            print(f"done {name} flops={budget}", flush=True)
+
+    lines = [f"ResNet-20 task of `search_quality`, {args.episodes} episodes, seeds {args.seeds}; best: best val "
+             "accuracy before FT, mean +- std over seeds; last third: mean val accuracy of the last third of the "
+             "learning episodes (random: of its last third of samples); tail ratio: mean preserve ratio of the "
+             "last three units there.", "",
+             "| FLOPs | variant | options | best | last third | tail ratio |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
+        lines.append(f"| {r['budget']} | {r['variant']} | {opts} | {r['best_mean']:.4f} +- {r['best_std']:.4f} | "
+                     f"{r['late_mean']:.3f} | {r['tail_ratio']:.2f} |")
+    targets = []
+    for budget in args.budgets:
+        rand = next(r["best_mean"] for r in rows if r["budget"] == budget and r["variant"] == "random")
+        wins = [r["variant"] for r in rows if r["budget"] == budget and r["variant"] != "random"
+                and r["best_mean"] >= rand]
+        targets.append(target(f"a DDPG variant >= random at {budget:.0%} FLOPs (best val before FT)", "ddpg >= random",
+                              {"random": round(rand, 4), "variants at or above": wins}, bool(wins)))
+    write_results("ddpg_sweep", "\n".join(lines), {"rows": rows}, targets,
+                  "python -m benchmarks.ddpg_sweep " + " ".join(f"--variants {' '.join(args.variants)}".split()))
+
+
+if __name__ == "__main__":
+    main()
