@@ -82,6 +82,8 @@ class DdpgSearcher(Searcher):
         action_mode: str = "ratio"
         """``ratio`` (AMC: the action is the preserve ratio) or ``share`` (relative to the unit's fair
         share of the budget left: 0 is that share, -1 ``min_ratio``, +1 ``max_ratio``; see the env)."""
+        group_features: bool = False
+        """Add two features to AMC's observation: the unit's coupled-layer count and params share (see the env)."""
         action_wall: bool = False
         """AMC's per-step wall (``preset: amc``); off: each episode's ratio vector is scaled to the
         budget at its end instead (down or up, as ``random`` does; implies the repair)."""
@@ -211,7 +213,7 @@ class DdpgSearcher(Searcher):
                                  max_ratio=p.max_ratio, round_to=p.round_to, costs=ctx.costs,
                                  defer_evaluation=True, fill_budget=self.options.fill_budget,
                                  repair_budget=self.options.repair_budget, action_wall=self.options.action_wall,
-                                 action_mode=self.options.action_mode)
+                                 action_mode=self.options.action_mode, group_features=self.options.group_features)
 
     def _warmup_actions(self) -> np.ndarray:
         """One action per env: each env plays a random-search plan (channel counts) drawn when its

@@ -33,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # AMC's published search (the mit-han-lab/amc defaults): the settings this searcher had before presets.
     "amc": {"warmup": 100, "warmup_sampling": "actions", "fill_budget": False, "repair_budget": False,
             "action_wall": True, "sigma": 0.5, "sigma_decay": 0.95, "sigma_min": 0.0, "action_mode": "ratio",
-            "updates_per_transition": 1},
+            "updates_per_transition": 1, "group_features": False},
     # AMC with the wall replaced by scaling each episode's ratios to the budget (the option defaults).
     "autoprune": {"warmup": 100, "warmup_sampling": "actions", "fill_budget": False, "repair_budget": True,
                   "action_wall": False, "sigma": 0.5, "sigma_decay": 0.95, "sigma_min": 0.05},

@@ -35,6 +35,8 @@ VARIANTS: dict[str, dict] = {
     "upt4_smin15d98": {"updates_per_transition": 4, "sigma_min": 0.15, "sigma_decay": 0.98},
     "share": {"action_mode": "share"},
     "share_smin15d98": {"action_mode": "share", "sigma_min": 0.15, "sigma_decay": 0.98},
+    "share_group": {"action_mode": "share", "group_features": True},
+    "group": {"group_features": True},
 }
 """Named option overrides of the default ``ddpg`` searcher."""
 

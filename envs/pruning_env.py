@@ -60,7 +60,12 @@ episode's counts, as with the repair (``info["repaired"]``).
 depthwise 0.5, linear 1), in channels, out channels, kernel, stride, input H, input W (each
 divided by its maximum over units), this unit's FLOPs, FLOPs already removed, FLOPs of the
 units still to come (fractions of the base model's FLOPs) and the previous preserve ratio
-(1.0 at the first step).
+(1.0 at the first step). With ``group_features=True`` two more (``GROUP_FEATURES``): how many
+layers the unit's channels couple (a residual stream couples every block's output conv; divided by
+the most of any unit) and the unit's share of the params. AMC prunes single layers, so its embedding
+cannot tell a stream from a block's inner conv of the same shape; on the ResNet-20 task the stage-3
+stream is the most sensitive unit and the two inner convs after it among the least, yet they share
+every AMC feature but the index, the FLOPs and the previous action (docs/amc.md).
 """
 
 from __future__ import annotations
@@ -81,6 +86,9 @@ ACTION_MODES = ("ratio", "share")
 KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
 OBS_FEATURES = ("index", "kind", "in_channels", "out_channels", "kernel", "stride", "in_h", "in_w",
                 "unit_flops", "flops_reduced", "flops_rest", "prev_ratio")
+GROUP_FEATURES = ("members", "unit_params")
+"""Appended with ``group_features=True``: the unit's coupled layers (divided by the most of any unit)
+and its share of the prunable params."""
 
 
 class ChannelPruningEnv(gym.Env):
@@ -104,6 +112,7 @@ class ChannelPruningEnv(gym.Env):
         scale the finished episode's ratios to the budget instead (above; implies the repair).
     :param action_mode: ``ratio`` (AMC: the action maps linearly to a preserve ratio) or ``share``
         (relative to the unit's fair share of the budget left, above).
+    :param group_features: append ``GROUP_FEATURES`` to the observation (above).
     :param defer_evaluation: if true, the last step does not evaluate: it returns reward 0 and
         the plan in ``info`` for the caller to score in a batch (see :meth:`reward_of`).
     """
@@ -127,6 +136,7 @@ class ChannelPruningEnv(gym.Env):
         repair_budget: bool = False,
         action_wall: bool = True,
         action_mode: str = "ratio",
+        group_features: bool = False,
     ) -> None:
         if not 0 < min_ratio <= max_ratio <= 1:
             raise ConfigError(f"need 0 < min_ratio <= max_ratio <= 1 (got {min_ratio}, {max_ratio})")
@@ -153,8 +163,10 @@ class ChannelPruningEnv(gym.Env):
         self.candidates = [self._candidate_counts(u) for u in graph.units]
         budget.check_reachable(self.min_counts)
         self.reward_fn(self.outcome(self.min_counts, 1.0))  # fail now if the reward lacks a cost model
+        self.group_features = bool(group_features)
         self._static = self._static_features()
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (len(OBS_FEATURES),), dtype=np.float32)
+        self.features = OBS_FEATURES + (GROUP_FEATURES if self.group_features else ())
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (len(self.features),), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self._t: int | None = None
         self._counts: list[int] = []
@@ -180,7 +192,10 @@ class ChannelPruningEnv(gym.Env):
         unit_flops = np.array([u.flops for u in units], dtype=np.float64) / max(self.flops.base, 1e-12)
         rest = np.array([sum(u.flops for u in units[i + 1:]) for i in range(n)], dtype=np.float64)
         rest = rest / max(self.flops.base, 1e-12)
-        return np.column_stack([index, kind, cols, unit_flops, rest])
+        members = np.array([max(len(u.members), 1) for u in units], dtype=np.float64)
+        params = np.array([u.params for u in units], dtype=np.float64)
+        group = np.column_stack([members / members.max(), params / max(params.sum(), 1e-12)])
+        return np.column_stack([index, kind, cols, unit_flops, rest, group])
 
     # ------------------------------------------------------------------------------ the MDP
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -407,7 +422,7 @@ class ChannelPruningEnv(gym.Env):
         partial = list(counts) + [u.out_channels for u in self.graph.units[len(counts):]]
         reduced = (base - self.flops(partial)) / base
         static = self._static[t]
-        obs = np.concatenate([static[:9], [reduced, static[9], prev]])
+        obs = np.concatenate([static[:9], [reduced, static[9], prev], static[10:] if self.group_features else []])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
 

@@ -182,7 +182,8 @@ OLD_DEFAULTS = {"episodes": 400, "warmup": 100, "warmup_sampling": "actions", "f
                 "sigma_decay": 0.95, "hidden": [300, 300], "actor_lr": 1e-4, "critic_lr": 1e-3, "tau": 0.01,
                 "gamma": 1.0, "batch_size": 64, "replay_episodes": 100, "baseline_decay": 0.95, "reward": "acc",
                 "reward_kwargs": {}, "parallel_episodes": 1, "checkpoint_every": 10, "tensorboard": False,
-                "device": "cpu", "updates_per_transition": 1, "action_mode": "ratio"}
+                "device": "cpu", "updates_per_transition": 1, "action_mode": "ratio",
+                "group_features": False}
 
 
 def test_presets_amc_reproduces_the_old_defaults_and_autoprune_adds_the_repair():
@@ -247,7 +248,7 @@ def test_parallel_episodes_are_scored_in_batches_and_rewritten_per_env(tiny_sess
 @pytest.mark.parametrize("options", [{}, {"warmup": 4, "warmup_sampling": "budget", "fill_budget": True,
                                           "action_wall": True},
                                      {"warmup": 4, "warmup_sampling": "budget", "action_mode": "share",
-                                      "updates_per_transition": 2}],
+                                      "updates_per_transition": 2, "group_features": True}],
                          ids=["amc", "budget-warmup-resumed-inside-warmup", "share-budget-warmup"])
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_session, tmp_path, options):
     whole = make_ctx(tiny_session, tmp_path / "whole")

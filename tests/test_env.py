@@ -17,7 +17,7 @@ from autoprune.core.cost import Budget, make_budget
 from autoprune.core.graph import build_unit_graph
 from autoprune.core.plan import resolve_count
 from autoprune.envs import ENV_ID
-from autoprune.envs.pruning_env import OBS_FEATURES, ChannelPruningEnv
+from autoprune.envs.pruning_env import GROUP_FEATURES, OBS_FEATURES, ChannelPruningEnv
 from autoprune.envs.rewards import REWARDS, Outcome, make_reward
 from autoprune.errors import AutopruneError, BudgetError, ConfigError
 from autoprune.models.zoo import build_model
@@ -222,6 +222,26 @@ def test_without_the_wall_the_episode_is_scaled_to_the_budget_keeping_its_shape(
         assert (kept[top] <= ratios[top] + 1e-9).all()
     walled = run_episode(ChannelPruningEnv(g, ConstantEvaluator(), budget), steps)[1]  # the wall clips instead
     assert budget.fits(walled[-1]["plan"].counts(g))
+
+
+def test_group_features_tell_a_residual_stream_from_an_inner_conv():
+    """``group_features=True`` appends the coupled-layer count and the params share; the AMC features
+    come first, unchanged, and trajectories carry the longer observation too."""
+    g = GRAPHS["residual"]
+    budget = make_budget(g, "flops", 0.5)
+    plain = ChannelPruningEnv(g, ConstantEvaluator(), budget)
+    env = ChannelPruningEnv(g, ConstantEvaluator(), budget, group_features=True)
+    assert env.features == OBS_FEATURES + GROUP_FEATURES and env.observation_space.shape == (len(env.features),)
+    gymnasium.utils.env_checker.check_env(env, skip_render_check=True)
+    members = [len(u.members) for u in g.units]
+    assert max(members) > min(members)  # the tiny residual net has a stream and an inner conv
+    obs, actions = env.trajectory(g.channels)
+    base, _ = plain.trajectory(g.channels)
+    assert np.allclose(obs[:, : len(OBS_FEATURES)], base)
+    for t, u in enumerate(g.units):
+        f = dict(zip(env.features, obs[t], strict=True))
+        assert f["members"] == pytest.approx(len(u.members) / max(members))
+        assert f["unit_params"] == pytest.approx(u.params / sum(v.params for v in g.units), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["cnn", "residual", "mnist_cnn"])
