@@ -5,8 +5,9 @@ apart after fine-tuning. Here a deeper network (30 prunable units) is cut hard. 
 trained once (30 epochs, seed 0) and cached under ``benchmarks/checkpoints``.
 
 Searchers at equal evaluations (``--evaluations``, default 100): ``random``, ``tpe`` (Optuna),
-``cmaes`` (the ``cmaes`` package), ``ddpg`` (the default ``autoprune`` preset) and ``ddpg_amc``
-(``preset: amc``, AMC's published settings), each followed by
+``cmaes`` (the ``cmaes`` package), ``ddpg`` (the default ``autoprune`` preset), ``ddpg_share`` (the
+default with ``action_mode: share``, ``sigma_min: 0.15``, ``sigma_decay: 0.98``) and ``ddpg_amc`` (``preset: amc``, AMC's published settings),
+each followed by
 the same re-ranking stage (top ``--top-k`` plans by the proxy, ``--steps`` fine-tuning batches
 each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's global L1 pruning
 (``MetaPruner(global_pruning=True)``) at the same FLOPs. Every result gets the same fine-tune
@@ -67,6 +68,9 @@ def searchers(evaluations: int) -> dict[str, dict]:
         "ddpg_amc": {"name": "ddpg", "preset": "amc", "episodes": evaluations,
                      "warmup": max(2, evaluations // 4) // 2 * 2, "parallel_episodes": 2},
         "netadapt": {"name": "netadapt", "initial_reduction": 0.08, "decay": 0.95, "short_term_batches": 5},
+        # the default with share actions and a wider noise floor (the best of benchmarks.ddpg_sweep)
+        "ddpg_share": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
+                       "parallel_episodes": 2, "action_mode": "share", "sigma_min": 0.15, "sigma_decay": 0.98},
     }
 
 
