@@ -5,10 +5,8 @@ apart after fine-tuning. Here a deeper network (30 prunable units) is cut hard. 
 trained once (30 epochs, seed 0) and cached under ``benchmarks/checkpoints``.
 
 Searchers at equal evaluations (``--evaluations``, default 100): ``random``, ``tpe`` (Optuna),
-``cmaes`` (the ``cmaes`` package), ``ddpg`` (the default ``autoprune`` preset), ``ddpg_share`` (the
-default with ``action_mode: share``, ``sigma_min: 0.15``, ``sigma_decay: 0.98``) and ``ddpg_amc`` (``preset: amc``, AMC's published settings),
-each followed by
-the same re-ranking stage (top ``--top-k`` plans by the proxy, ``--steps`` fine-tuning batches
+``cmaes`` (the ``cmaes`` package), ``ddpg`` (the default ``autoprune`` preset) and ``ddpg_amc``
+(``preset: amc``, AMC's published settings), each followed by the same re-ranking stage (top ``--top-k`` plans by the proxy, ``--steps`` fine-tuning batches
 each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's global L1 pruning
 (``MetaPruner(global_pruning=True)``) at the same FLOPs. Every result gets the same fine-tune
 (2 epochs at lr x 0.1). Reported, mean +- std over seeds:
@@ -23,10 +21,12 @@ each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's globa
     python -m benchmarks.search_quality_hard --evaluations 400 --searchers random ddpg --top-k 0
 
     python -m benchmarks.search_quality_hard --budgets 0.1 --searchers uniform tp_global random tpe cmaes ddpg
+    python -m benchmarks.search_quality_hard --searchers ddpg_share ddpg_share_plain --out search_quality_hard_share
 
 (the second: AMC's episode count, the agent against random search only, results in
 ``search_quality_hard_e400.md``; the third: a budget beyond the default two, results in
-``search_quality_hard_flops0.1.md``, its targets taken at that budget as the aggressive one)
+``search_quality_hard_flops0.1.md``, its targets taken at that budget as the aggressive one; the
+fourth: DDPG option sets from ``benchmarks.ddpg_sweep`` (``ON_REQUEST``), in their own results file)
 
 Runs land in ``benchmarks/runs/search_quality_hard/<budget>__<searcher>__<seed>`` (run dirs:
 ``autoprune compare`` reads them; ``docs/compare_hard`` is that report). A finished run is reused,
@@ -71,9 +71,19 @@ def searchers(evaluations: int) -> dict[str, dict]:
         # the default with share actions and a wider noise floor (the best of benchmarks.ddpg_sweep)
         "ddpg_share": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
                        "parallel_episodes": 2, "action_mode": "share", "sigma_min": 0.15, "sigma_decay": 0.98},
+        # ddpg_share with random-search warm-up plans (fed as share actions)
+        "ddpg_share_bw": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
+                          "parallel_episodes": 2, "action_mode": "share", "sigma_min": 0.15, "sigma_decay": 0.98,
+                          "warmup_sampling": "budget"},
+        # share actions alone
+        "ddpg_share_plain": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
+                             "parallel_episodes": 2, "action_mode": "share"},
     }
 
 
+ON_REQUEST = ("ddpg_share", "ddpg_share_bw", "ddpg_share_plain")
+"""DDPG option sets from ``benchmarks.ddpg_sweep``, run only when named in ``--searchers`` (results with
+``--out search_quality_hard_share``)."""
 FIRST_SEED_ONLY = ("ddpg_amc", "netadapt")
 """Run for the first seed only (CPU time is scarce here): the AMC preset (kept reachable, not tuned) and
 NetAdapt (the greedy searcher for the comparison report; it sets its own evaluation count)."""
@@ -92,7 +102,7 @@ def runs_dir(evaluations: int) -> Path:
 
 def run_all(args) -> list[dict]:
     rows, runs = [], runs_dir(args.evaluations)
-    wanted = set(args.searchers or [*searchers(args.evaluations), "tp_global"])
+    wanted = set(args.searchers or [*(k for k in searchers(args.evaluations) if k not in ON_REQUEST), "tp_global"])
     for seed in args.seeds:
         for budget in args.budgets or BUDGETS:
             for label, searcher in searchers(args.evaluations).items():
@@ -240,6 +250,8 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", help=f"default {BUDGETS}; another budget (e.g. 0.08) writes "
                         "its own results file, search_quality_hard_flops<budgets>.md")
     parser.add_argument("--report", action="store_true", help="only rewrite the tables from the runs on disk")
+    parser.add_argument("--out", help="results file name (default: search_quality_hard[_e<N>][_flops<budgets>]); "
+                        "give one with --searchers, or the partial table replaces the full one")
     args = parser.parse_args()
     ensure_checkpoint(TASK)
     if args.workers and not args.report:  # one local Ray for all runs (the pools join it)
@@ -254,11 +266,13 @@ def main() -> None:
     name = "search_quality_hard" + ("" if args.evaluations == 100 else f"_e{args.evaluations}")
     if args.budgets and set(args.budgets) - set(BUDGETS):  # an extra budget: its own results file
         name += "_flops" + "_".join(f"{b:g}" for b in sorted(args.budgets))
+    name = args.out or name
     write_results(name, "\n".join(tables(df, args.evaluations)), data, targets_of(df),
                   f"python -m benchmarks.search_quality_hard --seeds {' '.join(map(str, args.seeds))} "
                   f"--evaluations {args.evaluations} --workers {args.workers} --top-k {args.top_k} "
                   f"--steps {args.steps}" + (f" --budgets {' '.join(map(str, args.budgets))}" if args.budgets else "")
-                  + (f" --searchers {' '.join(args.searchers)}" if args.searchers else ""))
+                  + (f" --searchers {' '.join(args.searchers)}" if args.searchers else "")
+                  + (f" --out {args.out}" if args.out else ""))
 
 
 if __name__ == "__main__":
