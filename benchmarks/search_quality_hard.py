@@ -21,7 +21,7 @@ each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's globa
     python -m benchmarks.search_quality_hard --evaluations 400 --searchers random ddpg --top-k 0
 
     python -m benchmarks.search_quality_hard --budgets 0.1 --searchers uniform tp_global random tpe cmaes ddpg
-    python -m benchmarks.search_quality_hard --searchers ddpg_share ddpg_share_plain --out search_quality_hard_share
+    python -m benchmarks.search_quality_hard --searchers ddpg_share ddpg_share_plain ddpg_share_bw --out search_quality_hard_share
 
 (the second: AMC's episode count, the agent against random search only, results in
 ``search_quality_hard_e400.md``; the third: a budget beyond the default two, results in

@@ -19,7 +19,8 @@ later units say so), uniform random actions give plans spread around uniform shr
 unit's share is what is left. With plain ratio actions and the end-of-episode scaling below, nothing
 during the episode says what an action costs the other units: at 50% FLOPs of a ResNet-20 the agent
 drove its last three units to ``max_ratio`` and the scaling took their channels from the earlier
-units (docs/amc.md).
+units. Measured (docs/amc.md): better there (with a wider noise floor, the first setting at or above
+random search at 50% and 25%), worse at 15% FLOPs of a ResNet-56, so not the default.
 
 **Action wall** (AMC): the count is lowered, if needed, to the largest candidate count for which
 the budget can still be met with every later unit at ``min_ratio``. The check is exact: the
@@ -65,7 +66,8 @@ layers the unit's channels couple (a residual stream couples every block's outpu
 the most of any unit) and the unit's share of the params. AMC prunes single layers, so its embedding
 cannot tell a stream from a block's inner conv of the same shape; on the ResNet-20 task the stage-3
 stream is the most sensitive unit and the two inner convs after it among the least, yet they share
-every AMC feature but the index, the FLOPs and the previous action (docs/amc.md).
+every AMC feature but the index, the FLOPs and the previous action. Measured there: no better
+(docs/amc.md).
 """
 
 from __future__ import annotations
