@@ -291,7 +291,11 @@ class DdpgSearcher(Searcher):
         state = blob["state"]
         if state["steps"] != self.steps:
             raise AutopruneError("the DDPG checkpoint was written for another model; start a new run")
-        self.model = AMCDDPG.load(io.BytesIO(blob["agent"]), env=vec, device=self.options.device)
+        try:
+            self.model = AMCDDPG.load(io.BytesIO(blob["agent"]), env=vec, device=self.options.device)
+        except ValueError as exc:  # SB3: the saved observation/action spaces differ from the env's
+            raise AutopruneError(f"the DDPG checkpoint does not fit these options ({exc}); resume with the "
+                                 "options it was written with (e.g. searcher.group_features) or start a new run") from exc
         self.model.load_replay_buffer(io.BytesIO(blob["replay"]))
         self.model.gradient_steps = self._gradient_steps()
         rng = state["rng"]

@@ -274,6 +274,14 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_session, tm
     assert again.evaluator.batches == [] and len(read_trials(tmp_path / "cut" / "trials.parquet")) == 6
 
 
+def test_resume_with_another_observation_is_a_one_line_error(tiny_session, tmp_path):
+    run(make_ctx(tiny_session, tmp_path / "run"), episodes=4)
+    resumed = make_ctx(tiny_session, tmp_path / "run", resume=True)
+    with pytest.raises(AutopruneError, match="group_features") as err:
+        run(resumed, episodes=6, group_features=True)
+    assert "\n" not in str(err.value)
+
+
 def test_resume_without_a_checkpoint_restarts_from_episode_0(tiny_session, tmp_path):
     crashing = make_ctx(tiny_session, tmp_path / "run", CountingEvaluator(tiny_session.evaluator(), crash_at=2))
     with pytest.raises(Crash):  # dies in episode 1, before the first checkpoint (after episode 2)
