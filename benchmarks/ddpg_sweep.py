@@ -35,6 +35,7 @@ VARIANTS: dict[str, dict] = {
     "upt4_smin15d98": {"updates_per_transition": 4, "sigma_min": 0.15, "sigma_decay": 0.98},
     "share": {"action_mode": "share"},
     "share_smin15d98": {"action_mode": "share", "sigma_min": 0.15, "sigma_decay": 0.98},
+    "share_smin15d98_bw": {"action_mode": "share", "sigma_min": 0.15, "sigma_decay": 0.98, "warmup_sampling": "budget"},
     "share_group": {"action_mode": "share", "group_features": True},
     "group": {"group_features": True},
 }
