@@ -78,8 +78,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from autoprune.core.budget_fit import BudgetFitter
 from autoprune.core.cost import Budget, CostModel, FlopsCost, ParamsCost
-from autoprune.core.graph import LayerSpec, UnitGraph
+from autoprune.core.graph import UnitGraph
 from autoprune.core.plan import PruningPlan, resolve_count
 from autoprune.envs.rewards import Outcome, RewardFn, make_reward
 from autoprune.errors import ConfigError
@@ -160,9 +161,9 @@ class ChannelPruningEnv(gym.Env):
         self.flops = costs["flops"]
         self.reward_fn = make_reward(reward, reward_kwargs)
         self.n_units = len(graph)
-        self.min_counts = [resolve_count(min_ratio, u.out_channels, u.step(round_to)) for u in graph.units]
-        self.max_counts = [resolve_count(max_ratio, u.out_channels, u.step(round_to)) for u in graph.units]
-        self.candidates = [self._candidate_counts(u) for u in graph.units]
+        self.fitter = BudgetFitter(graph, budget, min_ratio, max_ratio, round_to)
+        self.min_counts, self.max_counts = self.fitter.min_counts, self.fitter.max_counts
+        self.candidates = self.fitter.candidates
         budget.check_reachable(self.min_counts)
         self.reward_fn(self.outcome(self.min_counts, 1.0))  # fail now if the reward lacks a cost model
         self.group_features = bool(group_features)
@@ -175,14 +176,6 @@ class ChannelPruningEnv(gym.Env):
         self._ratios: list[float] = []
 
     # ------------------------------------------------------------------------------- setup
-    def _candidate_counts(self, unit: LayerSpec) -> np.ndarray:
-        """Every count a ratio in [min_ratio, max_ratio] can resolve to, ascending."""
-        channels, step = unit.out_channels, unit.step(self.round_to)
-        lo = resolve_count(self.min_ratio, channels, step)
-        hi = resolve_count(self.max_ratio, channels, step)
-        found = {resolve_count(k / channels, channels, step) for k in range(lo, hi + 1)}
-        return np.array(sorted(c for c in found | {lo, hi} if lo <= c <= hi), dtype=np.int64)
-
     def _static_features(self) -> np.ndarray:
         units = self.graph.units
         n = len(units)
@@ -270,25 +263,9 @@ class ChannelPruningEnv(gym.Env):
 
     def fair_share(self, t: int, counts: Sequence[int], iters: int = 30) -> float | None:
         """``action_mode="share"``: the largest ratio that units ``t`` onwards can all keep with the
-        budget met, the first ``t`` units at ``counts`` (clipped to the ratio range); None in ``ratio``
-        mode. The budget's own cost model prices the vectors, so any budget kind works."""
-        if self.action_mode != "share":
-            return None
-        head = list(counts[:t])
-
-        def fits(r: float) -> bool:
-            return self.budget.fits(head + [resolve_count(r, u.out_channels, u.step(self.round_to))
-                                            for u in self.graph.units[t:]])
-
-        lo, hi = self.min_ratio, self.max_ratio
-        if fits(hi):
-            return hi
-        if not fits(lo):
-            return lo
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        return lo
+        budget met, the first ``t`` units at ``counts`` (:meth:`BudgetFitter.fair_share`); None in
+        ``ratio`` mode."""
+        return self.fitter.fair_share(t, counts, iters) if self.action_mode == "share" else None
 
     @property
     def unit_index(self) -> int:
@@ -296,90 +273,17 @@ class ChannelPruningEnv(gym.Env):
         return self._t or 0
 
     def wall(self, t: int, desired: int) -> tuple[int, bool]:
-        """The walls on unit ``t``'s count. Returns (count, clipped).
-
-        Lower (``fill_budget`` only): ``desired`` is raised to the smallest candidate with which
-        the budget can still be used up, later units at their maximum. Upper (AMC): the count is
-        then lowered to the largest candidate that keeps the budget reachable, later units at
-        their minimum; the upper wall wins (the budget is a hard limit).
-        """
-        cand = self.candidates[t]
-
-        def fits(count: int, later: list[int]) -> bool:
-            return self.budget.fits(self._counts + [int(count)] + later[t + 1:])
-
-        target = int(desired)
-        if self.fill_budget and fits(target, self.max_counts):  # would leave budget nothing later can use
-            if fits(int(cand[-1]), self.max_counts):
-                target = int(cand[-1])
-            else:
-                i = int(np.searchsorted(cand, target))
-                target = int(cand[_last(i, len(cand) - 1, lambda k: fits(int(cand[k]), self.max_counts)) + 1])
-        if fits(target, self.min_counts):
-            return target, target != desired
-        # cand[0] fits (it is the vector that passed at the previous step); cand[i] does not
-        i = int(np.searchsorted(cand, target))
-        count = int(cand[_last(0, i, lambda k: fits(int(cand[k]), self.min_counts))])
-        return count, count != desired
+        """The walls on unit ``t``'s count after this episode's earlier counts (upper: AMC's; lower
+        with ``fill_budget``): :meth:`BudgetFitter.wall`. Returns (count, clipped)."""
+        return self.fitter.wall(t, self._counts, desired, self.fill_budget)
 
     def repair(self, counts: Sequence[int], iters: int = 40) -> list[int]:
-        """Scale the ratio vector of ``counts`` up by the largest factor whose clipped, rounded plan
-        meets the budget (bisection on the factor; cost grows with it), then raise single counts,
-        last unit first, while the budget allows. Never shrinks a count; the result meets the budget
-        (given ``counts`` that do) and no unit of it can grow by one candidate count."""
-        ratios = self._ratios_of(counts)
-        lo, hi = 1.0, self.max_ratio / max(float(ratios.min()), 1e-6)
-        if hi > lo and self.budget.fits(self._scaled(ratios, hi, counts)):
-            lo = hi
-        elif hi > lo:
-            lo = self._largest_factor(ratios, lo, hi, iters, counts)
-        best = self._scaled(ratios, lo, counts)
-        if not self.budget.fits(best):
-            best = list(counts)
-        # rounding leaves a remainder no uniform factor can use: last unit first, raise each count to
-        # the largest candidate that fits (earlier units only grow after it, so none can grow after)
-        for t in reversed(range(self.n_units)):
-            cand = self.candidates[t]
-            i = int(np.searchsorted(cand, best[t]))
-
-            def fits(j: int, t: int = t, cand: np.ndarray = cand) -> bool:
-                return self.budget.fits(best[:t] + [int(cand[j])] + best[t + 1:])
-
-            if i < len(cand) - 1 and fits(i):
-                best[t] = max(best[t], int(cand[_last(i, len(cand), fits)]))
-        return best
+        """Scale ``counts`` up to use the budget, never shrinking one: :meth:`BudgetFitter.repair`."""
+        return self.fitter.repair(counts, iters)
 
     def fit(self, counts: Sequence[int], iters: int = 40) -> list[int]:
-        """Scale the ratio vector of ``counts`` by the largest factor (below or above 1) whose clipped,
-        rounded plan meets the budget, then fill the remainder as :meth:`repair` does. The result
-        meets the budget for any ``counts`` (a factor of 0 gives every unit its minimum, which the
-        constructor checked is reachable)."""
-        if self.budget.fits(list(counts)):
-            return self.repair(counts, iters)
-        ratios = self._ratios_of(counts)
-        return self.repair(self._scaled(ratios, self._largest_factor(ratios, 0.0, 1.0, iters)), iters)
-
-    def _ratios_of(self, counts: Sequence[int]) -> np.ndarray:
-        return np.array([c / u.out_channels for c, u in zip(counts, self.graph.units, strict=True)], dtype=np.float64)
-
-    def _scaled(self, ratios: np.ndarray, factor: float, floor: Sequence[int] | None = None) -> list[int]:
-        """The counts of ``ratios * factor``, clipped to the ratio range and rounded (never below
-        ``floor`` when given)."""
-        r = np.clip(ratios * factor, self.min_ratio, self.max_ratio)
-        counts = [resolve_count(float(x), u.out_channels, u.step(self.round_to))
-                  for x, u in zip(r, self.graph.units, strict=True)]
-        return counts if floor is None else [max(int(f), c) for f, c in zip(floor, counts, strict=True)]
-
-    def _largest_factor(self, ratios: np.ndarray, lo: float, hi: float, iters: int,
-                        floor: Sequence[int] | None = None) -> float:
-        """Bisection for the largest factor in [lo, hi] whose scaled plan meets the budget (``lo`` fits)."""
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            if self.budget.fits(self._scaled(ratios, mid, floor)):
-                lo = mid
-            else:
-                hi = mid
-        return lo
+        """Scale ``counts`` down or up to meet and use the budget: :meth:`BudgetFitter.fit`."""
+        return self.fitter.fit(counts, iters)
 
     def trajectory(self, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Observations (T + 1, 12: before each step, then the terminal one) and actions (T, 1)
@@ -427,14 +331,3 @@ class ChannelPruningEnv(gym.Env):
         obs = np.concatenate([static[:9], [reduced, static[9], prev], static[10:] if self.group_features else []])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
-
-def _last(lo: int, hi: int, pred) -> int:
-    """Bisection: the last index in [lo, hi) where ``pred`` holds, given that it holds at ``lo``,
-    fails at ``hi`` and is monotone (true, then false)."""
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if pred(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo

@@ -19,6 +19,7 @@ Register a searcher of your own::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from abc import ABC, abstractmethod
@@ -30,6 +31,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from autoprune.config import PruningConfig, from_dict
+from autoprune.core.budget_fit import BudgetFitter
 from autoprune.core.cost import Budget, CostModel
 from autoprune.core.graph import UnitGraph
 from autoprune.core.plan import PruningPlan, resolve_count
@@ -99,23 +101,23 @@ class SearchContext:
     def clip(self, ratios: Sequence[float]) -> np.ndarray:
         return np.clip(np.asarray(ratios, dtype=np.float64), self.pruning.min_ratio, self.pruning.max_ratio)
 
+    @functools.cached_property
+    def fitter(self) -> BudgetFitter:
+        """The budget arithmetic (scaling, walls, fair shares) over this graph, budget and ratio range."""
+        p = self.pruning
+        return BudgetFitter(self.graph, self.budget, p.min_ratio, p.max_ratio, p.round_to)
+
     def fit_to_budget(self, ratios: Sequence[float], iters: int = 40) -> np.ndarray:
         """Scale ``ratios`` by the largest factor whose clipped plan meets the budget.
 
         The factor may shrink or grow the vector, so the plan keeps its shape (which units are
         pruned harder) and uses the budget fully.
         """
-        ratios = self.clip(ratios)
-        lo, hi = 0.0, self.pruning.max_ratio / max(float(ratios.min()), 1e-6)
-        if self.budget.fits(self.counts(self.clip(ratios * hi))):
-            return self.clip(ratios * hi)
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            if self.budget.fits(self.counts(self.clip(ratios * mid))):
-                lo = mid
-            else:
-                hi = mid
-        return self.clip(ratios * lo)
+        ratios, fitter = self.clip(ratios), self.fitter
+        hi = self.pruning.max_ratio / max(float(ratios.min()), 1e-6)
+        if not self.budget.fits(fitter.scaled(ratios, hi)):
+            hi = fitter.largest_factor(ratios, 0.0, hi, iters)
+        return self.clip(ratios * hi)
 
     # --------------------------------------------------------------------------- records
     def describe(self, plan: PruningPlan) -> dict[str, float]:
