@@ -6,7 +6,7 @@ Nothing of DDPG is written here: the agent is SB3's ``DDPG``, extended only thro
   :mod:`autoprune.agents.ddpg_sb3`): AMC's exploration, a truncated normal
   around the actor's action inside the action bounds; sigma decays x``sigma_decay`` per episode
   after the warm-up, down to ``sigma_min``. Warm-up episodes use SB3's random actions (``learning_starts``).
-- :class:`AMCEpisodes` (an SB3 ``BaseCallback``): at ``_on_rollout_end`` (after the episode's
+- :class:`AMCEpisodes` (an SB3 ``BaseCallback`` in :mod:`autoprune.agents.ddpg_episodes`): at ``_on_rollout_end`` (after the episode's
   last transition is stored, before training) it scores the finished plans in one
   ``evaluate_many`` call, writes each episode's final reward minus a moving-average baseline
   onto every transition of that episode in the replay buffer, records one trials row per episode,
@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv
-from tqdm.auto import tqdm
 
+from autoprune.agents.ddpg_episodes import AMCEpisodes
 from autoprune.agents.ddpg_presets import PRESETS
 from autoprune.agents.ddpg_sb3 import AMCDDPG, TruncatedNormalNoise
 from autoprune.atomic import atomic_write_with
@@ -316,86 +315,3 @@ class DdpgSearcher(Searcher):
             self.ctx.recorder.flush()
         log.info("resuming DDPG at episode %d of %d", state["episodes"], self.options.episodes)
         return state
-
-
-class AMCEpisodes(BaseCallback):
-    """Per-rollout bookkeeping: scores, AMC reward rewrite, records, sigma schedule, checkpoints."""
-
-    def __init__(self, searcher: DdpgSearcher, episodes: int, baseline: float | None) -> None:
-        super().__init__(verbose=0)
-        self.searcher, self.opts, self.ctx = searcher, searcher.options, searcher.ctx
-        self.episodes = episodes
-        self.baseline = baseline
-        self.due = False
-        self.finished: list[tuple[int, PruningPlan]] = []
-        self.bar: Any = None
-
-    def progress_bar(self, total: int, initial: int, enabled: bool):
-        self.bar = tqdm(total=total, initial=initial, desc="ddpg search", unit="episode", disable=not enabled or None)
-        return self.bar
-
-    def sigma(self, episode: int) -> float:
-        """Noise sigma of ``episode`` in the options' units (action range scaled to [0, 1])."""
-        decayed = self.opts.sigma * self.opts.sigma_decay ** max(0, episode - self.opts.warmup)
-        return max(decayed, self.opts.sigma_min)
-
-    def _on_rollout_start(self) -> None:
-        if self.due:  # after the previous rollout's gradient steps: the agent is up to date
-            self.searcher.checkpoint(self)
-        noise = self.model.action_noise
-        noise.active = self.episodes >= self.opts.warmup
-        noise.sigma = 2.0 * self.sigma(self.episodes)  # the action range [-1, 1] is 2 wide
-        self.finished = []
-
-    def _on_step(self) -> bool:
-        # Runs *before* SB3 stores this step's transition: only collect the finished plans here.
-        for i, done in enumerate(self.locals["dones"]):
-            if done:
-                self.finished.append((i, self.locals["infos"][i]["plan"]))
-        return True
-
-    def _on_rollout_end(self) -> None:
-        if not self.finished:
-            return
-        results = self.ctx.evaluate_many([plan for _, plan in self.finished])
-        env = self.searcher.envs[0]
-        rewards = np.array([env.reward_of(plan, res.accuracy) for (_, plan), res in zip(self.finished, results, strict=True)])
-        base = float(rewards.mean()) if self.baseline is None else self.baseline
-        for (i, plan), reward in zip(self.finished, rewards, strict=True):
-            self._rewrite(i, float(reward) - base, plan)
-        b = base
-        for reward in rewards:
-            b = self.opts.baseline_decay * b + (1 - self.opts.baseline_decay) * float(reward)
-        self.baseline = b
-        sigma, warm = self.sigma(self.episodes), self.episodes < self.opts.warmup
-        for k, ((_, plan), res, reward) in enumerate(zip(self.finished, results, rewards, strict=True)):
-            self.ctx.record(plan, res, reward=float(reward), flush=k == len(results) - 1,
-                            episode=self.episodes, sigma=sigma, warmup=warm)
-            self.logger.record("search/reward", float(reward))
-            self.logger.record("search/accuracy", float(res.accuracy))
-            self.episodes += 1
-        if self.opts.tensorboard:
-            self.logger.dump(step=self.episodes)
-        n, k = len(results), self.opts.checkpoint_every
-        self.due = self.episodes // k > (self.episodes - n) // k or self.episodes >= self.opts.episodes
-        if self.bar is not None:
-            self.bar.update(n)
-            self.bar.set_postfix(best=f"{max(r['reward'] for r in self.ctx.recorder.rows):.4f}",
-                                 reward=f"{rewards[-1]:.4f}")
-        self.finished = []
-
-    def _rewrite(self, env_index: int, value: float, plan: PruningPlan) -> None:
-        """Write ``value`` onto the episode's T transitions: the last T rows of column env_index.
-        With the repair (or scaling) the observations and actions become those of the plan scored."""
-        buf, steps = self.model.replay_buffer, self.searcher.steps
-        rows = (buf.pos - steps + np.arange(steps)) % buf.buffer_size
-        dones = buf.dones[rows, env_index]
-        if dones[-1] != 1 or dones[:-1].any():
-            raise RuntimeError("replay buffer rows do not hold exactly one episode (a bug)")
-        buf.rewards[rows, env_index] = value
-        if self.searcher.envs[env_index].repair_budget:
-            obs, actions = self.searcher.envs[env_index].trajectory(plan.counts(self.ctx.graph))
-            buf.actions[rows, env_index] = actions
-            buf.observations[rows, env_index] = obs[:-1]
-            if not buf.optimize_memory_usage:
-                buf.next_observations[rows, env_index] = obs[1:]
