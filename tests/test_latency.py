@@ -157,6 +157,10 @@ def _mutations():
     def negative_padded(d):
         d["header"]["calibration"] = {"scale": 1.0, "offset": 0.1, "pad": 16, "per_padded_mmac": -1.0}
 
+    def pad_inputs_not_a_flag(d):
+        d["header"]["calibration"] = {"scale": 1.0, "offset": 0.1, "pad": 16, "per_padded_mmac": 1.0,
+                                      "pad_inputs": "no"}
+
     def no_scale_and_no_padded_term(d):
         d["header"]["calibration"] = {"scale": 0.0, "offset": 0.1}
 
@@ -175,7 +179,7 @@ def _mutations():
     return [(f.__name__, f) for f in (wrong_schema, missing_header_field, missing_module, missing_entry, ragged,
                                       negative, nan, bad_calibration, negative_misaligned, unknown_alignment, signature,
                                       grid_end, unknown_unit, reference_without_rel, negative_padded,
-                                      no_scale_and_no_padded_term)]
+                                      no_scale_and_no_padded_term, pad_inputs_not_a_flag)]
 
 
 @pytest.mark.parametrize("label,mutate", _mutations(), ids=[m[0] for m in _mutations()])
@@ -689,10 +693,12 @@ def test_build_lut_in_onnxruntime_records_the_runtime_and_fine_curves(graph):
         assert again.fraction(counts) == pytest.approx(cost.fraction(counts), rel=1e-5)
 
 
+@pytest.mark.parametrize("pad_inputs", [True, False])
 @pytest.mark.parametrize("padded_elements", [False, True])
-def test_calibration_takes_padded_macs_where_latency_follows_them(padded_elements):
+def test_calibration_takes_padded_macs_where_latency_follows_them(padded_elements, pad_inputs):
     """OpenVINO-like latency: MACs with every width padded to 16 channels plus elementwise work (on
-    padded channels too, or not), which lone-layer tables (here: plain MACs) miss. The calibration
+    padded channels too, or not), which lone-layer tables (here: plain MACs) miss; or with only the
+    output widths padded (``pad_inputs=False``: OpenVINO's channels-last ``brgconv`` kernels). The calibration
     picks that form from 12 calibration plans and predicts unseen random plans; a LUT with that form
     loads and prices plans."""
     from autoprune.latency.build import fit_calibration
@@ -711,7 +717,7 @@ def test_calibration_takes_padded_macs_where_latency_follows_them(padded_element
 
     def truth(c):
         elements = padded_melements(g, w, c, 16) if padded_elements else w.activations(c) / 1e6
-        return 0.02 * padded_mmacs(g, w, c, 16) + 3.0 * elements + 0.1
+        return 0.02 * padded_mmacs(g, w, c, 16, inputs=pad_inputs) + 3.0 * elements + 0.1
 
     def raw(c):
         return 0.5 * w.flops(c) / 1e6
@@ -722,15 +728,19 @@ def test_calibration_takes_padded_macs_where_latency_follows_them(padded_element
                     [truth(c) / truth(cal[0]) for c in cal], truth(cal[0]),
                     {a: [misaligned_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
                     {a: [padded_mmacs(g, w, c, a) for c in cal] for a in ALIGNMENTS},
-                    {a: [padded_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS})
+                    {a: [padded_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_mmacs(g, w, c, a, inputs=False) for c in cal] for a in ALIGNMENTS})
     fitted = lut.header["calibration"]
     assert fitted["pad"] == 16 and fitted["per_padded_mmac"] > 0 and fitted["loo_mape"] < 0.5
     assert fitted.get("padded_elements", False) == padded_elements
+    assert fitted.get("pad_inputs", True) == pad_inputs
     cost = LutCost(Lut.from_dict(json.loads(lut.to_json())), g)
     rng = np.random.default_rng(1)
     for counts in [random_counts(g, rng) for _ in range(10)]:
         assert cost.fraction(counts) == pytest.approx(truth(counts) / truth(g.channels), rel=0.01)
     assert padded_mmacs(g, w, g.channels, 16) >= w.flops(g.channels) / 1e6  # the 3-channel input pads up
+    odd = [c - 1 for c in g.channels]  # 15/31/63 channels: outputs pad back to full width, inputs do not
+    assert padded_mmacs(g, w, odd, 16, inputs=False) < padded_mmacs(g, w, odd, 16)
 
 
 def test_calibration_on_too_few_plans_fits_a_line_on_the_sum_and_never_a_zero_weight_on_the_tables(graph):

@@ -221,7 +221,8 @@ def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 12, see
                     [widths.activations(c) / 1e6 for c in counts], relative, base.relative[0],
                     {a: [misaligned_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
                     {a: [padded_mmacs(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
-                    {a: [padded_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS})
+                    {a: [padded_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
+                    {a: [padded_mmacs(graph, widths, c, a, inputs=False) for c in counts] for a in ALIGNMENTS})
     h["base_measured_ms"] = timing.base_ms if timing else base.ms[0]
 
 
@@ -229,7 +230,8 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
                     relative: Sequence[float], base_reference: float,
                     misaligned: Mapping[int, Sequence[float]] | None = None,
                     padded: Mapping[int, Sequence[float]] | None = None,
-                    padded_elements: Mapping[int, Sequence[float]] | None = None) -> None:
+                    padded_elements: Mapping[int, Sequence[float]] | None = None,
+                    padded_out: Mapping[int, Sequence[float]] | None = None) -> None:
     """Fit ``value = scale * raw + per_melement * melements [+ per_misaligned * misaligned |
     + per_padded_mmac * padded] + offset`` to measured latencies (reference units).
 
@@ -242,7 +244,10 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
     layers at 2.3x their share of the model, and its latency follows the padded MACs instead
     (``benchmarks/results/lut_accuracy.md``); the padded forms are tried with ``melements`` and
     with ``padded_elements`` (the output elements with channels rounded up alike: activations
-    stored in channel blocks) as the elements term. The form kept predicts left-out calibration plans best
+    stored in channel blocks) as the elements term, and with ``padded_out`` (MACs with only the output
+    widths rounded up: OpenVINO's ``brgconv`` kernels on channels-last activations, which this machine's
+    AVX-512/AMX CPU runs, block the output channels only; calibration key ``pad_inputs: false``)
+    instead of ``padded``. The form kept predicts left-out calibration plans best
     (leave-one-out, mean abs % error of the fraction; each extra term must earn a quarter of a
     percentage point).
 
@@ -265,6 +270,9 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
     columns |= {("padded", a): [raw, mel, np.asarray(p, float)] for a, p in (padded or {}).items()}
     columns |= {("padded_elements", a): [raw, np.asarray(padded_elements[a], float), np.asarray(p, float)]
                 for a, p in (padded or {}).items() if a in (padded_elements or {})}
+    columns |= {("padded_out", a): [raw, mel, np.asarray(p, float)] for a, p in (padded_out or {}).items()}
+    columns |= {("padded_out_elements", a): [raw, np.asarray(padded_elements[a], float), np.asarray(p, float)]
+                for a, p in (padded_out or {}).items() if a in (padded_elements or {})}
     forms = {(term, free): np.column_stack([*cols, np.ones_like(raw)]) for term, cols in columns.items() for free in (0, 1)}
     loo = {form: _leave_one_out(x, measured, relative, bool(form[1]), _padded(form))
            + 0.25 * ((form[0] is not None) + form[1]) for form, x in forms.items()}
@@ -286,8 +294,10 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
         cal.update(align=int(term[1]), per_misaligned=float(coef[2]))
     elif term is not None:
         cal.update(pad=int(term[1]), per_padded_mmac=float(coef[2]))
-        if term[0] == "padded_elements":
+        if term[0].endswith("_elements"):
             cal["padded_elements"] = True
+        if term[0].startswith("padded_out"):
+            cal["pad_inputs"] = False
     cal.update(offset=float(coef[-1]), plans=len(raw),
                fit_mape=float(np.mean(np.abs(fit / fit[0] - relative) / relative) * 100),
                loo_mape=float(loo[best]) if np.isfinite(loo[best]) else None, counts=[list(map(int, c)) for c in counts],

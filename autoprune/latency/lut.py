@@ -40,7 +40,9 @@ reorders the activations around such a conv, which no layer alone shows. ``padde
 of ``misaligned``; calibration key ``pad``) are the MACs with every kept width rounded up to a
 multiple of ``pad``: OpenVINO's CPU plugin computes convs in blocks of 16 channels, and its latency
 follows these rather than the tables of lone layers (``scale`` may then be 0); with
-``padded_elements: true`` the elements are counted with padded channels too. Without a calibration,
+``padded_elements: true`` the elements are counted with padded channels too, and with
+``pad_inputs: false`` only the output widths are rounded up (kernels that block output channels
+and reduce over exact inputs). Without a calibration,
 ``scale = 1`` and ``offset = remainder`` (plain NetAdapt: sum plus the measured rest of the model).
 The LUT predicts the **fraction** ``value(plan) / value(unpruned)``, which does not depend on how
 fast the machine was while it was built; in ms it predicts that fraction times
@@ -248,6 +250,9 @@ def _check_calibration(header: dict[str, Any], source: str) -> None:
     for key in ("align", "pad"):
         if cal and cal.get(key) not in (None, *ALIGNMENTS):
             raise AutopruneError(f"{source}: calibration {key!r} must be one of {ALIGNMENTS} or absent")
+    for key in ("padded_elements", "pad_inputs"):
+        if cal and not isinstance(cal.get(key, True), bool):
+            raise AutopruneError(f"{source}: calibration {key!r} must be true or false or absent")
 
 
 def read_lut_json(path: str | Path) -> tuple[Any, str]:
@@ -304,9 +309,10 @@ class LutCost:
         """The calibrated prediction in the LUT's unit (ms or reference-op units)."""
         align, pad = self.lut.align, self.lut.pad
         misaligned = misaligned_melements(self.graph, self.widths, counts, align) if align else 0.0
-        padded = padded_mmacs(self.graph, self.widths, counts, pad) if pad else 0.0
+        cal = self.lut.header.get("calibration") or {}
+        padded = padded_mmacs(self.graph, self.widths, counts, pad, inputs=cal.get("pad_inputs", True)) if pad else 0.0
         raw = self.raw(counts) if self.lut.scale > 0 else 0.0
-        if pad and self.lut.header["calibration"].get("padded_elements"):
+        if pad and cal.get("padded_elements"):
             elements = padded_melements(self.graph, self.widths, counts, pad)
         else:
             elements = self.widths.activations(counts) / 1e6

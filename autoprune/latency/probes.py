@@ -104,6 +104,8 @@ def write_probes(model: nn.Module, input_shape: Sequence[int], out_dir: str | Pa
                             "melements": widths.activations(counts) / 1e6,
                             "misaligned": {str(a): misaligned_melements(graph, widths, counts, a) for a in ALIGNMENTS},
                             "padded": {str(a): padded_mmacs(graph, widths, counts, a) for a in ALIGNMENTS},
+                            "padded_out": {str(a): padded_mmacs(graph, widths, counts, a, inputs=False)
+                                           for a in ALIGNMENTS},
                             "padded_elements": {str(a): padded_melements(graph, widths, counts, a)
                                                 for a in ALIGNMENTS}})
     header = make_header(graph, batch=batch, step=step, model=model_name, unit="reference", runtime="onnxruntime",
@@ -174,5 +176,7 @@ def import_probes(probe_dir: str | Path, device: str | None = None) -> Lut:
                     {a: [p["padded"][str(a)] for p in plans] for a in ALIGNMENTS}
                     if all("padded" in p for p in plans) else None,
                     {a: [p["padded_elements"][str(a)] for p in plans] for a in ALIGNMENTS}
-                    if all("padded_elements" in p for p in plans) else None)
+                    if all("padded_elements" in p for p in plans) else None,
+                    {a: [p["padded_out"][str(a)] for p in plans] for a in ALIGNMENTS}
+                    if all("padded_out" in p for p in plans) else None)
     return Lut.from_dict(json.loads(lut.to_json()), f"LUT imported from {str(folder)!r}")

@@ -178,16 +178,24 @@ def misaligned_melements(graph: UnitGraph, widths: WidthModel, counts: Sequence[
     return total / 1e6
 
 
-def padded_mmacs(graph: UnitGraph, widths: WidthModel, counts: Sequence[int], align: int) -> float:
+def padded_mmacs(graph: UnitGraph, widths: WidthModel, counts: Sequence[int], align: int,
+                 inputs: bool = True) -> float:
     """MACs (millions) of the conv/linear layers at ``counts`` with each width rounded up to a
     multiple of ``align``: the work of kernels that compute in blocks of ``align`` channels, padding
-    included (OpenVINO's CPU plugin on AVX-512 computes convs in blocks of 16 channels)."""
+    included (OpenVINO's CPU plugin computes convs in blocks of 16 channels). With ``inputs=False``
+    only the output widths are rounded up: kernels on channels-last activations (OpenVINO's
+    ``brgconv`` on AVX-512/AMX CPUs) block the output channels but reduce over the exact inputs."""
     in_k, out_k = widths.ratios(counts)
     total = 0.0
     for idx, m in enumerate(graph.modules):
         if m.kind in DENSE_KINDS and m.macs > 0:
             out = math.ceil(round(out_k[idx] * m.out_ch, 6) / align) * align / m.out_ch
-            inp = 1.0 if m.kind == "depthwise" else math.ceil(round(in_k[idx] * m.in_ch, 6) / align) * align / m.in_ch
+            if m.kind == "depthwise":
+                inp = 1.0
+            elif inputs:
+                inp = math.ceil(round(in_k[idx] * m.in_ch, 6) / align) * align / m.in_ch
+            else:
+                inp = in_k[idx]
             total += m.macs * inp * out
     return total / 1e6
 
