@@ -69,7 +69,7 @@ class DdpgSearcher(Searcher):
         """Episodes in total (one plan evaluation each), warm-up included."""
         warmup: int = 100
         """Episodes of random plans before the agent acts and learns."""
-        warmup_sampling: str = "actions"
+        warmup_sampling: str = "budget"
         """How warm-up episodes are drawn: ``actions`` (AMC: uniform per-step actions) or ``budget``
         (random-search plans that use the budget)."""
         fill_budget: bool = False
@@ -78,7 +78,7 @@ class DdpgSearcher(Searcher):
         repair_budget: bool = True
         """At each episode's end scale the ratio vector up to use the budget; the repaired plan is
         scored and its transitions stored (off in ``preset: amc``)."""
-        action_mode: str = "ratio"
+        action_mode: str = "share"
         """``ratio`` (AMC: the action is the preserve ratio) or ``share`` (relative to the unit's fair
         share of the budget left: 0 is that share, -1 ``min_ratio``, +1 ``max_ratio``; see the env)."""
         group_features: bool = False
@@ -88,9 +88,9 @@ class DdpgSearcher(Searcher):
         budget at its end instead (down or up, as ``random`` does; implies the repair)."""
         sigma: float = 0.5
         """Exploration noise of the truncated normal, relative to the action range scaled to [0, 1]."""
-        sigma_decay: float = 0.95
+        sigma_decay: float = 0.98
         """Sigma is multiplied by this once per episode after the warm-up."""
-        sigma_min: float = 0.05
+        sigma_min: float = 0.15
         """Floor of the decayed sigma (``preset: amc``: 0, none). With a floor the late episodes keep
         searching around the actor's plan instead of replaying it."""
         hidden: list[int] = field(default_factory=lambda: [300, 300])

@@ -5,24 +5,27 @@ Presets (``preset:``; options set explicitly override the preset's values):
 - ``autoprune`` (the default): AMC's settings with ``action_wall: false``: no per-step clipping;
   at each episode's end the env scales the ratio vector, down or up, to the budget (as the
   ``random`` searcher scales its draws), so the plan scored, and the transitions stored, are the
-  scaled ones, and a warm-up episode is a random-search sample. With AMC's wall, per-step uniform
-  warm-up actions spend an aggressive budget on the first units and the wall crushes the rest
-  (ResNet-56 at 15% FLOPs: warm-up plans 0.30 vs random search's 0.48 on average, and the agent
-  never caught up); without the wall's end-of-episode repair, warm-up plans keep ~74% of a 50%
-  FLOPs budget on average (docs/amc.md).
+  scaled ones. With AMC's wall, per-step uniform warm-up actions spend an aggressive budget on the
+  first units and the wall crushes the rest (ResNet-56 at 15% FLOPs: warm-up plans 0.30 vs random
+  search's 0.48 on average, and the agent never caught up). Since 2026-12-05 also
+  ``action_mode: share`` (each action read against the unit's fair share of the budget left),
+  ``warmup_sampling: budget`` (the warm-up plays random-search plans) and a wider noise floor
+  (``sigma_min: 0.15``, ``sigma_decay: 0.98``): at or above random search at equal evaluations in 5
+  of 6 measured cells (ResNet-20 at 50%/25% FLOPs, ResNet-56 at 15%/30%, 100 and 400 episodes; the
+  sixth 0.001 below), where the previous default (ratio actions, AMC's warm-up, floor 0.05) was in
+  4 of 6 (docs/amc.md, DDPG option sweep).
 - ``amc``: AMC's published behaviour (He et al. 2018, mit-han-lab/amc defaults): warm-up 100
   episodes of uniform per-step actions, sigma 0.5 decaying x0.95 per episode, upper action wall
   only, no fill, no repair.
 
-Two further optional departures from AMC, off in both presets (measured in benchmarks/search_quality
-``--ablation``: better plans on average at a 50% FLOPs budget, worse at 25%, best plan no better):
+Optional departures from AMC, off in preset ``amc``:
 
-- ``fill_budget: true``: the env's lower wall raises a count that would leave budget no later unit
-  can use, so every episode ends at the budget.
-- ``warmup_sampling: budget``: a warm-up episode plays a random-search plan (one uniform ratio per
-  unit, the vector scaled to use the budget, as the ``random`` searcher draws them) instead of
-  AMC's per-step uniform actions (``actions``), which spend the budget on the first units and
-  leave the action wall to crush the last ones.
+- ``fill_budget: true`` (off in both presets; needs the wall): the env's lower wall raises a count
+  that would leave budget no later unit can use, so every episode ends at the budget.
+- ``warmup_sampling: budget`` (on in ``autoprune``): a warm-up episode plays a random-search plan
+  (one uniform ratio per unit, the vector scaled to use the budget, as the ``random`` searcher draws
+  them) instead of AMC's per-step uniform actions (``actions``), which spend the budget on the first
+  units and leave the action wall to crush the last ones.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "amc": {"warmup": 100, "warmup_sampling": "actions", "fill_budget": False, "repair_budget": False,
             "action_wall": True, "sigma": 0.5, "sigma_decay": 0.95, "sigma_min": 0.0, "action_mode": "ratio",
             "updates_per_transition": 1, "group_features": False},
-    # AMC with the wall replaced by scaling each episode's ratios to the budget (the option defaults).
-    "autoprune": {"warmup": 100, "warmup_sampling": "actions", "fill_budget": False, "repair_budget": True,
-                  "action_wall": False, "sigma": 0.5, "sigma_decay": 0.95, "sigma_min": 0.05},
+    # AMC with the wall replaced by scaling each episode's ratios to the budget, share actions, random-search
+    # warm-up plans and a wider noise floor (the option defaults; see the module docstring).
+    "autoprune": {"warmup": 100, "warmup_sampling": "budget", "fill_budget": False, "repair_budget": True,
+                  "action_wall": False, "sigma": 0.5, "sigma_decay": 0.98, "sigma_min": 0.15, "action_mode": "share",
+                  "updates_per_transition": 1, "group_features": False},
 }
 """Searcher options each ``preset`` sets; options given explicitly override them."""

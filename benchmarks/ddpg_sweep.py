@@ -1,10 +1,13 @@
 """DDPG option sweep on the search_quality task: which departures from the default close the gap to
 random search at equal evaluations?
 
-Each variant is the default ``ddpg`` searcher of ``benchmarks.search_quality`` (same episodes, warm-up,
-2 parallel episodes) with a few options overridden, run at 50% and 25% FLOPs of the cached ResNet-20
-for each seed. The references are that benchmark's own runs (``runs/search_quality``: ``random`` and
-``ddpg``, the default), so run ``python -m benchmarks.search_quality`` first. Reported per variant and
+Each variant is the ``ddpg`` searcher of ``benchmarks.search_quality`` (same episodes, warm-up, 2
+parallel episodes) with the options of the default before 2026-12-05 (``PREVIOUS_DEFAULT``: ratio
+actions, AMC's warm-up, sigma floor 0.05) and a few overridden, run at 50% and 25% FLOPs of the cached
+ResNet-20 for each seed; ``previous_default`` is that searcher unchanged (its runs were
+``search_quality``'s ``ddpg`` rows until the default became ``share_smin15d98_bw``). The references
+are that benchmark's own runs (``runs/search_quality``: ``random`` and ``ddpg``, the current default),
+so run ``python -m benchmarks.search_quality`` first. Reported per variant and
 budget: best val accuracy before fine-tuning (mean +- std over seeds, the number search_quality
 compares), the mean val accuracy of the last third of the episodes, and the mean preserve ratio of
 the last three units in that third (the default saturates them at 50% FLOPs).
@@ -26,7 +29,11 @@ from benchmarks.search_quality import searchers
 
 RUNS = ROOT / "runs" / "ddpg_sweep"
 
+PREVIOUS_DEFAULT = {"action_mode": "ratio", "sigma_min": 0.05, "sigma_decay": 0.95, "warmup_sampling": "actions"}
+"""The ``autoprune`` preset's values before 2026-12-05 that the current default changed: the sweep's base."""
+
 VARIANTS: dict[str, dict] = {
+    "previous_default": {},
     "smin15": {"sigma_min": 0.15},
     "smin25": {"sigma_min": 0.25},
     "decay98": {"sigma_decay": 0.98, "sigma_min": 0.1},
@@ -39,7 +46,7 @@ VARIANTS: dict[str, dict] = {
     "share_group": {"action_mode": "share", "group_features": True},
     "group": {"group_features": True},
 }
-"""Named option overrides of the default ``ddpg`` searcher."""
+"""Named option overrides of ``PREVIOUS_DEFAULT``."""
 
 
 def run_variant(name: str, budget: float, seed: int, episodes: int, workers: int):
@@ -51,7 +58,7 @@ def run_variant(name: str, budget: float, seed: int, episodes: int, workers: int
     out = RUNS / f"flops{budget}__{name}__{seed}"
     if not (out / "summary.json").exists():
         shutil.rmtree(out, ignore_errors=True)
-        searcher = {**searchers(episodes)["ddpg"], **VARIANTS[name]}
+        searcher = {**searchers(episodes)["ddpg"], **PREVIOUS_DEFAULT, **VARIANTS[name]}
         cfg = base_config([f"seed={seed}", f"ray.workers={workers}"], searcher=searcher, budget={"flops": budget})
         run_search(cfg, out=out, progress=False)
     return pd.read_parquet(out / "trials.parquet")

@@ -5,7 +5,9 @@ apart after fine-tuning. Here a deeper network (30 prunable units) is cut hard. 
 trained once (30 epochs, seed 0) and cached under ``benchmarks/checkpoints``.
 
 Searchers at equal evaluations (``--evaluations``, default 100): ``random``, ``tpe`` (Optuna),
-``cmaes`` (the ``cmaes`` package), ``ddpg`` (the default ``autoprune`` preset) and ``ddpg_amc``
+``cmaes`` (the ``cmaes`` package), ``ddpg`` (the default ``autoprune`` preset; in the results of
+2026-11-30 the default then, reproducible as ``ddpg_previous``; the current default is
+``ddpg_share_bw``) and ``ddpg_amc``
 (``preset: amc``, AMC's published settings), each followed by the same re-ranking stage (top ``--top-k`` plans by the proxy, ``--steps`` fine-tuning batches
 each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's global L1 pruning
 (``MetaPruner(global_pruning=True)``) at the same FLOPs. Every result gets the same fine-tune
@@ -75,13 +77,18 @@ def searchers(evaluations: int) -> dict[str, dict]:
         "ddpg_share_bw": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
                           "parallel_episodes": 2, "action_mode": "share", "sigma_min": 0.15, "sigma_decay": 0.98,
                           "warmup_sampling": "budget"},
+        # the default before 2026-12-05 (ratio actions, AMC's warm-up, floor 0.05): the ``ddpg`` rows of the
+        # results committed before that date
+        "ddpg_previous": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
+                          "parallel_episodes": 2, "action_mode": "ratio", "sigma_min": 0.05, "sigma_decay": 0.95,
+                          "warmup_sampling": "actions"},
         # share actions alone
         "ddpg_share_plain": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
                              "parallel_episodes": 2, "action_mode": "share"},
     }
 
 
-ON_REQUEST = ("ddpg_share", "ddpg_share_bw", "ddpg_share_plain")
+ON_REQUEST = ("ddpg_share", "ddpg_share_bw", "ddpg_share_plain", "ddpg_previous")
 """DDPG option sets from ``benchmarks.ddpg_sweep``, run only when named in ``--searchers`` (results with
 ``--out search_quality_hard_share``)."""
 FIRST_SEED_ONLY = ("ddpg_amc", "netadapt")

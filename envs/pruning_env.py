@@ -20,7 +20,8 @@ unit's share is what is left. With plain ratio actions and the end-of-episode sc
 during the episode says what an action costs the other units: at 50% FLOPs of a ResNet-20 the agent
 drove its last three units to ``max_ratio`` and the scaling took their channels from the earlier
 units. Measured (docs/amc.md): better there (with a wider noise floor, the first setting at or above
-random search at 50% and 25%), worse at 15% FLOPs of a ResNet-56, so not the default.
+random search at 50% and 25%); on a ResNet-56 at 15% FLOPs only with random-search warm-up plans,
+with which it is the ``ddpg`` searcher's default since 2026-12-05 (the env's default stays AMC's).
 
 **Action wall** (AMC): the count is lowered, if needed, to the largest candidate count for which
 the budget can still be met with every later unit at ``min_ratio``. The check is exact: the

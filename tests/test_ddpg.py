@@ -77,7 +77,7 @@ def expected_advantages(rewards: np.ndarray, n: int, decay: float = 0.95) -> np.
 
 def test_options_are_parsed_strictly():
     opts = DdpgSearcher.parse_options({"name": "ddpg"})
-    assert (opts.episodes, opts.warmup, opts.sigma, opts.sigma_decay) == (400, 100, 0.5, 0.95)
+    assert (opts.episodes, opts.warmup, opts.sigma, opts.sigma_decay) == (400, 100, 0.5, 0.98)
     assert (opts.hidden, opts.actor_lr, opts.critic_lr, opts.tau, opts.gamma, opts.batch_size) == (
         [300, 300], 1e-4, 1e-3, 0.01, 1.0, 64)
     bad = [({"episode": 3}, "did you mean"), ({"episodes": 5, "parallel_episodes": 2}, "multiples"),
@@ -128,7 +128,7 @@ def test_short_run_returns_within_budget_plan_and_fills_trials(tiny_session, tmp
     assert ctx.fits(plan)
     df = read_trials(tmp_path / "run" / "trials.parquet")
     assert list(df["episode"]) == list(range(6)) and list(df["warmup"]) == [True, True] + [False] * 4
-    assert np.allclose(df["sigma"], [0.5, 0.5] + [0.5 * 0.95**k for k in range(4)])
+    assert np.allclose(df["sigma"], [0.5, 0.5] + [0.5 * 0.98**k for k in range(4)])
     assert (df["flops_kept"] <= tiny_session.budget.fraction + 1e-9).all()
     env = searcher.envs[0]
     counts = [[int(r[f"channels/{n}"]) for n in ctx.graph.names] for _, r in df.iterrows()]
@@ -192,7 +192,7 @@ def test_presets_amc_reproduces_the_old_defaults_and_autoprune_adds_the_repair()
                    "sigma_min": 0.0}
     default = dataclasses.asdict(DdpgSearcher.parse_options({}))
     assert default == {**OLD_DEFAULTS, "preset": "autoprune", "repair_budget": True, "action_wall": False,
-                       "sigma_min": 0.05}
+                       "sigma_min": 0.15, "sigma_decay": 0.98, "action_mode": "share", "warmup_sampling": "budget"}
     assert dataclasses.asdict(DdpgSearcher.Options()) == default  # field defaults are the autoprune preset
     with pytest.raises(ConfigError, match="preset"):
         DdpgSearcher.parse_options({"preset": "amc2"})
