@@ -48,6 +48,12 @@ from autoprune.search.base import Searcher, best_of, plan_from_row, positive, re
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "autoprune.ddpg-checkpoint/v1"
+SEARCH_OPTIONS = ("warmup", "warmup_sampling", "fill_budget", "repair_budget", "action_mode", "group_features",
+                  "action_wall", "sigma", "sigma_decay", "sigma_min", "hidden", "updates_per_transition", "reward",
+                  "reward_kwargs", "baseline_decay", "gamma", "tau", "actor_lr", "critic_lr", "batch_size")
+"""Options that change how a search goes: a checkpoint stores them, and resuming with others is an error
+(the config of a run names only the options set explicitly, so a changed default would otherwise slip
+in mid-search). ``episodes``, ``checkpoint_every``, ``tensorboard`` and ``device`` may change on resume."""
 
 # TruncatedNormalNoise stays importable from here: checkpoints written before ddpg_sb3 existed name it here
 __all__ = ["AMCDDPG", "AMCEpisodes", "DdpgSearcher", "TruncatedNormalNoise"]
@@ -63,7 +69,8 @@ class DdpgSearcher(Searcher):
     @dataclass
     class Options:
         preset: str = "autoprune"
-        """``autoprune`` (AMC, each episode scaled to the budget) or ``amc`` (AMC's published settings); see PRESETS.
+        """``autoprune`` (AMC, each episode scaled to the budget, share actions, random-search warm-up plans, a
+        noise floor) or ``amc`` (AMC's published settings); see PRESETS.
         Options given explicitly override the preset's values."""
         episodes: int = 400
         """Episodes in total (one plan evaluation each), warm-up included."""
@@ -269,6 +276,7 @@ class DdpgSearcher(Searcher):
         self.model.save(agent)
         self.model.save_replay_buffer(replay)
         state = {"episodes": callback.episodes, "baseline": callback.baseline, "steps": self.steps,
+                 "options": {k: getattr(self.options, k) for k in SEARCH_OPTIONS},
                  "rng": {"numpy": np.random.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
                          "action_space": self.model.action_space.np_random.bit_generator.state,
                          "noise": self.model.action_noise.rng.bit_generator.state,
@@ -290,6 +298,16 @@ class DdpgSearcher(Searcher):
         state = blob["state"]
         if state["steps"] != self.steps:
             raise AutopruneError("the DDPG checkpoint was written for another model; start a new run")
+        saved = state.get("options")
+        changed = {k: (saved[k], getattr(self.options, k)) for k in SEARCH_OPTIONS
+                   if saved is not None and k in saved and saved[k] != getattr(self.options, k)}
+        if changed:
+            diff = ", ".join(f"searcher.{k}: {old} in the checkpoint, {new} now" for k, (old, new) in changed.items())
+            raise AutopruneError(f"the DDPG checkpoint was written with other options ({diff}); resume with "
+                                 "those (set them in the config) or start a new run")
+        if saved is None:
+            log.warning("the DDPG checkpoint predates stored options: resuming with today's options (the default "
+                        "preset changed on 2026-12-05; set searcher options explicitly to match the run's start)")
         try:
             self.model = AMCDDPG.load(io.BytesIO(blob["agent"]), env=vec, device=self.options.device)
         except ValueError as exc:  # SB3: the saved observation/action spaces differ from the env's

@@ -282,6 +282,19 @@ def test_resume_with_another_observation_is_a_one_line_error(tiny_session, tmp_p
     assert "\n" not in str(err.value)
 
 
+def test_resume_with_other_search_options_is_a_one_line_error(tiny_session, tmp_path):
+    """A run's config names only the options set explicitly: a default that changed between start and resume
+    (or an option edited) must not slip in mid-search."""
+    run(make_ctx(tiny_session, tmp_path / "run"), episodes=4, action_mode="ratio")
+    resumed = make_ctx(tiny_session, tmp_path / "run", resume=True)
+    with pytest.raises(AutopruneError, match="action_mode: ratio in the checkpoint, share now") as err:
+        run(resumed, episodes=6)
+    assert "\n" not in str(err.value)
+    again = make_ctx(tiny_session, tmp_path / "run", resume=True)  # the same options (more episodes): resumes
+    run(again, episodes=6, action_mode="ratio")
+    assert len(read_trials(tmp_path / "run" / "trials.parquet")) == 6
+
+
 def test_resume_without_a_checkpoint_restarts_from_episode_0(tiny_session, tmp_path):
     crashing = make_ctx(tiny_session, tmp_path / "run", CountingEvaluator(tiny_session.evaluator(), crash_at=2))
     with pytest.raises(Crash):  # dies in episode 1, before the first checkpoint (after episode 2)
