@@ -34,7 +34,7 @@ from autoprune.config import PruningConfig, from_dict
 from autoprune.core.budget_fit import BudgetFitter
 from autoprune.core.cost import Budget, CostModel
 from autoprune.core.graph import UnitGraph
-from autoprune.core.plan import PruningPlan, resolve_count
+from autoprune.core.plan import PruningPlan
 from autoprune.errors import ConfigError
 from autoprune.registry import Registry
 from autoprune.search.evaluate import EvalResult
@@ -82,24 +82,23 @@ class SearchContext:
         return PruningPlan.from_ratios(self.graph, ratios, self.pruning.round_to, **meta)
 
     def counts(self, ratios: Sequence[float]) -> list[int]:
-        r = self.pruning.round_to
-        return [resolve_count(a, u.out_channels, u.step(r)) for a, u in zip(ratios, self.graph.units, strict=True)]
+        return self.fitter.counts(ratios)
 
     def min_counts(self) -> list[int]:
-        return self.counts([self.pruning.min_ratio] * len(self.graph))
+        return list(self.fitter.min_counts)
 
     def floor_counts(self) -> list[int]:
         """Every unit at its smallest width (one step), whatever ``min_ratio`` allows."""
         return [min(u.step(self.pruning.round_to), u.out_channels) for u in self.graph.units]
 
     def max_counts(self) -> list[int]:
-        return self.counts([self.pruning.max_ratio] * len(self.graph))
+        return list(self.fitter.max_counts)
 
     def fits(self, plan: PruningPlan) -> bool:
         return self.budget.fits(plan.counts(self.graph))
 
     def clip(self, ratios: Sequence[float]) -> np.ndarray:
-        return np.clip(np.asarray(ratios, dtype=np.float64), self.pruning.min_ratio, self.pruning.max_ratio)
+        return self.fitter.clip(ratios)
 
     @functools.cached_property
     def fitter(self) -> BudgetFitter:
