@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +101,32 @@ def write_results(name: str, table_md: str, data: dict[str, Any], targets: list[
     lines += [f"| {t['name']} | {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in targets]
     atomic_write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+LOAD_SCRIPT = """
+import numpy as np
+a = np.random.rand(512, 512).astype(np.float32)
+big = np.random.rand(1 << 23).astype(np.float32)
+while True:
+    a = a @ a
+    a /= a.max()
+    big += 1.0
+"""
+"""One busy process: one-thread float32 matmuls (compute, cache) and a 32 MB streaming add (memory traffic)."""
+
+
+@contextlib.contextmanager
+def cpu_load(processes: int) -> Iterator[None]:
+    """Run ``processes`` busy processes (:data:`LOAD_SCRIPT`, one BLAS thread each) for the block:
+    a loaded machine, made on purpose, for the latency benchmarks' drift checks."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(processes)]
+    try:
+        time.sleep(1.0 if procs else 0.0)  # let them reach their loop
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()

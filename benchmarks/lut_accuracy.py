@@ -11,12 +11,19 @@ machine's speed between build and check) are reported too, and so is a plain ``a
 regression fitted on the same calibration plans (the baseline a LUT has to beat).
 
     python -m benchmarks.lut_accuracy [--runtimes torch,onnxruntime,openvino] [--models ...] [--runs 3]
+    python -m benchmarks.lut_accuracy --load 2 [--load-during check]
+
+(the second: the drift check. The LUT is built on the machine as it is and checked while ``--load``
+busy processes (:func:`benchmarks.common.cpu_load`) run beside the timing thread, a machine made slower
+between build and check on purpose; ``--load-during build`` or ``both`` loads the other phases instead.
+Results in ``lut_accuracy_load.md``: the relative prediction should hold where the ms one does not.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -28,7 +35,7 @@ from autoprune.latency.build import build_lut, check_lut
 from autoprune.latency.lutdir import record_check
 from autoprune.latency.timing import tune_allocator
 from autoprune.models.zoo import build_model
-from benchmarks.common import RESULTS, ROOT, target, write_results
+from benchmarks.common import RESULTS, ROOT, cpu_load, target, write_results
 
 MODELS = ("resnet20", "resnet56", "mobilenetv2_small")
 SHAPE = (3, 32, 32)
@@ -55,15 +62,17 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
     model = build_model(name, in_channels=3, num_classes=10).eval()
     step = args.mobilenet_step if name.startswith("mobilenet") else args.step
     start = time.perf_counter()
-    lut = build_lut(model, SHAPE, batch=1, threads=1, step=step, clock=args.clock, model_name=name, runtime=runtime,
-                    calibration_plans=args.calibration_plans, seed=run, progress=False,
-                    fine={"auto": None, "on": True, "off": False}[args.fine])
+    with cpu_load(args.load if args.load_during in ("build", "both") else 0):
+        lut = build_lut(model, SHAPE, batch=1, threads=1, step=step, clock=args.clock, model_name=name, runtime=runtime,
+                        calibration_plans=args.calibration_plans, seed=run, progress=False,
+                        fine={"auto": None, "on": True, "off": False}[args.fine])
     built = time.perf_counter() - start
-    if run == 0:
+    if run == 0 and not args.load:
         atomic_write_text(lut_path(name, runtime), lut.to_json())
     start = time.perf_counter()
-    res = check_lut(lut, model, plans=args.plans, seed=run, progress=False)
-    if run == 0:
+    with cpu_load(args.load if args.load_during in ("check", "both") else 0):
+        res = check_lut(lut, model, plans=args.plans, seed=run, progress=False)
+    if run == 0 and not args.load:
         record_check(lut_path(name, runtime), res)  # what autoprune lut list shows
     keys = [k + sfx for sfx in ("", "_ms") for k in ("mape", "within_10pct", "max_abs_pct")]
     row = {"runtime": runtime, "model": name, "run": run, "step": step, "fine": bool(lut.header["fine"]),
@@ -104,6 +113,9 @@ def main() -> None:
                         help="fine curves: auto = the runtime's default (on for onnxruntime and openvino, off for torch on a CPU)")
     parser.add_argument("--runs", type=int, default=3, help="build + check this many times per model (seeds 0..)")
     parser.add_argument("--note", default="", help="a line for the results (e.g. how loaded the machine was)")
+    parser.add_argument("--load", type=int, default=0,
+                        help="busy processes beside the timing thread (results in lut_accuracy_load)")
+    parser.add_argument("--load-during", choices=("check", "build", "both"), default="check")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of other (runtime, model) pairs from the last results file")
     args = parser.parse_args()
@@ -116,15 +128,17 @@ def main() -> None:
     minutes = (time.perf_counter() - started) / 60
     command = (f"python -m benchmarks.lut_accuracy --runtimes {args.runtimes} --models {args.models} --clock {args.clock} "
                f"--plans {args.plans} --step {args.step} --mobilenet-step {args.mobilenet_step} "
-               f"--calibration-plans {args.calibration_plans} --runs {args.runs} --fine {args.fine}")
+               f"--calibration-plans {args.calibration_plans} --runs {args.runs} --fine {args.fine}"
+               + (f" --load {args.load} --load-during {args.load_during}" if args.load else ""))
+    name = "lut_accuracy_load" if args.load else "lut_accuracy"
     runs = [{"command": command, "minutes": round(minutes, 1), "date": time.strftime("%Y-%m-%d"),
              "note": args.note, "pairs": sorted({f"{r['runtime']}/{r['model']}" for r in rows})}]
-    if args.merge and (RESULTS / "lut_accuracy.json").exists():  # keep the other (runtime, model) pairs' rows
-        old = json.loads((RESULTS / "lut_accuracy.json").read_text())
+    if args.merge and (RESULTS / f"{name}.json").exists():  # keep the other (runtime, model) pairs' rows
+        old = json.loads((RESULTS / f"{name}.json").read_text())
         done = {(r["runtime"], r["model"]) for r in rows}
         rows = [r for r in old.get("rows", []) if (r.get("runtime"), r["model"]) not in done] + rows
         runs = [r for r in old.get("runs", []) if set(r["pairs"]) - {f"{a}/{b}" for a, b in done}] + runs
-    write_results("lut_accuracy", table(rows) + notes(args, runs), {"rows": rows, "runs": runs}, targets(rows),
+    write_results(name, table(rows) + notes(args, runs), {"rows": rows, "runs": runs}, targets(rows),
                   " ; ".join(r["command"] for r in runs))
 
 
@@ -144,7 +158,11 @@ def notes(args: argparse.Namespace, runs: list[dict]) -> str:
     lines = [f"batch 1, 1 thread, {args.calibration_plans} calibration plans; rel. = latency as a fraction of the "
              "unpruned model, timed interleaved with it (the target); ms = absolute; speed drift = the unpruned "
              "model's latency at check time / at build time; a*MACs+b = a plain MACs regression fitted on the same "
-             "calibration plans, scored on the same check plans. Runs:"]
+             "calibration plans, scored on the same check plans."
+             + (f" Loaded on purpose: {args.load} busy processes (one-thread matmuls and a 32 MB streaming add, "
+                f"`benchmarks.common.cpu_load`) on this {os.cpu_count()}-core machine during the "
+                f"{'build and the check' if args.load_during == 'both' else args.load_during}." if args.load else "")
+             + " Runs:"]
     lines += [f"- {r['date']}: `{r['command']}` ({r['minutes']} min; {', '.join(r['pairs'])})"
               + (f" {r['note']}" if r.get("note") else "") for r in runs]
     return "\n\n" + "\n".join(lines)

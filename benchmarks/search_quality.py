@@ -8,6 +8,11 @@ would pick). Every plan gets the same fine-tune (2 epochs at lr x 0.1). Reports 
 accuracy before fine-tune (adaptive BN) and test accuracy after, mean +- std over seeds.
 
     python -m benchmarks.search_quality [--seeds 0 1 2] [--episodes 100] [--workers 2] [--latency] [--ablation]
+    python -m benchmarks.search_quality --episodes 400 --searchers random ddpg
+
+(the second: AMC's episode count, the agent against random search only; runs in
+``benchmarks/runs/search_quality_e400``, results in ``search_quality_e400.md``; any episode count other
+than 100 gets its own runs and results alike, and a subset of ``--searchers`` reports the targets it can)
 
 ``--ablation`` adds ``ddpg_fill``: the same DDPG with ``warmup_sampling: budget`` (random-search
 warm-up plans) and ``fill_budget: true`` (the env's lower wall), the two optional departures from AMC.
@@ -32,6 +37,11 @@ from autoprune.pipeline.session import prepare, seed_everything
 from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, write_results
 
 RUNS = ROOT / "runs" / "search_quality"
+
+
+def runs_dir(episodes: int) -> Path:
+    """Where the runs at ``episodes`` live (100, the default, in RUNS; others beside it)."""
+    return RUNS if episodes == 100 else RUNS.parent / f"search_quality_e{episodes}"
 
 
 def ablation(episodes: int) -> dict[str, dict]:
@@ -86,16 +96,17 @@ def tp_global(budget: float, seed: int, out: Path, task: str = "resnet20", **sec
 
 
 def run_all(args) -> list[dict]:
-    rows = []
+    rows, runs = [], runs_dir(args.episodes)
+    wanted = set(args.searchers or [*searchers(args.episodes), *ablation(args.episodes), "tp_global"])
     budgets = [("flops", 0.5), ("flops", 0.25)] + ([("latency", 0.6)] if args.latency else [])
     for kind, value in budgets:
         seeds = args.seeds if kind == "flops" else args.seeds[:1]
         for seed in seeds:
             extra = ablation(args.episodes) if args.ablation and kind == "flops" else {}
             for label, searcher in {**searchers(args.episodes), **extra}.items():
-                if kind == "latency" and label != "netadapt":  # the latency budget: LUT-guided NetAdapt
-                    continue
-                out = RUNS / f"{kind}{value}__{label}__{seed}"
+                if kind == "latency" and label != "netadapt" or label not in wanted:
+                    continue  # the latency budget: LUT-guided NetAdapt
+                out = runs / f"{kind}{value}__{label}__{seed}"
                 if not (out / "summary.json").exists():
                     shutil.rmtree(out, ignore_errors=True)
                     budget = {kind: value, **({"lut": args.lut} if kind == "latency" else {})}
@@ -103,8 +114,8 @@ def run_all(args) -> list[dict]:
                                       budget=budget)
                     run_search(cfg, out=out, progress=False)
                 rows.append(_row(label, kind, value, seed, json.loads((out / "summary.json").read_text())))
-            if kind == "flops":
-                out = RUNS / f"{kind}{value}__tp_global__{seed}"
+            if kind == "flops" and "tp_global" in wanted:
+                out = runs / f"{kind}{value}__tp_global__{seed}"
                 s = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() \
                     else tp_global(value, seed, out)
                 rows.append(_row("tp_global", kind, value, seed, s))
@@ -122,7 +133,7 @@ def episode_table(args) -> list[str]:
     labels = ["random", "ddpg"] + (["ddpg_fill"] if args.ablation else [])
     for budget in ("flops0.5", "flops0.25"):
         for label in labels:
-            trials = [pd.read_parquet(p) for p in sorted(RUNS.glob(f"{budget}__{label}__*/trials.parquet"))]
+            trials = [pd.read_parquet(p) for p in sorted(runs_dir(args.episodes).glob(f"{budget}__{label}__*/trials.parquet"))]
             if not trials:
                 continue
             phases = [[], [], [], []]
@@ -153,6 +164,8 @@ def main() -> None:
     parser.add_argument("--latency", action="store_true", help="add a latency=0.6 budget (needs --lut)")
     parser.add_argument("--ablation", action="store_true", help="add ddpg_fill: DDPG with budget warm-up and fill")
     parser.add_argument("--lut", default=str(ROOT / "luts" / "search_quality_resnet20_b1_t1.json"))
+    parser.add_argument("--searchers", nargs="+", default=None,
+                        help="run only these (labels of the table, tp_global included); default: all")
     args = parser.parse_args()
     ensure_checkpoint()
     import pandas as pd
@@ -165,7 +178,7 @@ def main() -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
     df = pd.DataFrame(run_all(args))
-    base = json.loads(next(RUNS.glob("flops0.5__uniform__*/summary.json")).read_text())["base"]
+    base = json.loads(next(runs_dir(args.episodes).glob("flops0.5__*/summary.json")).read_text())["base"]
     agg = df.groupby(["budget", "searcher"]).agg(["mean", "std"])
     lines = [f"base model: val {base['val_accuracy']:.4f}, test {base['test_accuracy']:.4f}", "",
              "| budget | searcher | kept FLOPs | val acc before FT | test acc after FT | evaluations | wall s |",
@@ -177,33 +190,51 @@ def main() -> None:
                      f"{r[('evaluations', 'mean')]:.0f} | {r[('wall_s', 'mean')]:.0f} |")
     lines += ["", *episode_table(args)]
     m = df.groupby(["budget", "searcher"]).mean(numeric_only=True)
-    ours = [s for s in searchers(args.episodes)]
-    b25, b50 = m.loc["flops=0.25"], m.loc["flops=0.5"]
-    best25 = b25.loc[ours, "val_before"].max()
-    best50_test = b50.loc[ours, "test_after"].max()
-    best_test = {b: m.loc[b].loc[ours, "test_after"].max() for b in ("flops=0.25", "flops=0.5")}
-    targets = [
-        target("best searcher vs uniform, val before FT at 25% FLOPs", ">= +3 points",
-               round(float(100 * (best25 - b25.loc["uniform", "val_before"])), 2),
-               best25 >= b25.loc["uniform", "val_before"] + 0.03),
-        target("DDPG vs random at equal evaluations (val before FT, both budgets)", "ddpg >= random",
-               {b: [round(float(m.loc[b].loc["ddpg", "val_before"]), 4),
-                    round(float(m.loc[b].loc["random", "val_before"]), 4)]
-                for b in ("flops=0.5", "flops=0.25")},
-               all(m.loc[b].loc["ddpg", "val_before"] >= m.loc[b].loc["random", "val_before"]
-                   for b in ("flops=0.5", "flops=0.25"))),
-        target("after FT within 0.5 points of base at 50% FLOPs", ">= base - 0.005",
-               [round(float(best50_test), 4), round(base["test_accuracy"], 4)], best50_test >= base["test_accuracy"] - 0.005),
-        target("best autoprune >= Torch-Pruning global after FT", ">= tp_global",
-               {b: [round(float(best_test[b]), 4), round(float(m.loc[b].loc["tp_global", "test_after"]), 4)]
-                for b in best_test},
-               all(best_test[b] >= m.loc[b].loc["tp_global", "test_after"] for b in best_test)),
-    ]
-    write_results("search_quality", "\n".join(lines), {"rows": df.to_dict("records"), "base": base}, targets,
+    write_results(results_name(args), "\n".join(lines), {"rows": df.to_dict("records"), "base": base},
+                  targets(m, base, [s for s in searchers(args.episodes)]),
                   "python -m benchmarks.search_quality " + " ".join(
                       [f"--seeds {' '.join(map(str, args.seeds))}", f"--episodes {args.episodes}",
                        f"--workers {args.workers}"] + (["--latency"] if args.latency else [])
-                      + (["--ablation"] if args.ablation else [])))
+                      + (["--ablation"] if args.ablation else [])
+                      + ([f"--searchers {' '.join(args.searchers)}"] if args.searchers else [])))
+
+
+def results_name(args) -> str:
+    return "search_quality" if args.episodes == 100 else f"search_quality_e{args.episodes}"
+
+
+def targets(m, base: dict, ours: list[str]) -> list[dict]:
+    """The targets the rows in ``m`` (mean per budget and searcher) can answer; a subset of searchers
+    (``--searchers``) gives a subset of targets."""
+    budgets = ("flops=0.5", "flops=0.25")
+    have = {b: set(m.loc[b].index) if b in m.index.get_level_values(0) else set() for b in budgets}
+    out, best_test = [], {}
+    if all(have.values()):
+        present = {b: [s for s in ours if s in have[b]] for b in budgets}
+        best_test = {b: m.loc[b].loc[present[b], "test_after"].max() for b in budgets if present[b]}
+        b25 = m.loc["flops=0.25"]
+        if "uniform" in have["flops=0.25"] and present["flops=0.25"]:
+            best25 = b25.loc[present["flops=0.25"], "val_before"].max()
+            out.append(target("best searcher vs uniform, val before FT at 25% FLOPs", ">= +3 points",
+                              round(float(100 * (best25 - b25.loc["uniform", "val_before"])), 2),
+                              best25 >= b25.loc["uniform", "val_before"] + 0.03))
+    if all({"ddpg", "random"} <= have[b] for b in budgets):
+        out.append(target("DDPG vs random at equal evaluations (val before FT, both budgets)", "ddpg >= random",
+                          {b: [round(float(m.loc[b].loc["ddpg", "val_before"]), 4),
+                               round(float(m.loc[b].loc["random", "val_before"]), 4)] for b in budgets},
+                          all(m.loc[b].loc["ddpg", "val_before"] >= m.loc[b].loc["random", "val_before"]
+                              for b in budgets)))
+    if all(have.values()) and "flops=0.5" in best_test:
+        best50_test = best_test["flops=0.5"]
+        out.append(target("after FT within 0.5 points of base at 50% FLOPs", ">= base - 0.005",
+                          [round(float(best50_test), 4), round(base["test_accuracy"], 4)],
+                          best50_test >= base["test_accuracy"] - 0.005))
+    if all("tp_global" in have[b] for b in budgets) and len(best_test) == 2:
+        out.append(target("best autoprune >= Torch-Pruning global after FT", ">= tp_global",
+                          {b: [round(float(best_test[b]), 4), round(float(m.loc[b].loc["tp_global", "test_after"]), 4)]
+                           for b in best_test},
+                          all(best_test[b] >= m.loc[b].loc["tp_global", "test_after"] for b in best_test)))
+    return out
 
 
 if __name__ == "__main__":
