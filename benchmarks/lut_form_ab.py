@@ -16,6 +16,10 @@ Reported per (model, run, set): the form kept, its leave-one-out error on the ca
 the share of check plans predicted within +-10% (relative to the unpruned model).
 
     python -m benchmarks.lut_form_ab [--runtime openvino] [--models resnet20,resnet56,mobilenetv2_small] [--runs 3]
+
+The results JSON keeps every run's timings (``timings``: the calibration plans' and the check plans'
+channel counts and measured fractions), so another form can be refit and scored offline on them
+(:func:`refit`, :func:`score`) without timing again; ``--out`` names another results file.
 """
 
 from __future__ import annotations
@@ -58,6 +62,12 @@ def refit(lut: Lut, graph, families: tuple[str, ...]) -> Lut:
     return new
 
 
+def score(lut: Lut, graph, counts, measured) -> np.ndarray:
+    """Each plan's relative error of ``lut``'s predicted fraction against the ``measured`` one."""
+    cost, measured = LutCost(lut, graph), np.asarray(measured, float)
+    return np.abs(np.array([cost.fraction(c) for c in counts]) - measured) / measured
+
+
 def form_of(lut: Lut) -> str:
     cal = lut.header.get("calibration") or {}
     if cal.get("align"):
@@ -74,9 +84,10 @@ def main() -> None:
     parser.add_argument("--models", default="resnet20,resnet56,mobilenetv2_small")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--plans", type=int, default=50)
+    parser.add_argument("--out", default="lut_form_ab", help="results file name (benchmarks/results/<out>.md)")
     args = parser.parse_args()
     tune_allocator()
-    rows = []
+    rows, timings = [], []
     for name in args.models.split(","):
         model = build_model(name, in_channels=3, num_classes=10).eval()
         graph = build_unit_graph(model, SHAPE)
@@ -85,11 +96,14 @@ def main() -> None:
                             clock="cpu", model_name=name, runtime=args.runtime, calibration_plans=12, seed=run,
                             progress=False)
             check = check_lut(lut, model, plans=args.plans, seed=run, progress=False)
-            measured = np.array(check["measured_rel"])
+            cal = lut.header["calibration"]
+            timings.append({"model": name, "run": run, "lut": json.loads(lut.to_json()),
+                            "calibration": {"counts": cal["counts"], "relative": cal["relative"]},
+                            "check": {"counts": [list(map(int, c)) for c in check["counts"]],
+                                      "measured_rel": list(map(float, check["measured_rel"]))}})
             for label, families in SETS.items():
                 fitted = refit(lut, graph, families)
-                cost = LutCost(fitted, graph)
-                err = np.abs(np.array([cost.fraction(c) for c in check["counts"]]) - measured) / measured
+                err = score(fitted, graph, check["counts"], check["measured_rel"])
                 cal = fitted.header.get("calibration") or {}
                 rows.append({"model": name, "run": run, "set": label, "form": form_of(fitted),
                              "loo_mape": cal.get("loo_mape"), "mape": float(err.mean() * 100),
@@ -109,9 +123,9 @@ def main() -> None:
                for s in SETS}
         targets.append(target(f"{args.runtime} / {name}: all forms at least as good as before (median within +-10%)",
                               "all >= no_out_padded", med, med["all"] >= med["no_out_padded"]))
-    write_results("lut_form_ab", "\n".join(lines), {"rows": rows}, targets,
+    write_results(args.out, "\n".join(lines), {"rows": rows, "timings": timings}, targets,
                   f"python -m benchmarks.lut_form_ab --runtime {args.runtime} --models {args.models} "
-                  f"--runs {args.runs} --plans {args.plans}")
+                  f"--runs {args.runs} --plans {args.plans}" + (f" --out {args.out}" if args.out != "lut_form_ab" else ""))
 
 
 if __name__ == "__main__":
