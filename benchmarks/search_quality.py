@@ -149,6 +149,35 @@ def episode_table(args) -> list[str]:
     return lines
 
 
+def ratio_table(args, top: int = 5) -> list[str]:
+    """Where the best plans of the episode-based searchers keep their channels: per unit, the mean
+    preserve ratio of each run's ``top`` plans by val accuracy, averaged over seeds."""
+    import pandas as pd
+
+    lines: list[str] = []
+    for budget in ("flops0.5", "flops0.25"):
+        means = {}
+        for label in ["random", "ddpg"] + (["ddpg_fill"] if args.ablation else []):
+            runs = sorted(runs_dir(args.episodes).glob(f"{budget}__{label}__*/trials.parquet"))
+            tops = []
+            for path in runs:
+                t = pd.read_parquet(path)
+                t = t[t["stage"].isna()] if "stage" in t else t
+                cols = [c for c in t.columns if c.startswith("ratio/")]
+                tops.append(t.nlargest(top, "val_accuracy")[cols].mean())
+            if tops:
+                means[label] = pd.concat(tops, axis=1).mean(axis=1)
+        if not means:
+            continue
+        units = [c.split("/", 1)[1] for c in next(iter(means.values())).index]
+        if not lines:
+            lines = ["", f"Preserve ratio per unit of each run's {top} best plans (val before FT), mean over seeds:", "",
+                     "| budget | searcher | " + " | ".join(units) + " |", "|---" * (len(units) + 2) + "|"]
+        lines += [f"| {budget} | {label} | " + " | ".join(f"{v:.2f}" for v in m.values) + " |"
+                  for label, m in means.items()]
+    return lines
+
+
 def _row(label: str, kind: str, value: float, seed: int, s: dict) -> dict:
     p = s["pruned"]
     return {"searcher": label, "budget": f"{kind}={value}", "seed": seed, "flops_kept": p["flops_kept"],
@@ -188,7 +217,7 @@ def main() -> None:
                      f"{r[('val_before', 'mean')]:.4f} +- {np.nan_to_num(r[('val_before', 'std')]):.4f} | "
                      f"{r[('test_after', 'mean')]:.4f} +- {np.nan_to_num(r[('test_after', 'std')]):.4f} | "
                      f"{r[('evaluations', 'mean')]:.0f} | {r[('wall_s', 'mean')]:.0f} |")
-    lines += ["", *episode_table(args)]
+    lines += ["", *episode_table(args), *ratio_table(args)]
     m = df.groupby(["budget", "searcher"]).mean(numeric_only=True)
     write_results(results_name(args), "\n".join(lines), {"rows": df.to_dict("records"), "base": base},
                   targets(m, base, [s for s in searchers(args.episodes)]),
