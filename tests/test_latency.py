@@ -161,6 +161,9 @@ def _mutations():
         d["header"]["calibration"] = {"scale": 1.0, "offset": 0.1, "pad": 16, "per_padded_mmac": 1.0,
                                       "pad_inputs": "no"}
 
+    def anchor_unknown(d):
+        d["header"]["calibration"] = {"scale": 1.0, "offset": 0.1, "anchor": "base"}
+
     def no_scale_and_no_padded_term(d):
         d["header"]["calibration"] = {"scale": 0.0, "offset": 0.1}
 
@@ -179,7 +182,7 @@ def _mutations():
     return [(f.__name__, f) for f in (wrong_schema, missing_header_field, missing_module, missing_entry, ragged,
                                       negative, nan, bad_calibration, negative_misaligned, unknown_alignment, signature,
                                       grid_end, unknown_unit, reference_without_rel, negative_padded,
-                                      no_scale_and_no_padded_term, pad_inputs_not_a_flag)]
+                                      no_scale_and_no_padded_term, pad_inputs_not_a_flag, anchor_unknown)]
 
 
 @pytest.mark.parametrize("label,mutate", _mutations(), ids=[m[0] for m in _mutations()])
@@ -741,6 +744,46 @@ def test_calibration_takes_padded_macs_where_latency_follows_them(padded_element
     assert padded_mmacs(g, w, g.channels, 16) >= w.flops(g.channels) / 1e6  # the 3-channel input pads up
     odd = [c - 1 for c in g.channels]  # 15/31/63 channels: outputs pad back to full width, inputs do not
     assert padded_mmacs(g, w, odd, 16, inputs=False) < padded_mmacs(g, w, odd, 16)
+
+
+def test_calibration_leaves_out_an_unpruned_model_off_the_trend_of_its_pruned_variants():
+    """OpenVINO on this project's machine: the unpruned model (every width a multiple of 16) runs 15-20%
+    faster than the padded-MACs trend of its pruned variants. A fit forced through it bends every plan's
+    fraction; the calibration then fits the pruned plans alone and takes fractions of the measured
+    unpruned latency (``anchor: measured``), and the unpruned model is priced at exactly 1.0."""
+    from autoprune.latency.build import fit_calibration
+    from autoprune.latency.tables import (
+        ALIGNMENTS,
+        calibration_counts,
+        padded_melements,
+        padded_mmacs,
+        random_counts,
+    )
+    from autoprune.models import build_model
+
+    g = build_unit_graph(build_model("resnet20", num_classes=10, in_channels=3).eval(), (3, 32, 32))
+    w = WidthModel(g)
+
+    def trend(c):
+        return 0.02 * padded_mmacs(g, w, c, 16, inputs=False) + 3.0 * padded_melements(g, w, c, 16) + 0.1
+
+    base = 0.83 * trend(g.channels)  # the unpruned model, measured: faster than the trend says
+    cal = calibration_counts(g, 12, seed=0)
+    measured = [base] + [trend(c) for c in cal[1:]]
+    lut = synthetic_lut(g)
+    fit_calibration(lut, cal, [lut.raw_sum(g, w, c) for c in cal], [w.activations(c) / 1e6 for c in cal],
+                    [m / base for m in measured], base, None,
+                    {a: [padded_mmacs(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_mmacs(g, w, c, a, inputs=False) for c in cal] for a in ALIGNMENTS})
+    fitted = lut.header["calibration"]
+    assert fitted["anchor"] == "measured" and fitted["pad"] == 16 and fitted["loo_mape"] < 1.0
+    cost = LutCost(Lut.from_dict(json.loads(lut.to_json())), g)
+    assert cost.fraction(g.channels) == 1.0
+    rng = np.random.default_rng(1)
+    for counts in [random_counts(g, rng) for _ in range(10)]:
+        assert cost.fraction(counts) == pytest.approx(trend(counts) / base, rel=0.01)
+        assert cost(counts) == pytest.approx(cost.fraction(counts) * cost.base)
 
 
 def test_calibration_on_too_few_plans_fits_a_line_on_the_sum_and_never_a_zero_weight_on_the_tables(graph):

@@ -46,7 +46,10 @@ and reduce over exact inputs). Without a calibration,
 ``scale = 1`` and ``offset = remainder`` (plain NetAdapt: sum plus the measured rest of the model).
 The LUT predicts the **fraction** ``value(plan) / value(unpruned)``, which does not depend on how
 fast the machine was while it was built; in ms it predicts that fraction times
-``base_measured_ms`` (``value`` itself for an ``ms`` LUT).
+``base_measured_ms`` (``value`` itself for an ``ms`` LUT). With calibration ``anchor: measured`` the
+calibration was fitted to the pruned plans alone and the fraction is ``value(plan) /
+base_reference`` (the unpruned model's measured latency in reference units; the unpruned model
+itself: 1.0): for a runtime whose unpruned model is off the trend of its pruned variants.
 
 ``model_signature`` pins the LUT to one architecture and input shape; ``null`` skips that check (a
 third-party LUT), but module names and full widths are still checked. Files with the old schema
@@ -253,6 +256,11 @@ def _check_calibration(header: dict[str, Any], source: str) -> None:
     for key in ("padded_elements", "pad_inputs"):
         if cal and not isinstance(cal.get(key, True), bool):
             raise AutopruneError(f"{source}: calibration {key!r} must be true or false or absent")
+    if cal and cal.get("anchor", "model") not in ("model", "measured"):
+        raise AutopruneError(f"{source}: calibration 'anchor' must be 'model' or 'measured' or absent")
+    if cal and cal.get("anchor") == "measured" and not (
+            isinstance(header.get("base_reference"), (int, float)) and header["base_reference"] > 0):
+        raise AutopruneError(f"{source}: calibration 'anchor: measured' needs a positive header 'base_reference'")
 
 
 def read_lut_json(path: str | Path) -> tuple[Any, str]:
@@ -292,10 +300,13 @@ class LutCost:
         self._full = self.value(graph.channels)
         if self._full <= 0:
             raise AutopruneError("LUT: the unpruned model's predicted latency is not positive; rebuild the LUT")
-        self._base = self._full
+        measured = (h.get("calibration") or {}).get("anchor") == "measured"  # base_reference: in the LUT's unit
+        self._denominator = float(h["base_reference"]) if measured else self._full
+        self._full_key = tuple(int(c) for c in graph.channels) if measured else None
+        self._base = self._denominator
         if lut.relative:
             ref_ms = float((h.get("reference") or {}).get("ms", 0.0))
-            self._base = float(h.get("base_measured_ms") or self._full * ref_ms) or self._full
+            self._base = float(h.get("base_measured_ms") or self._denominator * ref_ms) or self._denominator
 
     @property
     def base(self) -> float:
@@ -319,8 +330,12 @@ class LutCost:
         return self.lut.value(raw, elements, misaligned, padded)
 
     def fraction(self, counts: Sequence[int]) -> float:
-        """Predicted latency of ``counts`` as a fraction of the unpruned model's (drift-proof)."""
-        return self.value(counts) / self._full
+        """Predicted latency of ``counts`` as a fraction of the unpruned model's (drift-proof). With
+        ``anchor: measured`` that is the calibrated value over the unpruned model's measured latency
+        (the unpruned model itself: 1.0, measured), else over the calibrated value of the unpruned model."""
+        if self._full_key is not None and tuple(int(c) for c in counts) == self._full_key:
+            return 1.0
+        return self.value(counts) / self._denominator
 
     def __call__(self, counts: Sequence[int]) -> float:
         return self.fraction(counts) * self._base

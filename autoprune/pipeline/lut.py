@@ -47,9 +47,12 @@ def calibration_summary(header: dict) -> str:
     if cal.get("align"):
         form += f" + misaligned elements ({cal['align']})"
     if cal.get("pad"):
-        form += f" + MACs padded to {cal['pad']}"
+        form += f" + MACs padded to {cal['pad']}" + (" (outputs only)" if cal.get("pad_inputs") is False else "")
+    form += " + elements" + (" (padded)" if cal.get("padded_elements") else "")
+    if cal.get("anchor") == "measured":
+        form += ", fitted without the unpruned model (fractions of its measured latency)"
     loo = f" (leave-one-out {cal['loo_mape']:.1f}%)" if cal.get("loo_mape") is not None else ""
-    return f"; calibration: {form} + elements, fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans{loo}"
+    return f"; calibration: {form}, fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans{loo}"
 
 
 def build_lut_file(model: str, input_shape: tuple[int, ...], out: str | Path, model_kwargs: dict | None = None,
