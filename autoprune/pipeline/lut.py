@@ -30,7 +30,12 @@ LOO_WARN_PCT = 5.0
 def calibration_warning(header: dict) -> str | None:
     """A one-line warning when the LUT's calibration predicts left-out plans poorly (its model form does
     not fit this runtime: e.g. OpenVINO, where lone layers cost far more than inside the compiled graph)."""
-    loo = (header.get("calibration") or {}).get("loo_mape")
+    cal = header.get("calibration") or {}
+    loo = cal.get("loo_mape")
+    if cal.get("anchor") == "measured":
+        return ("warning: the calibration was fitted without the unpruned model (it is off its pruned variants' "
+                "trend): plans close to it, e.g. one unit cut a little, are priced on that trend, above 1.0; "
+                "a greedy search from the unpruned model (netadapt) sees its first steps priced too high")
     if loo is None or loo <= LOO_WARN_PCT:
         return None
     return (f"warning: the calibration predicts left-out plans with {loo:.1f}% mean error (> {LOO_WARN_PCT:g}%): "
