@@ -137,7 +137,7 @@ def main() -> None:
         targets.append(target(f"{args.runtime} / {name}: all forms at least as good as before (median within +-10%)",
                               "all >= no_measured_anchor and >= no_out_padded", med,
                               med["all"] >= max(med["no_measured_anchor"], med["no_out_padded"])))
-    write_results(args.out, "\n".join(lines), {"rows": rows, "timings": timings}, targets,
+    write_results(args.out, "\n".join(lines), {"rows": rows, **({"source": args.source} if args.source else {"timings": timings})}, targets,
                   (f"python -m benchmarks.lut_form_ab --from {args.source}" if args.source else
                    f"python -m benchmarks.lut_form_ab --runtime {args.runtime} --models {args.models} "
                    f"--runs {args.runs} --plans {args.plans}")
