@@ -49,7 +49,7 @@ from autoprune.search.base import Searcher, best_of, plan_from_row, positive, re
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "autoprune.ddpg-checkpoint/v1"
 SEARCH_OPTIONS = ("warmup", "warmup_sampling", "fill_budget", "repair_budget", "action_mode", "group_features",
-                  "action_wall", "sigma", "sigma_decay", "sigma_min", "hidden", "updates_per_transition", "reward",
+                  "action_wall", "sigma", "sigma_decay", "sigma_min", "explore_best", "hidden", "updates_per_transition", "reward",
                   "reward_kwargs", "baseline_decay", "gamma", "tau", "actor_lr", "critic_lr", "batch_size")
 """Options that change how a search goes: a checkpoint stores them, and resuming with others is an error
 (the config of a run names only the options set explicitly, so a changed default would otherwise slip
@@ -100,6 +100,10 @@ class DdpgSearcher(Searcher):
         sigma_min: float = 0.15
         """Floor of the decayed sigma (``preset: amc``: 0, none). With a floor the late episodes keep
         searching around the actor's plan instead of replaying it."""
+        explore_best: float = 0.0
+        """Share of the learning episodes whose noise is centred on the best plan found so far instead
+        of on the actor's action (spread evenly: 0.5 is every other episode; 0: AMC, always the actor).
+        Off-policy, so the agent learns from those episodes too."""
         hidden: list[int] = field(default_factory=lambda: [300, 300])
         """Hidden layer sizes of both actor and critic MLPs."""
         actor_lr: float = 1e-4
@@ -133,6 +137,8 @@ class DdpgSearcher(Searcher):
                 positive(name, getattr(self, name))
             for name in ("warmup", "sigma", "sigma_min"):
                 positive(name, getattr(self, name), allow_zero=True)
+            if not 0 <= self.explore_best <= 1:
+                raise ConfigError(f"searcher.explore_best must be in [0, 1] (got {self.explore_best})")
             if self.sigma_min > self.sigma:
                 raise ConfigError(f"searcher.sigma_min ({self.sigma_min}) must not exceed searcher.sigma ({self.sigma})")
             if not 0 < self.sigma_decay <= 1 or not 0 <= self.baseline_decay < 1 or not 0 <= self.gamma <= 1:
@@ -202,6 +208,9 @@ class DdpgSearcher(Searcher):
         if opts.warmup_sampling == "budget":
             self.model.warmup_policy = self._warmup_actions
         self.model.action_noise.mean_fn = lambda: self.model.predict(self.model._last_obs, deterministic=True)[0]
+        self.model.action_noise.center_fn = self._noise_centre
+        self.incumbent: np.ndarray | None = None  # per-unit ratios of the best plan so far (explore_best)
+        self.centred = [False] * len(self.envs)  # envs whose episode explores around the incumbent
         callback = AMCEpisodes(self, done, state["baseline"] if state else None)
         remaining = opts.episodes - done
         if remaining > 0:
@@ -233,6 +242,31 @@ class DdpgSearcher(Searcher):
             # aim at the middle of the count's rounding interval: float32 actions cannot tip it over
             actions.append(env.action_for(self.warmup_plans[i][t] / ctx.graph.units[t].out_channels))
         return np.stack(actions)
+
+    def _noise_centre(self, actor: np.ndarray) -> np.ndarray:
+        """Where each env's exploration noise is centred: the actor's action, or (``explore_best``) the
+        action that gives the incumbent's ratio at the env's current unit."""
+        if self.incumbent is None or not any(self.centred):
+            return actor
+        centre = np.array(actor, dtype=np.float64).reshape(len(self.envs), -1)
+        for i, env in enumerate(self.envs):
+            if self.centred[i]:
+                centre[i] = env.action_for(float(self.incumbent[env.unit_index]))
+        return centre
+
+    def explores_best(self, episode: int) -> bool:
+        """Whether learning episode ``episode`` centres its noise on the incumbent (evenly spread)."""
+        p, j = self.options.explore_best, episode - self.options.warmup
+        return p > 0 and j >= 0 and int((j + 1) * p + 1e-9) > int(j * p + 1e-9)
+
+    def incumbent_ratios(self) -> np.ndarray | None:
+        """Per-unit preserve ratios of the best-reward episode so far (None before the first)."""
+        best = best_of(self.ctx.recorder.rows, key="reward")
+        if best is None:
+            return None
+        graph = self.ctx.graph
+        counts = plan_from_row(graph, best).counts(graph)
+        return np.array([c / u.out_channels for c, u in zip(counts, graph.units, strict=True)])
 
     def _new_model(self, vec: DummyVecEnv) -> AMCDDPG:
         ctx, opts = self.ctx, self.options

@@ -48,6 +48,9 @@ class AMCEpisodes(BaseCallback):
         noise = self.model.action_noise
         noise.active = self.episodes >= self.opts.warmup
         noise.sigma = 2.0 * self.sigma(self.episodes)  # the action range [-1, 1] is 2 wide
+        s = self.searcher
+        s.centred = [s.explores_best(self.episodes + i) for i in range(len(s.envs))]
+        s.incumbent = s.incumbent_ratios() if any(s.centred) else None
         self.finished = []
 
     def _on_step(self) -> bool:
@@ -71,9 +74,12 @@ class AMCEpisodes(BaseCallback):
             b = self.opts.baseline_decay * b + (1 - self.opts.baseline_decay) * float(reward)
         self.baseline = b
         sigma, warm = self.sigma(self.episodes), self.episodes < self.opts.warmup
-        for k, ((_, plan), res, reward) in enumerate(zip(self.finished, results, rewards, strict=True)):
+        extra = {}
+        for k, ((i, plan), res, reward) in enumerate(zip(self.finished, results, rewards, strict=True)):
+            if self.opts.explore_best > 0:  # which episodes explored around the incumbent
+                extra = {"explore_best": bool(self.searcher.centred[i] and self.searcher.incumbent is not None)}
             self.ctx.record(plan, res, reward=float(reward), flush=k == len(results) - 1,
-                            episode=self.episodes, sigma=sigma, warmup=warm)
+                            episode=self.episodes, sigma=sigma, warmup=warm, **extra)
             self.logger.record("search/reward", float(reward))
             self.logger.record("search/accuracy", float(res.accuracy))
             self.episodes += 1

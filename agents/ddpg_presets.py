@@ -36,11 +36,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # AMC's published search (the mit-han-lab/amc defaults): the settings this searcher had before presets.
     "amc": {"warmup": 100, "warmup_sampling": "actions", "fill_budget": False, "repair_budget": False,
             "action_wall": True, "sigma": 0.5, "sigma_decay": 0.95, "sigma_min": 0.0, "action_mode": "ratio",
-            "updates_per_transition": 1, "group_features": False},
+            "updates_per_transition": 1, "group_features": False, "explore_best": 0.0},
     # AMC with the wall replaced by scaling each episode's ratios to the budget, share actions, random-search
     # warm-up plans and a wider noise floor (the option defaults; see the module docstring).
     "autoprune": {"warmup": 100, "warmup_sampling": "budget", "fill_budget": False, "repair_budget": True,
                   "action_wall": False, "sigma": 0.5, "sigma_decay": 0.98, "sigma_min": 0.15, "action_mode": "share",
-                  "updates_per_transition": 1, "group_features": False},
+                  "updates_per_transition": 1, "group_features": False, "explore_best": 0.0},
 }
 """Searcher options each ``preset`` sets; options given explicitly override them."""

@@ -23,7 +23,8 @@ class TruncatedNormalNoise(VectorizedActionNoise):
 
     One object serves every env (it subclasses ``VectorizedActionNoise`` so SB3 does not wrap it
     in per-env copies that would share a random stream). ``mean_fn`` returns the actor's actions
-    for the current observations; it is not pickled and is re-bound after loading.
+    for the current observations; ``center_fn`` (optional) maps them to where the noise is centred
+    (default: the actor's actions). Neither is pickled; both are re-bound after loading.
 
     :param n_envs: number of envs stepped together.
     :param seed: seeds the noise's own generator.
@@ -35,23 +36,26 @@ class TruncatedNormalNoise(VectorizedActionNoise):
         self.active = False
         self.rng = np.random.default_rng(seed)
         self.mean_fn: Any = None
+        self.center_fn: Any = None
 
     def __call__(self) -> np.ndarray:
         if not self.active or self.sigma <= 0 or self.mean_fn is None:
             return np.zeros((self.n_envs, 1), dtype=np.float32)
-        mu = np.clip(np.asarray(self.mean_fn(), dtype=np.float64).reshape(self.n_envs, -1), -1.0, 1.0)
+        actor = np.asarray(self.mean_fn(), dtype=np.float64).reshape(self.n_envs, -1)
+        mu = actor if self.center_fn is None else np.asarray(self.center_fn(actor), dtype=np.float64)
+        mu = np.clip(mu.reshape(self.n_envs, -1), -1.0, 1.0)
         x = truncnorm.rvs((-1.0 - mu) / self.sigma, (1.0 - mu) / self.sigma, loc=mu, scale=self.sigma,
                           random_state=self.rng)
-        return (np.asarray(x) - mu).astype(np.float32)
+        return (np.asarray(x) - actor).astype(np.float32)  # SB3 adds it to the actor's action
 
     def reset(self, indices=None) -> None:
         """Sigma follows the episode counter (set by :class:`AMCEpisodes`), so nothing to reset."""
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "mean_fn"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("mean_fn", "center_fn")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, mean_fn=None)
+        self.__dict__.update(state, mean_fn=None, center_fn=None)
 
     def __repr__(self) -> str:
         return f"TruncatedNormalNoise(n_envs={self.n_envs}, sigma={self.sigma:.4g})"

@@ -24,7 +24,7 @@ import shutil
 import numpy as np
 
 from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, write_results
-from benchmarks.search_quality import RUNS as QUALITY_RUNS
+from benchmarks.search_quality import runs_dir as quality_runs
 from benchmarks.search_quality import searchers
 
 RUNS = ROOT / "runs" / "ddpg_sweep"
@@ -48,6 +48,21 @@ VARIANTS: dict[str, dict] = {
 }
 """Named option overrides of ``PREVIOUS_DEFAULT``."""
 
+CURRENT_VARIANTS: dict[str, dict] = {
+    "best25": {"explore_best": 0.25},
+    "best50": {"explore_best": 0.5},
+}
+"""Named option overrides of the current default (the ``autoprune`` preset as it is)."""
+
+
+def sweep_runs(episodes: int):
+    """Where a sweep at ``episodes`` keeps its runs (100, the default, in RUNS; others beside it)."""
+    return RUNS if episodes == 100 else RUNS.parent / f"ddpg_sweep_e{episodes}"
+
+
+def options(name: str) -> dict:
+    return CURRENT_VARIANTS[name] if name in CURRENT_VARIANTS else {**PREVIOUS_DEFAULT, **VARIANTS[name]}
+
 
 def run_variant(name: str, budget: float, seed: int, episodes: int, workers: int):
     """The variant's trials (pandas), running the search unless its run dir is complete."""
@@ -55,21 +70,22 @@ def run_variant(name: str, budget: float, seed: int, episodes: int, workers: int
 
     from autoprune.pipeline.run import run_search
 
-    out = RUNS / f"flops{budget}__{name}__{seed}"
+    out = sweep_runs(episodes) / f"flops{budget}__{name}__{seed}"
     if not (out / "summary.json").exists():
         shutil.rmtree(out, ignore_errors=True)
-        searcher = {**searchers(episodes)["ddpg"], **PREVIOUS_DEFAULT, **VARIANTS[name]}
+        searcher = {**searchers(episodes)["ddpg"], **options(name)}
         cfg = base_config([f"seed={seed}", f"ray.workers={workers}"], searcher=searcher, budget={"flops": budget})
         run_search(cfg, out=out, progress=False)
     return pd.read_parquet(out / "trials.parquet")
 
 
-def reference(label: str, budget: float, seed: int):
+def reference(label: str, budget: float, seed: int, episodes: int = 100):
     import pandas as pd
 
-    path = QUALITY_RUNS / f"flops{budget}__{label}__{seed}" / "trials.parquet"
+    path = quality_runs(episodes) / f"flops{budget}__{label}__{seed}" / "trials.parquet"
     if not path.exists():
-        raise SystemExit(f"{path} is missing: run python -m benchmarks.search_quality first")
+        more = "" if episodes == 100 else f" --episodes {episodes} --searchers random ddpg"
+        raise SystemExit(f"{path} is missing: run python -m benchmarks.search_quality{more} first")
     return pd.read_parquet(path)
 
 
@@ -89,12 +105,14 @@ def describe(trials: list) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *CURRENT_VARIANTS])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=None, help="results name (default ddpg_sweep, ddpg_sweep_e<N> at other episodes)")
     args = parser.parse_args()
+    out = args.out or ("ddpg_sweep" if args.episodes == 100 else f"ddpg_sweep_e{args.episodes}")
     ensure_checkpoint()
     if args.workers:
         import ray
@@ -105,10 +123,10 @@ def main() -> None:
     for budget in args.budgets:
         for label in ("random", "ddpg"):
             rows.append({"variant": label if label == "random" else "ddpg (default)", "budget": budget, "options": {},
-                         **describe([reference(label, budget, s) for s in args.seeds])})
+                         **describe([reference(label, budget, s, args.episodes) for s in args.seeds])})
         for name in args.variants:
             trials = [run_variant(name, budget, s, args.episodes, args.workers) for s in args.seeds]
-            rows.append({"variant": name, "budget": budget, "options": VARIANTS[name], **describe(trials)})
+            rows.append({"variant": name, "budget": budget, "options": options(name), **describe(trials)})
             print(f"done {name} flops={budget}", flush=True)
 
     lines = [f"ResNet-20 task of `search_quality`, {args.episodes} episodes, seeds {args.seeds}; best: best val "
@@ -127,8 +145,10 @@ def main() -> None:
                 and r["best_mean"] >= rand]
         targets.append(target(f"a DDPG variant >= random at {budget:.0%} FLOPs (best val before FT)", "ddpg >= random",
                               {"random": round(rand, 4), "variants at or above": wins}, bool(wins)))
-    write_results("ddpg_sweep", "\n".join(lines), {"rows": rows}, targets,
-                  "python -m benchmarks.ddpg_sweep " + " ".join(f"--variants {' '.join(args.variants)}".split()))
+    command = f"python -m benchmarks.ddpg_sweep --variants {' '.join(args.variants)}"
+    if args.episodes != 100:
+        command += f" --episodes {args.episodes} --budgets {' '.join(map(str, args.budgets))}"
+    write_results(out, "\n".join(lines), {"rows": rows}, targets, command + (f" --out {args.out}" if args.out else ""))
 
 
 if __name__ == "__main__":

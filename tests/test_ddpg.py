@@ -83,6 +83,7 @@ def test_options_are_parsed_strictly():
     bad = [({"episode": 3}, "did you mean"), ({"episodes": 5, "parallel_episodes": 2}, "multiples"),
            ({"sigma_decay": 1.5}, "sigma_decay"), ({"hidden": []}, "hidden"),
            ({"sigma": 0.1, "sigma_min": 0.2}, "sigma_min"), ({"sigma_min": -0.1}, "sigma_min"),
+           ({"explore_best": 1.5}, "explore_best"),
            ({"reward": "blend", "reward_kwargs": {"wieght": 1}}, "reward_kwargs"), ({"episodes": 0}, "episodes")]
     for raw, message in bad:
         with pytest.raises(ConfigError, match=message):
@@ -120,6 +121,31 @@ def test_truncated_normal_noise_keeps_actions_in_bounds():
     assert draws[:, 1].mean() > -0.6 and draws[:, 0].mean() < 0.7  # pushed inwards, not clipped at bounds
     noise.sigma = 0.1
     assert np.std(np.stack([noise() for _ in range(2000)])[:, 2]) == pytest.approx(0.1, rel=0.1)
+
+
+def test_noise_can_be_centred_away_from_the_actor():
+    actor, centre = np.array([[0.5], [-0.5]]), np.array([[-0.8], [0.2]])
+    noise = TruncatedNormalNoise(2, seed=0)
+    noise.mean_fn, noise.center_fn = (lambda: actor), (lambda a: centre + 0 * a)
+    noise.active, noise.sigma = True, 0.05
+    draws = np.stack([noise() for _ in range(500)]) + actor  # SB3 adds the offset to the actor's action
+    assert np.allclose(draws.mean(axis=0), centre, atol=0.01) and draws.std(axis=0).max() < 0.07
+
+
+def test_explore_best_replays_the_incumbent_plus_noise(tiny_session, tmp_path):
+    ctx = make_ctx(tiny_session, tmp_path / "run")
+    searcher, plan = run(ctx, replay_episodes=10, sigma=0.001, sigma_min=0.001, explore_best=1.0)
+    df = read_trials(tmp_path / "run" / "trials.parquet")
+    assert list(df["explore_best"]) == [False, False, True, True, True, True]
+    counts = df[[f"channels/{n}" for n in ctx.graph.names]].to_numpy()
+    for e in range(2, 6):  # with almost no noise each learning episode replays the best plan before it
+        best = int(np.argmax(df["reward"].to_numpy()[:e]))
+        assert (counts[e] == counts[best]).all()
+    assert [searcher.explores_best(e) for e in range(2, 6)] == [True] * 4
+    searcher.options.explore_best = 0.5
+    assert [searcher.explores_best(e) for e in range(0, 8)] == [False, False, False, True, False, True, False, True]
+    searcher.options.explore_best = 0.25
+    assert [searcher.explores_best(e) for e in range(2, 10)] == [False, False, False, True] * 2
 
 
 def test_short_run_returns_within_budget_plan_and_fills_trials(tiny_session, tmp_path):
@@ -183,7 +209,7 @@ OLD_DEFAULTS = {"episodes": 400, "warmup": 100, "warmup_sampling": "actions", "f
                 "gamma": 1.0, "batch_size": 64, "replay_episodes": 100, "baseline_decay": 0.95, "reward": "acc",
                 "reward_kwargs": {}, "parallel_episodes": 1, "checkpoint_every": 10, "tensorboard": False,
                 "device": "cpu", "updates_per_transition": 1, "action_mode": "ratio",
-                "group_features": False}
+                "group_features": False, "explore_best": 0.0}
 
 
 def test_presets_amc_reproduces_the_old_defaults_and_autoprune_adds_the_repair():
@@ -248,8 +274,9 @@ def test_parallel_episodes_are_scored_in_batches_and_rewritten_per_env(tiny_sess
 @pytest.mark.parametrize("options", [{}, {"warmup": 4, "warmup_sampling": "budget", "fill_budget": True,
                                           "action_wall": True},
                                      {"warmup": 4, "warmup_sampling": "budget", "action_mode": "share",
-                                      "updates_per_transition": 2, "group_features": True}],
-                         ids=["amc", "budget-warmup-resumed-inside-warmup", "share-budget-warmup"])
+                                      "updates_per_transition": 2, "group_features": True},
+                                     {"explore_best": 0.5}],
+                         ids=["amc", "budget-warmup-resumed-inside-warmup", "share-budget-warmup", "explore-best"])
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_session, tmp_path, options):
     whole = make_ctx(tiny_session, tmp_path / "whole")
     run(whole, **options)
