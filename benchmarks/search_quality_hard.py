@@ -85,10 +85,13 @@ def searchers(evaluations: int) -> dict[str, dict]:
         # share actions alone
         "ddpg_share_plain": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
                              "parallel_episodes": 2, "action_mode": "share"},
+        # the default with every other learning episode exploring around the best plan so far
+        "ddpg_best50": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
+                        "parallel_episodes": 2, "explore_best": 0.5},
     }
 
 
-ON_REQUEST = ("ddpg_share", "ddpg_share_bw", "ddpg_share_plain", "ddpg_previous")
+ON_REQUEST = ("ddpg_share", "ddpg_share_bw", "ddpg_share_plain", "ddpg_previous", "ddpg_best50")
 """DDPG option sets from ``benchmarks.ddpg_sweep``, run only when named in ``--searchers`` (results with
 ``--out search_quality_hard_share``)."""
 FIRST_SEED_ONLY = ("ddpg_amc", "netadapt")

@@ -786,6 +786,48 @@ def test_calibration_leaves_out_an_unpruned_model_off_the_trend_of_its_pruned_va
         assert cost(counts) == pytest.approx(cost.fraction(counts) * cost.base)
 
 
+def test_calibration_charges_the_gap_per_misaligned_conv_where_near_full_plans_show_it():
+    """OpenVINO on this project's machine: the aligned unpruned model runs faster than its pruned variants'
+    trend, but a plan that cuts one unit runs at about the unpruned model's speed, not on that trend. With
+    the calibration's near-full plans the per-layer anchor (padded MACs plus the misaligned term, through
+    the unpruned model) is kept over ``anchor: measured``, and one-unit cuts and random plans are both
+    priced right."""
+    from autoprune.latency.build import fit_calibration
+    from autoprune.latency.tables import (
+        ALIGNMENTS,
+        calibration_counts,
+        misaligned_melements,
+        near_full_counts,
+        padded_melements,
+        padded_mmacs,
+        random_counts,
+    )
+    from autoprune.models import build_model
+
+    g = build_unit_graph(build_model("resnet20", num_classes=10, in_channels=3).eval(), (3, 32, 32))
+    w = WidthModel(g)
+
+    def truth(c):  # the trend, plus a reorder cost on the output elements of every conv off 16
+        return (0.02 * padded_mmacs(g, w, c, 16, inputs=False) + 3.0 * w.activations(c) / 1e6 + 0.1
+                + 0.6 * misaligned_melements(g, w, c, 16))
+
+    cal = calibration_counts(g, 12, seed=0)
+    assert len(cal) == 1 + 12 + 3 and all(sum(a != b for a, b in zip(c, g.channels)) <= 4 for c in cal[13:])
+    lut = synthetic_lut(g)
+    fit_calibration(lut, cal, [lut.raw_sum(g, w, c) for c in cal], [w.activations(c) / 1e6 for c in cal],
+                    [truth(c) / truth(cal[0]) for c in cal], truth(cal[0]),
+                    {a: [misaligned_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_mmacs(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_mmacs(g, w, c, a, inputs=False) for c in cal] for a in ALIGNMENTS})
+    fitted = lut.header["calibration"]
+    assert "anchor" not in fitted and fitted["align"] == fitted["pad"] == 16 and fitted["per_misaligned"] > 0
+    cost = LutCost(Lut.from_dict(json.loads(lut.to_json())), g)
+    rng = np.random.default_rng(1)
+    for counts in [random_counts(g, rng) for _ in range(5)] + [near_full_counts(g, rng, 1) for _ in range(5)]:
+        assert cost.fraction(counts) == pytest.approx(truth(counts) / truth(g.channels), rel=0.01)
+
+
 def test_calibration_on_too_few_plans_fits_a_line_on_the_sum_and_never_a_zero_weight_on_the_tables(graph):
     from autoprune.latency.build import fit_calibration
 

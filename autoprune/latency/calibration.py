@@ -21,7 +21,8 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
                     misaligned: Mapping[int, Sequence[float]] | None = None,
                     padded: Mapping[int, Sequence[float]] | None = None,
                     padded_elements: Mapping[int, Sequence[float]] | None = None,
-                    padded_out: Mapping[int, Sequence[float]] | None = None, measured_anchor: bool = True) -> None:
+                    padded_out: Mapping[int, Sequence[float]] | None = None, measured_anchor: bool = True,
+                    per_layer_anchor: bool = True) -> None:
     """Fit ``value = scale * raw + per_melement * melements [+ per_misaligned * misaligned |
     + per_padded_mmac * padded] + offset`` to measured latencies (reference units).
 
@@ -43,7 +44,12 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
     their fractions then taken of the unpruned model's *measured* latency (``anchor: measured``; an
     extra quarter point): on OpenVINO the unpruned model, every width a multiple of 16, runs 15-20%
     faster than the trend of its pruned variants (``docs/latency.md``), and a fit forced through it
-    is bent for every plan (``measured_anchor=False``: not offered).
+    is bent for every plan (``measured_anchor=False``: not offered). The per-layer alternative
+    (``per_layer_anchor``, fitted through the unpruned model like the plain forms, a quarter point
+    extra too): each padded form with the ``misaligned`` term at its alignment added, so the gap between
+    an aligned model and the pruned trend is paid per misaligned conv (a plan that cuts one unit pays
+    for that unit's convs only, where the measured anchor prices every pruned plan on the pruned
+    trend; ``docs/latency.md``).
 
     :param counts: the plans, the unpruned model first (stored in the header for later baselines).
     :param raw: each plan's table sum; ``melements``: its kept output elements (millions).
@@ -67,11 +73,14 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
     columns |= {("padded_out", a): [raw, mel, np.asarray(p, float)] for a, p in (padded_out or {}).items()}
     columns |= {("padded_out_elements", a): [raw, np.asarray(padded_elements[a], float), np.asarray(p, float)]
                 for a, p in (padded_out or {}).items() if a in (padded_elements or {})}
+    if per_layer_anchor:  # the padded forms plus the misaligned term at the same alignment, through the full model
+        columns |= {(f"{k[0]}+misaligned", k[1]): [*cols, np.asarray(misaligned[k[1]], float)]
+                    for k, cols in list(columns.items()) if k and k[0].startswith("padded") and k[1] in (misaligned or {})}
     forms = {(term, free, off): np.column_stack([*cols, np.ones_like(raw)])
              for term, cols in columns.items() for free in (0, 1) for off in (0, measured_anchor)
-             if not off or term is not None}
+             if not off or (term is not None and not term[0].endswith("+misaligned"))}
     loo = {form: _leave_one_out(x, measured, relative, bool(form[1]), _padded(form), bool(form[2]))
-           + 0.25 * ((form[0] is not None) + form[1] + form[2]) for form, x in forms.items()}
+           + 0.25 * ((form[0] is not None) + form[1] + form[2] + _two_terms(form)) for form, x in forms.items()}
     enough = np.isfinite(min(loo.values()))  # too few plans to choose by leave-one-out: a line on the sum
     best = min(loo, key=loo.__getitem__) if enough else (None, 0, 0)
     term, free, off = best
@@ -93,6 +102,8 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
     if term is not None and term[0] == "misaligned":
         cal.update(align=int(term[1]), per_misaligned=float(coef[2]))
     elif term is not None:
+        if term[0].endswith("+misaligned"):
+            cal.update(align=int(term[1]), per_misaligned=float(coef[3]))
         cal.update(pad=int(term[1]), per_padded_mmac=float(coef[2]))
         if term[0].endswith("_elements"):
             cal["padded_elements"] = True
@@ -107,6 +118,11 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
 
 def _padded(form: tuple) -> bool:
     return form[0] is not None and form[0][0].startswith("padded")
+
+
+def _two_terms(form: tuple) -> bool:
+    """A padded form with the misaligned term too (it pays a second quarter point)."""
+    return form[0] is not None and form[0][0].endswith("+misaligned")
 
 
 def _fit(x: np.ndarray, y: np.ndarray, free: bool = False, padded: bool = False) -> np.ndarray | None:

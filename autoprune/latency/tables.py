@@ -306,8 +306,9 @@ def add_fine_curves(graph: UnitGraph, tables: list[ModuleTable], fn: Callable[[s
 
 
 def calibration_counts(graph: UnitGraph, plans: int, seed: int = 0) -> list[list[int]]:
-    """The unpruned model's counts, then ``plans`` random variants (:func:`random_counts`); every
-    second one is rounded to a multiple of 16, 8 or 4 channels in turn, so that a calibration sees
+    """The unpruned model's counts, then ``plans`` random variants (:func:`random_counts`), then
+    ``plans // 4`` near-full ones (:func:`near_full_counts`: a few units cut, the rest unpruned). Every
+    second random variant is rounded to a multiple of 16, 8 or 4 channels in turn, so that a calibration sees
     aligned plans (what a search with ``pruning.round_to`` makes) as well as arbitrary ones. The
     variants' ratios are drawn up to 1.0, 0.7 or 0.45 in turn: searched plans sit at the budget,
     often far below the latency of a plan with ratios uniform on [0.2, 1] (about 0.6 of the base),
@@ -323,7 +324,25 @@ def calibration_counts(graph: UnitGraph, plans: int, seed: int = 0) -> list[list
             counts = [c if full < s else min(full, max(s, round(c / s) * s))
                       for c, full, s in zip(counts, graph.channels, steps, strict=True)]
         out.append(counts)
-    return out
+    near = np.random.default_rng([seed, 3])  # its own stream: the random plans above stay what they were
+    return out + [near_full_counts(graph, near, NEAR_FULL_UNITS[k % len(NEAR_FULL_UNITS)]) for k in range(plans // 4)]
+
+
+NEAR_FULL_UNITS = (1, 2, 4)
+"""Units cut by the calibration's near-full plans, in turn (one such plan per four random ones). A greedy
+search (NetAdapt) starts from the unpruned model and prices one-unit cuts first; on OpenVINO those run
+at 1.0-1.06 of the unpruned model while the random plans' trend puts them at 1.15-1.27
+(``benchmarks/results/lut_near_full.md``), so a calibration that never sees them cannot tell the forms apart."""
+
+
+def near_full_counts(graph: UnitGraph, rng: np.random.Generator, units: int) -> list[int]:
+    """The unpruned model with ``units`` random units cut to a ratio in [0.6, 0.95] (at least one step)."""
+    counts = list(graph.channels)
+    for i in rng.choice(len(counts), size=min(units, len(counts)), replace=False):
+        u = graph.units[int(i)]
+        if u.out_channels > u.step():
+            counts[i] = min(u.out_channels - u.step(), resolve_count(rng.uniform(0.6, 0.95), u.out_channels, u.step()))
+    return counts
 
 
 CALIBRATION_HIGHS = (1.0, 0.7, 1.0, 0.45)

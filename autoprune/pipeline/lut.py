@@ -34,8 +34,9 @@ def calibration_warning(header: dict) -> str | None:
     loo = cal.get("loo_mape")
     if cal.get("anchor") == "measured":
         return ("warning: the calibration was fitted without the unpruned model (it is off its pruned variants' "
-                "trend): plans close to it, e.g. one unit cut a little, are priced on that trend, above 1.0; "
-                "a greedy search from the unpruned model (netadapt) sees its first steps priced too high")
+                "trend): plans close to it, e.g. one unit cut a little, may be priced on that trend, above 1.0; "
+                "a greedy search from the unpruned model (netadapt) would see its first steps priced too high "
+                "(a latency budget without lut measures them instead)")
     if loo is None or loo <= LOO_WARN_PCT:
         return None
     return (f"warning: the calibration predicts left-out plans with {loo:.1f}% mean error (> {LOO_WARN_PCT:g}%): "
