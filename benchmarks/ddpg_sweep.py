@@ -51,6 +51,8 @@ VARIANTS: dict[str, dict] = {
 CURRENT_VARIANTS: dict[str, dict] = {
     "best25": {"explore_best": 0.25},
     "best50": {"explore_best": 0.5},
+    # the control: every learning episode explores around the best plan, the actor never acts (it still learns)
+    "best100": {"explore_best": 1.0},
 }
 """Named option overrides of the current default (the ``autoprune`` preset as it is)."""
 
