@@ -100,10 +100,10 @@ class DdpgSearcher(Searcher):
         sigma_min: float = 0.15
         """Floor of the decayed sigma (``preset: amc``: 0, none). With a floor the late episodes keep
         searching around the actor's plan instead of replaying it."""
-        explore_best: float = 0.0
+        explore_best: float = 0.5
         """Share of the learning episodes whose noise is centred on the best plan found so far instead
-        of on the actor's action (spread evenly: 0.5 is every other episode; 0: AMC, always the actor).
-        Off-policy, so the agent learns from those episodes too."""
+        of on the actor's action (spread evenly: 0.5 is every other episode; 0: AMC, always the actor,
+        ``preset: amc``). Off-policy, so the agent learns from those episodes too."""
         hidden: list[int] = field(default_factory=lambda: [300, 300])
         """Hidden layer sizes of both actor and critic MLPs."""
         actor_lr: float = 1e-4

@@ -36,8 +36,11 @@ from autoprune.latency.lutdir import record_check
 from autoprune.latency.timing import tune_allocator
 from autoprune.models.zoo import build_model
 from benchmarks.common import RESULTS, ROOT, cpu_load, target, write_results
+from benchmarks.lut_form_ab import form_of
 
 MODELS = ("resnet20", "resnet56", "mobilenetv2_small")
+TIMINGS = ROOT / "runs" / "lut_accuracy"
+"""Each run's LUT and check timings (``<runtime>_<model>_<run>.json``; not committed: 0.6 MB a LUT)."""
 SHAPE = (3, 32, 32)
 
 
@@ -80,7 +83,11 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
            **{k: res[k] for k in keys}, "drift": res["drift"], "base_ms": lut.header["base_measured_ms"],
            "fit_mape": (lut.header.get("calibration") or {}).get("fit_mape", float("nan")),
            **macs_baseline(build_unit_graph(model, SHAPE), lut, res),
-           "build_s": built, "check_s": time.perf_counter() - start}
+           "build_s": built, "check_s": time.perf_counter() - start, "form": form_of(lut)}
+    # the LUT and the check's timings, to refit offline (benchmarks.lut_form_ab.refit) without timing again
+    atomic_write_text(TIMINGS / f"{runtime}_{name}_{run}.json", json.dumps(
+        {"lut": json.loads(lut.to_json()), "check": {"counts": [list(map(int, c)) for c in res["counts"]],
+                                                     "measured_rel": list(map(float, res["measured_rel"]))}}))
     print(f"{runtime} {name} run {run}: within +-10% {row['within_10pct']:.2f} (MACs baseline "
           f"{row.get('macs_within_10pct', float('nan')):.2f}), {row['build_s']:.0f}+{row['check_s']:.0f} s", flush=True)
     return row

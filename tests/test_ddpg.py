@@ -218,7 +218,8 @@ def test_presets_amc_reproduces_the_old_defaults_and_autoprune_adds_the_repair()
                    "sigma_min": 0.0}
     default = dataclasses.asdict(DdpgSearcher.parse_options({}))
     assert default == {**OLD_DEFAULTS, "preset": "autoprune", "repair_budget": True, "action_wall": False,
-                       "sigma_min": 0.15, "sigma_decay": 0.98, "action_mode": "share", "warmup_sampling": "budget"}
+                       "sigma_min": 0.15, "sigma_decay": 0.98, "action_mode": "share", "warmup_sampling": "budget",
+                       "explore_best": 0.5}
     assert dataclasses.asdict(DdpgSearcher.Options()) == default  # field defaults are the autoprune preset
     with pytest.raises(ConfigError, match="preset"):
         DdpgSearcher.parse_options({"preset": "amc2"})

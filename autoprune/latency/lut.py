@@ -37,7 +37,7 @@ them, which no table holds; ``per_melement`` is optional, default 0) and ``misal
 elements of the convs whose kept width is not a multiple of the calibration's ``align`` (4, 8 or
 16; absent: no such term): a runtime that lays channels out in blocks (ONNX Runtime's NCHWc)
 reorders the activations around such a conv, which no layer alone shows. ``padded_macs`` (instead
-of ``misaligned``; calibration key ``pad``) are the MACs with every kept width rounded up to a
+of ``misaligned``, or with it at the same alignment: the per-layer anchor; calibration key ``pad``) are the MACs with every kept width rounded up to a
 multiple of ``pad``: OpenVINO's CPU plugin computes convs in blocks of 16 channels, and its latency
 follows these rather than the tables of lone layers (``scale`` may then be 0); with
 ``padded_elements: true`` the elements are counted with padded channels too, and with
