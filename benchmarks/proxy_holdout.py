@@ -9,8 +9,8 @@ accuracy, and the means over the top plans, mean over seeds.
 
     python -m benchmarks.proxy_holdout [--episodes 400] [--runs random=search_quality_e400/{budget}__random__{seed} ...]
 
-Default runs: ``search_quality``'s random and ddpg runs at ``--episodes`` and the ``ddpg_sweep``
-variant ``best50`` at that count (run those benchmarks first).
+Default runs: ``search_quality``'s random and ddpg runs at ``--episodes`` and the ddpg runs of the
+default before ``explore_best`` (``ddpg_prev``; run that benchmark first).
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, writ
 
 
 def default_runs(episodes: int) -> dict[str, str]:
+    """``search_quality``'s random and ddpg runs at ``episodes``, and its ``ddpg_prev`` runs: the ddpg runs
+    of the default before ``explore_best`` (moved aside when the default changed, 2026-12-05)."""
     quality = "search_quality" if episodes == 100 else f"search_quality_e{episodes}"
-    sweep = "ddpg_sweep" if episodes == 100 else f"ddpg_sweep_e{episodes}"
-    return {"random": f"{quality}/{{budget}}__random__{{seed}}", "ddpg": f"{quality}/{{budget}}__ddpg__{{seed}}",
-            "ddpg explore_best 0.5": f"{sweep}/{{budget}}__best50__{{seed}}"}
+    return {"random": f"{quality}/{{budget}}__random__{{seed}}",
+            "ddpg (explore_best 0.5, the default)": f"{quality}/{{budget}}__ddpg__{{seed}}",
+            "ddpg before explore_best": f"{quality}/{{budget}}__ddpg_prev__{{seed}}"}
 
 
 def main() -> None:
@@ -78,12 +80,11 @@ def main() -> None:
                      f"{s['top_held_out']:.4f} |")
     targets = []
     for budget in args.budgets:
-        got = {s["searcher"]: round(s["best_held_out"], 4) for s in summary if s["budget"] == budget}
-        rand = got.get("random")
-        others = {k: v for k, v in got.items() if k != "random"}
-        if rand is not None and others:
-            targets.append(target(f"held-out accuracy of the best plan at {budget:.0%} FLOPs: each searcher vs random",
-                                  ">= random", got, all(v >= rand for v in others.values())))
+        got = {s["searcher"]: round(float(s["best_held_out"]), 4) for s in summary if s["budget"] == budget}
+        rand, first = got.get("random"), next((k for k in runs if k != "random"), None)
+        if rand is not None and first in got:  # the first searcher named after random (the default: ddpg)
+            targets.append(target(f"held-out accuracy of the best plan at {budget:.0%} FLOPs: {first} vs random",
+                                  ">= random", {"random": rand, first: got[first]}, got[first] >= rand))
     write_results(args.out, "\n".join(lines), {"rows": rows, "summary": summary}, targets,
                   f"python -m benchmarks.proxy_holdout --episodes {args.episodes}")
     print(np.round(df.groupby(["budget", "searcher"])[["proxy", "held_out"]].mean(), 4))

@@ -812,7 +812,7 @@ def test_calibration_charges_the_gap_per_misaligned_conv_where_near_full_plans_s
                 + 0.6 * misaligned_melements(g, w, c, 16))
 
     cal = calibration_counts(g, 12, seed=0)
-    assert len(cal) == 1 + 12 + 3 and all(sum(a != b for a, b in zip(c, g.channels)) <= 4 for c in cal[13:])
+    assert len(cal) == 1 + 12 + 3 and all(sum(a != b for a, b in zip(c, g.channels, strict=True)) <= 4 for c in cal[13:])
     lut = synthetic_lut(g)
     fit_calibration(lut, cal, [lut.raw_sum(g, w, c) for c in cal], [w.activations(c) / 1e6 for c in cal],
                     [truth(c) / truth(cal[0]) for c in cal], truth(cal[0]),

@@ -95,7 +95,7 @@ class BudgetFitter:
             def fits(j: int, t: int = t, cand: np.ndarray = cand) -> bool:
                 return self.budget.fits(best[:t] + [int(cand[j])] + best[t + 1:])
 
-            if i < len(cand) - 1 and fits(i):
+            if i < len(cand) and fits(i):  # cand[i] is the count itself or, off the grid, the next one up
                 best[t] = max(best[t], int(cand[last_true(i, len(cand), fits)]))
         return best
 
