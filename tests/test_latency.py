@@ -19,8 +19,19 @@ from autoprune.core.cost import WidthModel, make_budget
 from autoprune.core.graph import build_unit_graph
 from autoprune.errors import AutopruneError
 from autoprune.latency.build import LayerProfiler, build_lut, check_lut
+from autoprune.latency.calibration import fit_calibration
 from autoprune.latency.lut import Lut, LutCost, ModuleTable, load_lut, make_header, model_signature, tabulate
+from autoprune.latency.tables import (
+    ALIGNMENTS,
+    calibration_counts,
+    misaligned_melements,
+    near_full_counts,
+    padded_melements,
+    padded_mmacs,
+    random_counts,
+)
 from autoprune.latency.timing import measure_latency
+from autoprune.models import build_model
 from autoprune.registry import Registry
 
 SHAPE = (1, 8, 8)
@@ -696,6 +707,23 @@ def test_build_lut_in_onnxruntime_records_the_runtime_and_fine_curves(graph):
         assert again.fraction(counts) == pytest.approx(cost.fraction(counts), rel=1e-5)
 
 
+def resnet20_widths():
+    """ResNet-20's unit graph (3x32x32) and its width model: the calibration tests' model."""
+    g = build_unit_graph(build_model("resnet20", num_classes=10, in_channels=3).eval(), (3, 32, 32))
+    return g, WidthModel(g)
+
+
+def calibrate_on(lut, g, w, cal, raw, truth) -> dict:
+    """``fit_calibration`` on plans ``cal`` with every feature ``lut build`` gives it; the fitted calibration."""
+    fit_calibration(lut, cal, [raw(c) for c in cal], [w.activations(c) / 1e6 for c in cal],
+                    [truth(c) / truth(cal[0]) for c in cal], truth(cal[0]),
+                    {a: [misaligned_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_mmacs(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
+                    {a: [padded_mmacs(g, w, c, a, inputs=False) for c in cal] for a in ALIGNMENTS})
+    return lut.header["calibration"]
+
+
 @pytest.mark.parametrize("pad_inputs", [True, False])
 @pytest.mark.parametrize("padded_elements", [False, True])
 def test_calibration_takes_padded_macs_where_latency_follows_them(padded_elements, pad_inputs):
@@ -704,19 +732,7 @@ def test_calibration_takes_padded_macs_where_latency_follows_them(padded_element
     output widths padded (``pad_inputs=False``: OpenVINO's channels-last ``brgconv`` kernels). The calibration
     picks that form from 12 calibration plans and predicts unseen random plans; a LUT with that form
     loads and prices plans."""
-    from autoprune.latency.build import fit_calibration
-    from autoprune.latency.tables import (
-        ALIGNMENTS,
-        calibration_counts,
-        misaligned_melements,
-        padded_melements,
-        padded_mmacs,
-        random_counts,
-    )
-    from autoprune.models import build_model
-
-    g = build_unit_graph(build_model("resnet20", num_classes=10, in_channels=3).eval(), (3, 32, 32))
-    w = WidthModel(g)
+    g, w = resnet20_widths()
 
     def truth(c):
         elements = padded_melements(g, w, c, 16) if padded_elements else w.activations(c) / 1e6
@@ -727,13 +743,7 @@ def test_calibration_takes_padded_macs_where_latency_follows_them(padded_element
 
     cal = calibration_counts(g, 12, seed=0)
     lut = synthetic_lut(g)
-    fit_calibration(lut, cal, [raw(c) for c in cal], [w.activations(c) / 1e6 for c in cal],
-                    [truth(c) / truth(cal[0]) for c in cal], truth(cal[0]),
-                    {a: [misaligned_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
-                    {a: [padded_mmacs(g, w, c, a) for c in cal] for a in ALIGNMENTS},
-                    {a: [padded_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
-                    {a: [padded_mmacs(g, w, c, a, inputs=False) for c in cal] for a in ALIGNMENTS})
-    fitted = lut.header["calibration"]
+    fitted = calibrate_on(lut, g, w, cal, raw, truth)
     assert fitted["pad"] == 16 and fitted["per_padded_mmac"] > 0 and fitted["loo_mape"] < 0.5
     assert fitted.get("padded_elements", False) == padded_elements
     assert fitted.get("pad_inputs", True) == pad_inputs
@@ -751,18 +761,7 @@ def test_calibration_leaves_out_an_unpruned_model_off_the_trend_of_its_pruned_va
     faster than the padded-MACs trend of its pruned variants. A fit forced through it bends every plan's
     fraction; the calibration then fits the pruned plans alone and takes fractions of the measured
     unpruned latency (``anchor: measured``), and the unpruned model is priced at exactly 1.0."""
-    from autoprune.latency.build import fit_calibration
-    from autoprune.latency.tables import (
-        ALIGNMENTS,
-        calibration_counts,
-        padded_melements,
-        padded_mmacs,
-        random_counts,
-    )
-    from autoprune.models import build_model
-
-    g = build_unit_graph(build_model("resnet20", num_classes=10, in_channels=3).eval(), (3, 32, 32))
-    w = WidthModel(g)
+    g, w = resnet20_widths()
 
     def trend(c):
         return 0.02 * padded_mmacs(g, w, c, 16, inputs=False) + 3.0 * padded_melements(g, w, c, 16) + 0.1
@@ -792,20 +791,7 @@ def test_calibration_charges_the_gap_per_misaligned_conv_where_near_full_plans_s
     the calibration's near-full plans the per-layer anchor (padded MACs plus the misaligned term, through
     the unpruned model) is kept over ``anchor: measured``, and one-unit cuts and random plans are both
     priced right."""
-    from autoprune.latency.build import fit_calibration
-    from autoprune.latency.tables import (
-        ALIGNMENTS,
-        calibration_counts,
-        misaligned_melements,
-        near_full_counts,
-        padded_melements,
-        padded_mmacs,
-        random_counts,
-    )
-    from autoprune.models import build_model
-
-    g = build_unit_graph(build_model("resnet20", num_classes=10, in_channels=3).eval(), (3, 32, 32))
-    w = WidthModel(g)
+    g, w = resnet20_widths()
 
     def truth(c):  # the trend, plus a reorder cost on the output elements of every conv off 16
         return (0.02 * padded_mmacs(g, w, c, 16, inputs=False) + 3.0 * w.activations(c) / 1e6 + 0.1
@@ -814,13 +800,7 @@ def test_calibration_charges_the_gap_per_misaligned_conv_where_near_full_plans_s
     cal = calibration_counts(g, 12, seed=0)
     assert len(cal) == 1 + 12 + 3 and all(sum(a != b for a, b in zip(c, g.channels, strict=True)) <= 4 for c in cal[13:])
     lut = synthetic_lut(g)
-    fit_calibration(lut, cal, [lut.raw_sum(g, w, c) for c in cal], [w.activations(c) / 1e6 for c in cal],
-                    [truth(c) / truth(cal[0]) for c in cal], truth(cal[0]),
-                    {a: [misaligned_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
-                    {a: [padded_mmacs(g, w, c, a) for c in cal] for a in ALIGNMENTS},
-                    {a: [padded_melements(g, w, c, a) for c in cal] for a in ALIGNMENTS},
-                    {a: [padded_mmacs(g, w, c, a, inputs=False) for c in cal] for a in ALIGNMENTS})
-    fitted = lut.header["calibration"]
+    fitted = calibrate_on(lut, g, w, cal, lambda c: lut.raw_sum(g, w, c), truth)
     assert "anchor" not in fitted and fitted["align"] == fitted["pad"] == 16 and fitted["per_misaligned"] > 0
     cost = LutCost(Lut.from_dict(json.loads(lut.to_json())), g)
     rng = np.random.default_rng(1)
