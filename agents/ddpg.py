@@ -55,6 +55,10 @@ SEARCH_OPTIONS = ("warmup", "warmup_sampling", "fill_budget", "repair_budget", "
 (the config of a run names only the options set explicitly, so a changed default would otherwise slip
 in mid-search). ``episodes``, ``checkpoint_every``, ``tensorboard`` and ``device`` may change on resume."""
 
+ADDED_OPTIONS = {"explore_best": 0.0}
+"""Search options added after checkpoints stored options, with the value a search had before them: a
+checkpoint without the key resumes only with that value (the default changed with the option)."""
+
 # TruncatedNormalNoise stays importable from here: checkpoints written before ddpg_sb3 existed name it here
 __all__ = ["AMCDDPG", "AMCEpisodes", "DdpgSearcher", "TruncatedNormalNoise"]
 
@@ -333,6 +337,8 @@ class DdpgSearcher(Searcher):
         if state["steps"] != self.steps:
             raise AutopruneError("the DDPG checkpoint was written for another model; start a new run")
         saved = state.get("options")
+        if saved is not None:  # options added after the checkpoint was written: what the search had then
+            saved = {**ADDED_OPTIONS, **saved}
         changed = {k: (saved[k], getattr(self.options, k)) for k in SEARCH_OPTIONS
                    if saved is not None and k in saved and saved[k] != getattr(self.options, k)}
         if changed:

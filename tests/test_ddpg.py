@@ -323,6 +323,20 @@ def test_resume_with_other_search_options_is_a_one_line_error(tiny_session, tmp_
     assert len(read_trials(tmp_path / "run" / "trials.parquet")) == 6
 
 
+def test_a_checkpoint_from_before_an_option_existed_resumes_only_with_its_old_value(tiny_session, tmp_path):
+    import pickle
+
+    run(make_ctx(tiny_session, tmp_path / "run"), episodes=4, explore_best=0.0)
+    path = tmp_path / "run" / "ddpg" / "checkpoint.pkl"
+    blob = pickle.loads(path.read_bytes())
+    del blob["state"]["options"]["explore_best"]  # as written before the option existed
+    path.write_bytes(pickle.dumps(blob))
+    with pytest.raises(AutopruneError, match="explore_best: 0.0 in the checkpoint, 0.5 now"):
+        run(make_ctx(tiny_session, tmp_path / "run", resume=True), episodes=6)
+    run(make_ctx(tiny_session, tmp_path / "run", resume=True), episodes=6, explore_best=0.0)
+    assert len(read_trials(tmp_path / "run" / "trials.parquet")) == 6
+
+
 def test_resume_without_a_checkpoint_restarts_from_episode_0(tiny_session, tmp_path):
     crashing = make_ctx(tiny_session, tmp_path / "run", CountingEvaluator(tiny_session.evaluator(), crash_at=2))
     with pytest.raises(Crash):  # dies in episode 1, before the first checkpoint (after episode 2)
