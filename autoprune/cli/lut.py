@@ -82,7 +82,8 @@ def _shape_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size to time (default 1)")
     p.add_argument("--step", type=int, default=8, help="grid spacing in channels; 1 = every count (default 8)")
     p.add_argument("--calibration-plans", type=int, default=12,
-                   help="random pruned variants timed to calibrate the prediction (default 12; 0 = sum + remainder)")
+                   help="random pruned variants timed to calibrate the prediction, plus one near-full "
+                        "variant per four (default 12, +3; 0 = sum + remainder)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration plans")
     p.add_argument("--fine", action=argparse.BooleanOptionalAction, default=None,
                    help="time each axis at every width too (the fine curves): needed where kernels favour "

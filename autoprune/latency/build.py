@@ -167,7 +167,7 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
     :param step: grid spacing in channels (1 = every channel count: slower, most accurate).
     :param device: the device name stored in the header (default: the CPU's or GPU's model name).
     :param calibration_plans: random pruned variants timed, with the unpruned model, to fit the
-        prediction (0: plain sum + remainder).
+        prediction, plus ``calibration_plans // 4`` near-full ones (0: plain sum + remainder).
     :param clock: ``"auto"``, ``"wall"`` or ``"cpu"`` (see :func:`~autoprune.latency.clocks.resolve_clock`);
         the clock used is stored in the header.
     :param model_name: stored in the header as ``model`` (informative; the signature pins the model).
