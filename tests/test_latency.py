@@ -470,6 +470,22 @@ def test_interleaved_ratios_survive_a_machine_that_changes_speed_between_passes(
     assert t.relative == pytest.approx([0.5, 2.0], rel=0.1)
 
 
+def test_interleaved_ratio_of_an_identical_copy_is_unbiased_under_noise(fake_machine):
+    """Every timing gets random extra time (interference only adds): an identical copy of the
+    reference must still come out at 1.0 on average. The faster of the two neighbouring reference
+    timings as the denominator (a minimum over twice the candidate's samples) put it at ~1.03 here."""
+    from autoprune.latency.timing import time_interleaved
+
+    rng = np.random.default_rng(0)
+
+    class Noisy(FakeSession):
+        def __call__(self):
+            FakeMachine.t += self.seconds * (1 + rng.exponential(0.2))
+
+    t = time_interleaved(Noisy(2e-3), [Noisy(2e-3) for _ in range(32)], rounds=5, samples=3, clock="fake")
+    assert np.mean(t.relative) == pytest.approx(1.0, abs=0.012)
+
+
 def test_measured_latency_budget_prices_fractions_that_do_not_move_with_the_machine(fake_machine):
     from autoprune.latency.costs import MeasuredLatencyCost
 

@@ -99,7 +99,8 @@ def interleaved(reference, candidates, rounds, samples, ref_every, min_sample_ms
     n = len(candidates)
     ms, rel, ref_ms = np.full((rounds, n), np.inf), np.ones((rounds, n)), []
 
-    def timed(k):
+    def timed(k):  # the fastest of ``samples`` after an untimed one
+        sample(fns[k + 1], runs[k + 1])
         return min(sample(fns[k + 1], runs[k + 1]) for _ in range(samples))
 
     for r in range(rounds):
@@ -111,7 +112,7 @@ def interleaved(reference, candidates, rounds, samples, ref_every, min_sample_ms
             after = timed(-1)
             ref_ms.append(after)
             for k, t in block:
-                ms[r, k], rel[r, k] = t, t / max(min(before, after), 1e-12)
+                ms[r, k], rel[r, k] = t, t / max(np.sqrt(before * after), 1e-12)  # min() would be biased up
             before = after
     return list(zip(ms.min(axis=0).tolist(), np.median(rel, axis=0).tolist())), float(min(ref_ms))
 

@@ -20,9 +20,15 @@ benchmark alongside: 63% of 30 plans within +-10% in onnxruntime and 67% in open
 **Drift-proof comparisons.** Every timing that is compared with another is taken interleaved
 with a *reference* (:func:`time_interleaved`): in each of ``rounds`` passes the reference is timed
 before the first candidate, after every ``ref_every`` candidates and at the end; a session's
-timing in a pass is the fastest of a few samples (on a shared machine interference only ever adds
-time), and each candidate's ratio in a pass is its timing over the faster of the reference timings
-on either side of it. A candidate's ``relative`` latency is the median of those per-pass ratios;
+timing in a pass is the fastest of a few samples taken after one untimed sample (on a shared machine
+interference only ever adds time), and each candidate's ratio in a pass is its timing over the
+geometric mean of the reference timings on either side of it. (Both were once otherwise: no untimed
+sample, and the *faster* of the two reference timings. The reference runs every ``ref_every``
+candidates and is warmer, the faster of two is a minimum over twice the candidate's samples, and both
+biased every ratio up, the more so the fewer the samples: identical copies of the unpruned model
+timed as candidates came out at 1.018-1.058 with 3 samples a pass (``repeats`` 15, what ``lut check``
+uses) and 1.001-1.015 with 6 (30, the calibration's), so a LUT under-predicted its own checks by a few
+percent. Now 0.994-1.009 and 0.996-1.004: ``benchmarks/results/timing_bias.md``.) A candidate's ``relative`` latency is the median of those per-pass ratios;
 its ``ms`` is its fastest pass. A machine that runs uniformly faster or slower changes ``ms`` but
 not ``relative``, and a slow spell lands on one pass of a candidate and its neighbouring
 references alike. Passes alternate direction, so a steady drift over a pass cancels out. (On the
@@ -45,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import platform
 from collections.abc import Callable, Iterator, Sequence
@@ -238,7 +245,7 @@ def time_interleaved(reference: Session, candidates: Sequence[Session], threads:
 
     :param reference: the session every candidate is compared with.
     :param candidates: prepared sessions, all on the reference's device.
-    :param samples: timed samples per session per pass (the fastest is the pass's timing).
+    :param samples: timed samples per session per pass (the fastest is the pass's timing), after one untimed sample.
     :param ref_every: candidates between two timings of the reference.
     """
     from tqdm.auto import tqdm
@@ -256,8 +263,9 @@ def time_interleaved(reference: Session, candidates: Sequence[Session], threads:
     with thread_count(threads), tqdm(total=rounds * n, desc=desc, unit="run", disable=not progress or None) as bar:
         runs = [runs_per_sample(s, timer, warmup, min_sample_ms) for s in (reference, *candidates)]
 
-        def timed(k: int) -> float:  # the fastest of ``samples`` samples
+        def timed(k: int) -> float:  # the fastest of ``samples`` samples after an untimed one (caches warm)
             session = reference if k < 0 else candidates[k]
+            timer.sample(session, runs[k + 1])
             return min(timer.sample(session, runs[k + 1]) for _ in range(samples))
 
         for r in range(rounds):
@@ -269,7 +277,7 @@ def time_interleaved(reference: Session, candidates: Sequence[Session], threads:
                 after = timed(-1)
                 ref_ms.append(after)
                 for k, t in block:
-                    ms[r, k], rel[r, k] = t, t / max(min(before, after), 1e-12)
+                    ms[r, k], rel[r, k] = t, t / max(math.sqrt(before * after), 1e-12)
                 before = after
                 bar.update(len(block))
     return TimedPlans(ms.min(axis=0).tolist(), np.median(rel, axis=0).tolist(), float(min(ref_ms)))
