@@ -13,8 +13,13 @@ Two estimators per runtime and model, on the same machine state:
   faster of the two neighbouring reference timings as the denominator), replayed on raw samples
   recorded in the same pattern (reference every 2 candidates, 5 passes, alternating order).
 
+With ``--passes N`` it times the same 50 random plans (``lut check``'s first stream) in N passes back
+to back instead and reports how far each pass's ratios move against the first's: the noise floor a
+``lut check`` on this machine cannot get under (results ``timing_bias_passes``).
+
     python -m benchmarks.timing_bias
     python -m benchmarks.timing_bias --runtimes torch --models resnet20 --copies 4
+    python -m benchmarks.timing_bias --runtimes torch --models resnet20 --passes 3
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import copy
 import numpy as np
 import torch
 
+from autoprune.core.graph import build_unit_graph
+from autoprune.latency.tables import random_counts
 from autoprune.latency.timing import (
     example_input,
     make_timer,
@@ -32,6 +39,7 @@ from autoprune.latency.timing import (
     runs_per_sample,
     thread_count,
     time_interleaved,
+    time_plans,
     tune_allocator,
 )
 from autoprune.models.zoo import build_model
@@ -100,13 +108,49 @@ def measure(runtime: str, name: str, copies: int) -> list[dict]:
     return rows
 
 
+def passes(runtime: str, name: str, n: int, plans: int = 50) -> list[dict]:
+    """The same ``plans`` random plans timed in ``n`` passes (``time_plans``: pruned anew each pass), at 15
+    and 30 repeats: each later pass's plan-by-plan ratios over the first pass's."""
+    model = build_model(name, in_channels=3, num_classes=10).eval()
+    graph = build_unit_graph(model, SHAPE)
+    rng = np.random.default_rng([0, 2])  # check_lut's stream for seed 0
+    counts = [random_counts(graph, rng) for _ in range(plans)]
+    rows = []
+    for repeats in (15, 30):
+        rel = [np.array(time_plans(graph, model, counts, 1, 1, repeats, "cpu", runtime=runtime).relative) for _ in range(n)]
+        for k in range(1, n):
+            r = rel[k] / rel[0]
+            rows.append({"runtime": runtime, "model": name, "repeats": repeats, "pass": k,
+                         "median": float(np.median(r)), "p5": float(np.percentile(r, 5)), "p95": float(np.percentile(r, 95)),
+                         "within_10pct": float(np.mean(np.abs(r - 1) <= 0.10))})
+            print(f"{runtime} {name} repeats {repeats} pass {k}: median {rows[-1]['median']:.3f}", flush=True)
+    return rows
+
+
+def main_passes(args: argparse.Namespace) -> None:
+    rows = [r for rt in args.runtimes.split(",") for m in args.models.split(",") for r in passes(rt, m, args.passes)]
+    lines = ["| runtime | model | repeats | pass | median ratio to pass 0 | 5th-95th percentile | plans within +-10% of pass 0 |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['runtime']} | {r['model']} | {r['repeats']} | {r['pass']} | {r['median']:.3f} | {r['p5']:.3f}-{r['p95']:.3f} | "
+              f"{r['within_10pct']:.2f} |" for r in rows]
+    lines += ["", "50 random plans (ratios uniform on [0.2, 1], `lut check`'s stream for seed 0) timed against the unpruned "
+              "model in each pass, pruned anew each pass; batch 1, 1 thread, cpu clock. A LUT checked against one pass "
+              "cannot be more accurate than the passes agree with each other."]
+    command = f"python -m benchmarks.timing_bias --runtimes {args.runtimes} --models {args.models} --passes {args.passes}"
+    write_results(args.out if args.out != "timing_bias" else "timing_bias_passes", "\n".join(lines), {"rows": rows}, [],
+                  command)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runtimes", default="torch,onnxruntime,openvino")
     parser.add_argument("--models", default="resnet20,resnet56")
     parser.add_argument("--copies", type=int, default=8, help="identical copies timed as candidates (default 8)")
+    parser.add_argument("--passes", type=int, default=0, help="time 50 random plans in this many passes instead")
     parser.add_argument("--out", default="timing_bias")
     args = parser.parse_args()
+    if args.passes:
+        return main_passes(args)
     rows = [r for rt in args.runtimes.split(",") for m in args.models.split(",") for r in measure(rt, m, args.copies)]
     lines = ["| runtime | model | repeats | samples a pass | estimator | mean ratio | min | max |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['runtime']} | {r['model']} | {r['repeats']} | {r['samples']} | {r['estimator']} | {r['mean']:.3f} | "
