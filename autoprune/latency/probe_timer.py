@@ -14,7 +14,8 @@ cannot inflate it) and with the wall clock otherwise; ``wall`` gives end-to-end 
 Every layer probe is timed interleaved with the reference probe, the unpruned model with the
 reference probe, and every calibration plan with the unpruned model: in each pass the reference is
 timed before the first probe, after every few probes and at the end; a probe's ratio in a pass is
-its fastest sample over the faster reference timing beside it; the ratio kept is the median over
+its fastest sample (after one untimed sample) over the geometric mean of the reference timings beside
+it; the ratio kept is the median over
 passes, the ms the fastest pass. ``autoprune lut import DIR --out LUT.json`` turns timings.json
 into a LUT.
 """
