@@ -157,8 +157,10 @@ def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, s
             for c in (lat_counts, flops_counts)]
     t = time_against_base(session.model, pair, SHAPE, batch=1, threads=1, repeats=15, clock="cpu", runtime=runtime)
     return {"runtime": runtime, "round_to": round_to, "searcher": searcher, "latency_plan": {"flops_kept": kept, "ms": t.ms[0], "relative": t.relative[0],
-                                                 "lut_predicted": float(session.budget.cost.fraction(lat_counts))},
-            "flops_plan": {"flops_kept": flops(flops_counts) / flops.base, "ms": t.ms[1], "relative": t.relative[1]}}
+                                                 "lut_predicted": float(session.budget.cost.fraction(lat_counts)),
+                                                 "counts": [int(c) for c in lat_counts]},
+            "flops_plan": {"flops_kept": flops(flops_counts) / flops.base, "ms": t.ms[1], "relative": t.relative[1],
+                           "counts": [int(c) for c in flops_counts]}}
 
 
 def tables(rows, base_ms, forms, comparisons, profiled=()) -> str:
