@@ -17,24 +17,25 @@ benchmark alongside: 63% of 30 plans within +-10% in onnxruntime and 67% in open
 100% in onnxruntime with ``cpu``; ``mobilenetv2_small`` in openvino beside two CPU-bound processes:
 77% with ``wall``, 93% with ``cpu``; 2026-12-05).
 
-**Drift-proof comparisons.** Every timing that is compared with another is taken interleaved
-with a *reference* (:func:`time_interleaved`): in each of ``rounds`` passes the reference is timed
-before the first candidate, after every ``ref_every`` candidates and at the end; a session's
-timing in a pass is the fastest of a few samples taken after one untimed sample (on a shared machine
-interference only ever adds time), and each candidate's ratio in a pass is its timing over the
-geometric mean of the reference timings on either side of it. (Both were once otherwise: no untimed
-sample, and the *faster* of the two reference timings. The reference runs every ``ref_every``
-candidates and is warmer, the faster of two is a minimum over twice the candidate's samples, and both
-biased every ratio up, the more so the fewer the samples: identical copies of the unpruned model
-timed as candidates came out at 1.018-1.058 with 3 samples a pass (``repeats`` 15, what ``lut check``
-uses) and 1.001-1.015 with 6 (30, the calibration's), so a LUT under-predicted its own checks by a few
-percent. Now 0.994-1.009 and 0.996-1.004: ``benchmarks/results/timing_bias.md``.) A candidate's ``relative`` latency is the median of those per-pass ratios;
-its ``ms`` is its fastest pass. A machine that runs uniformly faster or slower changes ``ms`` but
-not ``relative``, and a slow spell lands on one pass of a candidate and its neighbouring
-references alike. Passes alternate direction, so a steady drift over a pass cancels out. (On the
-loaded 2-core VM, four repeats of the ratios of 8 ResNet-20 plans spread by 1.6-2.3% this way,
-against 2.3-27% with the median of samples instead of the fastest, 2026-11-30.) The reference is the unpruned model (calibration, checks, measured budgets, the
-speed-up benchmark) or a fixed reference op (LUT entries, :mod:`autoprune.latency.build`).
+**Drift-proof comparisons.** Every timing that is compared with another is taken interleaved with a
+*reference* (:func:`time_interleaved`): in each of ``rounds`` passes the reference is timed before the
+first candidate, after every ``ref_every`` candidates and at the end; a session's timing in a pass is
+the fastest of a few samples taken after one untimed sample (on a shared machine interference only ever
+adds time), and each candidate's ratio in a pass is its timing over the geometric mean of the reference
+timings on either side of it. (Both were once otherwise: no untimed sample, and the *faster* of the two
+reference timings. The reference runs every ``ref_every`` candidates and is warmer, the faster of two is
+a minimum over twice the candidate's samples, and both biased every ratio up, the more so the fewer the
+samples: identical copies of the unpruned model timed as candidates came out at 1.018-1.058 with 3
+samples a pass (``repeats`` 15, what ``lut check`` uses) and 1.001-1.015 with 6 (30, the calibration's),
+so a LUT under-predicted its own checks by a few percent. Now 0.994-1.009 and 0.996-1.004:
+``benchmarks/results/timing_bias.md``.) A candidate's ``relative`` latency is the median of those
+per-pass ratios; its ``ms`` is its fastest pass. A machine that runs uniformly faster or slower changes
+``ms`` but not ``relative``, and a slow spell lands on one pass of a candidate and its neighbouring
+references alike. Passes alternate direction, so a steady drift over a pass cancels out. (On the loaded
+2-core VM, four repeats of the ratios of 8 ResNet-20 plans spread by 1.6-2.3% this way, against 2.3-27%
+with the median of samples instead of the fastest, 2026-11-30, with the estimator of then.) The reference is the unpruned model
+(calibration, checks, measured budgets, the speed-up benchmark) or a fixed reference op (LUT entries,
+:mod:`autoprune.latency.build`).
 
 On glibc the allocator is tuned first (:func:`tune_allocator`, the runtime equivalent of
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``): without it, forwards at batch 32 page-fault
