@@ -23,7 +23,7 @@ first candidate, after every ``ref_every`` candidates and at the end; a session'
 the fastest of a few samples taken after one untimed sample (on a shared machine interference only ever
 adds time), and each candidate's ratio in a pass is its timing over the geometric mean of the reference
 timings on either side of it. (Both were once otherwise: no untimed sample, and the *faster* of the two
-reference timings. The reference runs every ``ref_every`` candidates and is warmer, the faster of two is
+reference timings. The reference runs every ``ref_every`` candidates and is likely warmer, the faster of two is
 a minimum over twice the candidate's samples, and both biased every ratio up, the more so the fewer the
 samples: identical copies of the unpruned model timed as candidates came out at 1.018-1.058 with 3
 samples a pass (``repeats`` 15, what ``lut check`` uses) and 1.001-1.015 with 6 (30, the calibration's),
