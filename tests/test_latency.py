@@ -352,6 +352,32 @@ def test_search_with_a_latency_budget_lands_under_it_by_the_lut(tmp_path):
     assert chosen["latency_kept"].iloc[-1] <= 0.6 + 1e-9
 
 
+@pytest.mark.parametrize("measured, warned", [(0.65, True), (0.52, False), (0.44, True)])
+def test_latency_summary_warns_when_the_lut_misprices_the_final_plan(monkeypatch, caplog, measured, warned):
+    """The final plan is timed against the base; a LUT whose fraction is off that by more than 10%
+    (speedup's torch plan: 0.50 predicted, 0.60 measured) is named in a warning."""
+    from types import SimpleNamespace
+
+    from autoprune.latency import costs
+
+    class Lut50:  # a LUT cost that prices the plan at half the base
+        source, base, batch, threads, clock, runtime = "lut", 2.0, 1, 1, "cpu", "torch"
+
+        def __call__(self, counts):
+            return 1.0
+
+    session = SimpleNamespace(budget=SimpleNamespace(kind="latency", cost=Lut50(), target=1.0), graph=None,
+                              model=None, input_shape=(1, 8, 8))
+    monkeypatch.setattr(costs, "time_against_base",
+                        lambda *a, **k: SimpleNamespace(base_ms=2.0, ms=[2.0 * measured], relative=[measured]))
+    with caplog.at_level("WARNING", logger=costs.log.name):
+        lat = costs.latency_summary(session, None, SimpleNamespace(counts=lambda graph: [1]))["latency"]
+    assert lat["kept_predicted"] == 0.5 and lat["kept_measured"] == measured
+    assert ("misprices" in caplog.text) == warned
+    if warned:
+        assert f"{(measured / 0.5 - 1) * 100:+.0f}%" in caplog.text
+
+
 @pytest.mark.parametrize("runtime", [None, "openvino"])
 def test_search_with_a_measured_latency_budget_times_the_plans_it_prices(tmp_path, runtime):
     """No LUT: every plan the searcher prices is pruned and timed (in the budget's runtime: torch by

@@ -125,7 +125,8 @@ def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any
     search); "measured" times the final (fine-tuned) pruned model now, interleaved with the base
     model, in the cost model's runtime, batch size and thread count (``onnxruntime`` and ``torch``
     only: a LUT for another runtime is not measured here). ``kept_*`` are the fractions of the
-    base model's latency: the numbers a fractional budget is about.
+    base model's latency: the numbers a fractional budget is about. A LUT's prediction off the
+    measurement by more than :data:`MISPRICED` is logged as a warning.
     """
     cost = session.budget.cost
     if session.budget.kind != "latency":
@@ -144,4 +145,14 @@ def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any
         log.warning("latency summary: not measured here (%s)", exc)
         return {"latency": out}
     out.update(base_measured_ms=timed.base_ms, pruned_measured_ms=timed.ms[0], kept_measured=timed.relative[0])
+    off = timed.relative[0] / out["kept_predicted"] - 1
+    if out["source"] == "lut" and abs(off) > MISPRICED:
+        log.warning("latency: the plan runs at %.3f of the base model here, its LUT predicted %.3f (%+.0f%%): the LUT "
+                    "misprices plans like this one; rebuild it (autoprune lut build; lut check shows its accuracy) "
+                    "or budget with measured latency (no budget.lut)", timed.relative[0], out["kept_predicted"],
+                    off * 100)
     return {"latency": out}
+
+
+MISPRICED = 0.10
+"""A LUT whose prediction of the final plan is off by more than this (as a fraction of the base) gets a warning."""
