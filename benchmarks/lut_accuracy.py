@@ -83,7 +83,8 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
            **{k: res[k] for k in keys}, "drift": res["drift"], "base_ms": lut.header["base_measured_ms"],
            "fit_mape": (lut.header.get("calibration") or {}).get("fit_mape", float("nan")),
            **macs_baseline(build_unit_graph(model, SHAPE), lut, res),
-           "build_s": built, "check_s": time.perf_counter() - start, "form": form_of(lut)}
+           "build_s": built, "check_s": time.perf_counter() - start, "form": form_of(lut),
+           "pass_shift": res["pass_shift"], "calibration_pass_shift": (lut.header.get("calibration") or {}).get("pass_shift")}
     # the LUT and the check's timings, to refit offline (benchmarks.lut_form_ab.refit) without timing again
     atomic_write_text(TIMINGS / f"{runtime}_{name}_{run}.json", json.dumps(
         {"lut": json.loads(lut.to_json()), "check": {"counts": [list(map(int, c)) for c in res["counts"]],
@@ -96,15 +97,19 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
 def table(rows: list[dict]) -> str:
     lines = ["| runtime | model | run | grid step | fine | plans | rel. MAPE % | rel. within +-10% | rel. max % | "
              "a*MACs+b MAPE % | a*MACs+b within +-10% | ms MAPE % | ms within +-10% | speed drift | "
-             "calibration fit MAPE % | base ms | build s | check s |",
-             "|---" * 18 + "|"]
+             "calibration fit MAPE % | base ms | build s | check s | pass shift: check, calibration |",
+             "|---" * 19 + "|"]
     lines += [f"| {r['runtime']} | {r['model']} | {r['run']} | {r['step']} | {'yes' if r.get('fine') else 'no'} | "
               f"{r['plans']} | {r['mape']:.2f} | "
               f"{r['within_10pct']:.2f} | {r['max_abs_pct']:.1f} | {r.get('macs_mape', float('nan')):.2f} | "
               f"{r.get('macs_within_10pct', float('nan')):.2f} | {r['mape_ms']:.2f} | {r['within_10pct_ms']:.2f} | "
               f"{r['drift']:.3f} | {r['fit_mape']:.1f} | {r['base_ms']:.2f} | {r['build_s']:.0f} | "
-              f"{r['check_s']:.0f} |" for r in rows]
+              f"{r['check_s']:.0f} | {_pct(r.get('pass_shift'))}, {_pct(r.get('calibration_pass_shift'))} |" for r in rows]
     return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
 
 
 def main() -> None:
@@ -165,7 +170,8 @@ def notes(args: argparse.Namespace, runs: list[dict]) -> str:
     lines = [f"batch 1, 1 thread, {args.calibration_plans} calibration plans; rel. = latency as a fraction of the "
              "unpruned model, timed interleaved with it (the target); ms = absolute; speed drift = the unpruned "
              "model's latency at check time / at build time; a*MACs+b = a plain MACs regression fitted on the same "
-             "calibration plans, scored on the same check plans."
+             "calibration plans, scored on the same check plans; pass shift = how far one of the 5 timing passes moved every "
+             "plan's fraction at once (the machine's load changing mid-timing; `TimedPlans.pass_shift`)."
              + (f" Loaded on purpose: {args.load} busy processes (one-thread matmuls and a 32 MB streaming add, "
                 f"`benchmarks.common.cpu_load`) on this {os.cpu_count()}-core machine during the "
                 f"{'build and the check' if args.load_during == 'both' else args.load_during}." if args.load else "")

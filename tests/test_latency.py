@@ -308,6 +308,7 @@ def test_cli_lut_build_and_check_json(tmp_path, capsys):
     errors = np.abs(np.array(result["predicted_ms"]) - result["measured_ms"]) / np.array(result["measured_ms"])
     assert result["mape_ms"] == pytest.approx(errors.mean() * 100)
     assert result["base_ms_now"] > 0 and result["drift"] == pytest.approx(result["base_ms_now"] / result["base_ms_at_build"])
+    assert 0 <= result["pass_shift"] < 1
     assert "fraction of the unpruned model" in capsys.readouterr().out
     last = json.loads(lut.read_text())["header"]["last_check"]  # recorded for autoprune lut list
     assert last["plans"] == 4 and last["within_10pct"] == pytest.approx(result["within_10pct"], abs=1e-4)
@@ -326,6 +327,22 @@ def test_a_calibration_that_predicts_left_out_plans_poorly_gets_a_warning():
     warning = calibration_warning({"runtime": "openvino", "calibration": {"loo_mape": 12.46}})
     assert warning.startswith("warning:") and "12.5% mean error" in warning and "openvino" in warning
     assert "\n" not in warning
+    moved = calibration_warning({"calibration": {"loo_mape": 1.0, "pass_shift": 0.12}})
+    assert moved.startswith("warning:") and "up to 12%" in moved and "quieter machine" in moved
+    assert calibration_warning({"calibration": {"loo_mape": 1.0, "pass_shift": 0.02}}) is None
+
+
+def test_lut_check_notes_a_check_whose_passes_moved_together(monkeypatch, capsys):
+    import autoprune.pipeline.lut as pipeline_lut
+
+    result = {"plans": 50, "runtime": "onnxruntime", "mape": 9.0, "within_10pct": 0.5, "max_abs_pct": 30.0,
+              "plot": None, "mape_ms": 9.0, "within_10pct_ms": 0.5, "drift": 1.0, "base_ms_now": 1.0,
+              "base_ms_at_build": 1.0, "device": "here", "device_now": "here"}
+    for shift, noted in ((0.15, True), (0.01, False)):
+        monkeypatch.setattr(pipeline_lut, "check_lut_file", lambda *a, s=shift, **k: {**result, "pass_shift": s})
+        assert main(["lut", "check", "--lut", "x.json", "--model", "factories:tiny_cnn", "--no-progress"]) == 0
+        out = capsys.readouterr().out
+        assert ("moved every plan's fraction together by up to 15%" in out) == noted
 
 
 def test_search_with_a_latency_budget_lands_under_it_by_the_lut(tmp_path):
@@ -511,6 +528,33 @@ def test_interleaved_ratio_of_an_identical_copy_is_unbiased_under_noise(fake_mac
 
     t = time_interleaved(Noisy(2e-3), [Noisy(2e-3) for _ in range(32)], rounds=5, samples=3, clock="fake")
     assert np.mean(t.relative) == pytest.approx(1.0, abs=0.012)
+
+
+def test_interleaved_timing_reports_a_pass_that_moved_every_fraction_at_once(fake_machine):
+    """A load that slows the candidates 20% and not the reference (memory-bound plans on a contended
+    host: ONNX Runtime ResNet-20's fractions moved 9-19% between passes minutes apart on this
+    machine) moves every fraction of a pass together; ``pass_shift`` says so, and the median over
+    passes keeps the unloaded fractions."""
+    from autoprune.latency.timing import time_interleaved
+
+    window = (0.0, 0.0)
+
+    class Contended(FakeSession):
+        def __call__(self):
+            FakeMachine.t += self.seconds * (1.2 if window[0] <= FakeMachine.t < window[1] else 1.0)
+
+    def timing():
+        start = FakeMachine.t
+        t = time_interleaved(FakeSession(2e-3), [Contended(1e-3 * (1 + k / 10)) for k in range(10)], rounds=5,
+                             samples=3, clock="fake")
+        return t, FakeMachine.t - start
+
+    quiet, span = timing()
+    assert quiet.pass_shift == pytest.approx(0.0, abs=1e-9)
+    window = (FakeMachine.t + 0.3 * span, FakeMachine.t + 0.65 * span)  # more than one whole pass of five
+    loaded, _ = timing()
+    assert loaded.pass_shift == pytest.approx(0.2, abs=0.02)
+    assert loaded.relative == pytest.approx(quiet.relative, rel=1e-6)
 
 
 def test_measured_latency_budget_prices_fractions_that_do_not_move_with_the_machine(fake_machine):

@@ -142,7 +142,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from autoprune.pipeline.lut import check_lut_file
+    from autoprune.pipeline.lut import PASS_SHIFT_WARN, check_lut_file
 
     _positive(args, "plans", "repeats")
     r = check_lut_file(args.lut, args.model, model_kwargs(args), args.num_classes, plot=args.plot,
@@ -154,7 +154,12 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"runs at {r['drift']:.0%} of its build-time latency ({r['base_ms_now']:.3f} vs {r['base_ms_at_build']:.3f} ms)")
     if abs(r["drift"] - 1) > 0.05:
         print("note: the machine's speed moved more than 5% since the LUT was built: ms predictions (latency_ms "
-              "budgets) are off by that much; fractions (latency budgets) are not affected")
+              "budgets) are off by that much; fractions (latency budgets) are not, unless the load changed what is "
+              "slow (see docs/latency.md)")
+    if r.get("pass_shift", 0.0) > PASS_SHIFT_WARN:
+        print(f"note: this check's timing passes moved every plan's fraction together by up to {r['pass_shift']:.0%} "
+              "(the machine's load changed while it timed): its accuracy figures carry that much noise; check again "
+              "on a quieter machine")
     if r["device_now"] != r["device"]:
         print(f"note: the LUT is for {r['device']!r}; this machine is {r['device_now']!r}")
     return 0

@@ -224,6 +224,8 @@ def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 12, see
                     {a: [padded_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
                     {a: [padded_mmacs(graph, widths, c, a, inputs=False) for c in counts] for a in ALIGNMENTS})
     h["base_measured_ms"] = timing.base_ms if timing else base.ms[0]
+    if timing and "calibration" in h:
+        h["calibration"]["pass_shift"] = round(timing.pass_shift, 4)
 
 
 def time_base_against_reference(model: nn.Module, input_shape: Sequence[int], batch: int, threads: int,
@@ -247,6 +249,7 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
     ``plans``, ``mape`` (mean absolute % error of the predicted fraction), ``within_10pct`` (share
     of plans within +-10%), ``max_abs_pct``, the same three for the ms predictions (``*_ms``; these
     move with the machine's speed), ``drift`` (the unpruned model's latency now / at build time),
+    ``pass_shift`` (how far one timing pass moved every fraction at once: :class:`TimedPlans`),
     and the points (``counts``, ``predicted_rel``, ``measured_rel``, ``predicted_ms``, ``measured_ms``).
 
     :param runtime: the runtime to time in; must be the LUT's (the default).
@@ -270,6 +273,7 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
         "predicted_rel": predicted_rel.tolist(), "measured_rel": measured_rel.tolist(),
         "predicted_ms": predicted_ms.tolist(), "measured_ms": measured_ms.tolist(),
         "base_ms_now": timing.base_ms, "base_ms_at_build": cost.base, "drift": timing.base_ms / cost.base,
+        "pass_shift": timing.pass_shift,
         "batch": cost.batch, "threads": cost.threads, "clock": cost.clock}
     for suffix, p, m in (("", predicted_rel, measured_rel), ("_ms", predicted_ms, measured_ms)):
         err = np.abs(p - m) / m

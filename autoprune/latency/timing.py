@@ -237,6 +237,11 @@ class TimedPlans:
     """Each candidate's latency as a fraction of the reference's, timed alongside it (median over passes)."""
     base_ms: float
     """The reference's latency (ms, its fastest timing), from the same passes."""
+    pass_shift: float = 0.0
+    """How far one pass moved every candidate's fraction at once: the largest ``|median over candidates
+    of (the pass's fraction / the median fraction) - 1|`` over the passes (0 with one pass or one
+    candidate). A machine whose load changes mid-timing moves the fractions of a whole pass together,
+    which the interleaving does not cancel; :func:`~autoprune.latency.build.check_lut` reports it."""
 
 
 def time_interleaved(reference: Session, candidates: Sequence[Session], threads: int = 1, rounds: int = 5,
@@ -281,7 +286,9 @@ def time_interleaved(reference: Session, candidates: Sequence[Session], threads:
                     ms[r, k], rel[r, k] = t, t / max(math.sqrt(before * after), 1e-12)
                 before = after
                 bar.update(len(block))
-    return TimedPlans(ms.min(axis=0).tolist(), np.median(rel, axis=0).tolist(), float(min(ref_ms)))
+    median = np.median(rel, axis=0)
+    shift = float(np.max(np.abs(np.median(rel / median, axis=1) - 1))) if rounds > 1 and n > 1 else 0.0
+    return TimedPlans(ms.min(axis=0).tolist(), median.tolist(), float(min(ref_ms)), shift)
 
 
 def time_against_base(base: nn.Module, models: Sequence[nn.Module], input_shape: Sequence[int], batch: int = 1,

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 
 LOO_WARN_PCT = 5.0
+PASS_SHIFT_WARN = 0.05
+"""A timing whose passes moved every plan's fraction together by more than this gets a warning
+(:attr:`autoprune.latency.timing.TimedPlans.pass_shift`)."""
 """A calibration whose leave-one-out error exceeds this (percent) gets a warning after ``lut build``/``import``."""
 
 
@@ -32,6 +35,10 @@ def calibration_warning(header: dict) -> str | None:
     not fit this runtime: e.g. OpenVINO, where lone layers cost far more than inside the compiled graph)."""
     cal = header.get("calibration") or {}
     loo = cal.get("loo_mape")
+    if cal.get("pass_shift", 0.0) > PASS_SHIFT_WARN:
+        return (f"warning: the calibration's timing passes moved every plan's fraction together by up to "
+                f"{cal['pass_shift']:.0%} (the machine's load changed while it timed): this LUT may be off by as "
+                "much; build it again on a quieter machine")
     if cal.get("anchor") == "measured":
         return ("warning: the calibration was fitted without the unpruned model (it is off its pruned variants' "
                 "trend): plans close to it, e.g. one unit cut a little, may be priced on that trend, above 1.0; "
