@@ -307,8 +307,7 @@ def add_fine_curves(graph: UnitGraph, tables: list[ModuleTable], fn: Callable[[s
 
 def calibration_counts(graph: UnitGraph, plans: int, seed: int = 0) -> list[list[int]]:
     """The unpruned model's counts, then ``plans`` random variants (:func:`random_counts`), then
-    ``plans // 4`` near-full ones (:func:`near_full_counts`: a few units cut, the rest unpruned) and
-    ``plans // 4`` lopsided ones (:func:`lopsided_counts`: units cut deep or kept nearly whole). Every
+    ``plans // 4`` near-full ones (:func:`near_full_counts`: a few units cut, the rest unpruned). Every
     second random variant is rounded to a multiple of 16, 8 or 4 channels in turn, so that a calibration sees
     aligned plans (what a search with ``pruning.round_to`` makes) as well as arbitrary ones. The
     variants' ratios are drawn up to 1.0, 0.7 or 0.45 in turn: searched plans sit at the budget,
@@ -326,9 +325,7 @@ def calibration_counts(graph: UnitGraph, plans: int, seed: int = 0) -> list[list
                       for c, full, s in zip(counts, graph.channels, steps, strict=True)]
         out.append(counts)
     near = np.random.default_rng([seed, 3])  # its own stream: the random plans above stay what they were
-    out += [near_full_counts(graph, near, NEAR_FULL_UNITS[k % len(NEAR_FULL_UNITS)]) for k in range(plans // 4)]
-    lopsided = np.random.default_rng([seed, 4])
-    return out + [lopsided_counts(graph, lopsided) for _ in range(plans // 4)]
+    return out + [near_full_counts(graph, near, NEAR_FULL_UNITS[k % len(NEAR_FULL_UNITS)]) for k in range(plans // 4)]
 
 
 NEAR_FULL_UNITS = (1, 2, 4)
@@ -346,18 +343,6 @@ def near_full_counts(graph: UnitGraph, rng: np.random.Generator, units: int) -> 
         if u.out_channels > u.step():
             counts[i] = min(u.out_channels - u.step(), resolve_count(rng.uniform(0.6, 0.95), u.out_channels, u.step()))
     return counts
-
-
-def lopsided_counts(graph: UnitGraph, rng: np.random.Generator, low: float = 0.2) -> list[int]:
-    """Each unit, by a coin flip, cut deep (a ratio in [``low``, 0.35]) or kept nearly whole ([0.85, 1]).
-    A greedy search (NetAdapt) cuts a few units to the floor and leaves the rest whole, plans that no
-    ratio-uniform variant resembles; a calibration that never sees them may keep a form that prices
-    such a plan far too low: a torch ResNet-20 LUT whose form followed the padded MACs alone (the
-    tables' weight 0) priced a NetAdapt plan with the first stage at 3-8 of 16 channels at 0.50 of the
-    unpruned model and it ran at 0.59-0.69 (``docs/latency.md``)."""
-    deep = rng.random(len(graph.units)) < 0.5
-    return [resolve_count(rng.uniform(low, 0.35) if d else rng.uniform(0.85, 1.0), u.out_channels, u.step())
-            for d, u in zip(deep, graph.units, strict=True)]
 
 
 CALIBRATION_HIGHS = (1.0, 0.7, 1.0, 0.45)
