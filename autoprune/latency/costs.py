@@ -145,7 +145,7 @@ def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any
         log.warning("latency summary: not measured here (%s)", exc)
         return {"latency": out}
     out.update(base_measured_ms=timed.base_ms, pruned_measured_ms=timed.ms[0], kept_measured=timed.relative[0])
-    off = timed.relative[0] / out["kept_predicted"] - 1
+    off = timed.relative[0] / out["kept_predicted"] - 1 if out["kept_predicted"] > 0 else float("inf")
     if out["source"] == "lut" and abs(off) > MISPRICED:
         log.warning("latency: the plan runs at %.3f of the base model here, its LUT predicted %.3f (%+.0f%%): the LUT "
                     "misprices plans like this one; rebuild it (autoprune lut build; lut check shows its accuracy) "
@@ -155,4 +155,5 @@ def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any
 
 
 MISPRICED = 0.10
-"""A LUT whose prediction of the final plan is off by more than this (as a fraction of the base) gets a warning."""
+"""A LUT whose predicted fraction of the final plan is off the measured one by more than this (relative to the
+prediction: 0.10 = 10%) gets a warning."""
