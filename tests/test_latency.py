@@ -368,16 +368,21 @@ def test_search_with_a_latency_budget_lands_under_it_by_the_lut(tmp_path):
     assert chosen["latency_kept"].iloc[-1] <= 0.6 + 1e-9
 
 
-@pytest.mark.parametrize("measured, warned", [(0.65, True), (0.52, False), (0.44, True)])
-def test_latency_summary_warns_when_the_lut_misprices_the_final_plan(monkeypatch, caplog, measured, warned):
-    """The final plan is timed against the base; a LUT whose fraction is off that by more than 10%
-    (speedup's torch plan: 0.50 predicted, 0.60 measured) is named in a warning."""
+@pytest.mark.parametrize("measured, device, warned", [(0.65, "here", True), (0.52, "here", False),
+                                                      (0.44, "here", True), (0.65, "a phone", False)])
+def test_latency_summary_warns_when_the_lut_misprices_the_final_plan(monkeypatch, caplog, measured, device, warned):
+    """The final plan is timed against the base; a LUT for this machine whose fraction is off that by
+    more than 10% (speedup's torch plan: 0.50 predicted, 0.60 measured) is named in a warning. A LUT
+    for another device (imported from probes) is not compared with this machine's timing."""
     from types import SimpleNamespace
+
+    from torch import nn
 
     from autoprune.latency import costs
 
     class Lut50:  # a LUT cost that prices the plan at half the base
         source, base, batch, threads, clock, runtime = "lut", 2.0, 1, 1, "cpu", "torch"
+        lut = SimpleNamespace(header={"device": device})
 
         def __call__(self, counts):
             return 1.0
@@ -386,8 +391,9 @@ def test_latency_summary_warns_when_the_lut_misprices_the_final_plan(monkeypatch
                               model=None, input_shape=(1, 8, 8))
     monkeypatch.setattr(costs, "time_against_base",
                         lambda *a, **k: SimpleNamespace(base_ms=2.0, ms=[2.0 * measured], relative=[measured]))
+    monkeypatch.setattr(costs, "default_device_name", lambda where="cpu": "here")
     with caplog.at_level("WARNING", logger=costs.log.name):
-        lat = costs.latency_summary(session, None, SimpleNamespace(counts=lambda graph: [1]))["latency"]
+        lat = costs.latency_summary(session, nn.Linear(2, 2), SimpleNamespace(counts=lambda graph: [1]))["latency"]
     assert lat["kept_predicted"] == 0.5 and lat["kept_measured"] == measured
     assert ("misprices" in caplog.text) == warned
     if warned:

@@ -25,6 +25,7 @@ from autoprune.latency.lutdir import find_lut, lut_dir
 from autoprune.latency.runtimes import Runtime
 from autoprune.latency.timing import (
     check_threads,
+    default_device_name,
     eval_mode,
     example_input,
     model_device,
@@ -123,10 +124,12 @@ def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any
 
     "Predicted" is the budget's cost model (the LUT, or the cached measurement used during the
     search); "measured" times the final (fine-tuned) pruned model now, interleaved with the base
-    model, in the cost model's runtime, batch size and thread count (``onnxruntime`` and ``torch``
-    only: a LUT for another runtime is not measured here). ``kept_*`` are the fractions of the
-    base model's latency: the numbers a fractional budget is about. A LUT's prediction off the
-    measurement by more than :data:`MISPRICED` is logged as a warning.
+    model, in the cost model's runtime, batch size and thread count (where that runtime is installed
+    here; a LUT for a runtime that is not is not measured). ``kept_*`` are the fractions of the base
+    model's latency: the numbers a fractional budget is about. A LUT for this machine (its header's
+    device is this machine's name) whose prediction is off the measurement by more than
+    :data:`MISPRICED` is logged as a warning; a LUT for another device (``lut import``) is measured
+    here too but not compared.
     """
     cost = session.budget.cost
     if session.budget.kind != "latency":
@@ -146,7 +149,9 @@ def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any
         return {"latency": out}
     out.update(base_measured_ms=timed.base_ms, pruned_measured_ms=timed.ms[0], kept_measured=timed.relative[0])
     off = timed.relative[0] / out["kept_predicted"] - 1 if out["kept_predicted"] > 0 else float("inf")
-    if out["source"] == "lut" and abs(off) > MISPRICED:
+    here = default_device_name(str(model_device(pruned)))
+    lut_device = getattr(getattr(cost, "lut", None), "header", {}).get("device")
+    if out["source"] == "lut" and lut_device == here and abs(off) > MISPRICED:
         log.warning("latency: the plan runs at %.3f of the base model here, its LUT predicted %.3f (%+.0f%%): the LUT "
                     "misprices plans like this one; rebuild it (autoprune lut build; lut check shows its accuracy) "
                     "or budget with measured latency (no budget.lut)", timed.relative[0], out["kept_predicted"],
