@@ -329,6 +329,8 @@ def test_a_calibration_that_predicts_left_out_plans_poorly_gets_a_warning():
     moved = calibration_warning({"calibration": {"loo_mape": 1.0, "pass_shift": 0.12}})
     assert moved.startswith("warning:") and "up to 12%" in moved and "quieter machine" in moved
     assert calibration_warning({"calibration": {"loo_mape": 1.0, "pass_shift": 0.02}}) is None
+    both = calibration_warning({"calibration": {"loo_mape": 9.0, "pass_shift": 0.12}})
+    assert both.count("warning:") == 1 and "up to 12%" in both and "9.0% mean error" in both and "\n" not in both
 
 
 def test_lut_check_notes_a_check_whose_passes_moved_together(monkeypatch, capsys):

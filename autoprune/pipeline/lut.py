@@ -24,31 +24,33 @@ log = logging.getLogger(__name__)
 
 
 LOO_WARN_PCT = 5.0
+"""A calibration whose leave-one-out error exceeds this (percent) gets a warning after ``lut build``/``import``."""
 PASS_SHIFT_WARN = 0.05
 """A timing whose passes moved every plan's fraction together by more than this gets a warning
 (:attr:`autoprune.latency.timing.TimedPlans.pass_shift`)."""
-"""A calibration whose leave-one-out error exceeds this (percent) gets a warning after ``lut build``/``import``."""
 
 
 def calibration_warning(header: dict) -> str | None:
-    """A one-line warning when the LUT's calibration predicts left-out plans poorly (its model form does
-    not fit this runtime: e.g. OpenVINO, where lone layers cost far more than inside the compiled graph)."""
+    """A one-line warning (its parts joined) when the LUT's calibration may misprice plans: its timing
+    passes moved together (the machine's load changed), it was fitted without the unpruned model, or
+    it predicts left-out plans poorly (its model form does not fit this runtime: e.g. OpenVINO, where
+    lone layers cost far more than inside the compiled graph)."""
     cal = header.get("calibration") or {}
-    loo = cal.get("loo_mape")
+    loo, parts = cal.get("loo_mape"), []
     if cal.get("pass_shift", 0.0) > PASS_SHIFT_WARN:
-        return (f"warning: the calibration's timing passes moved every plan's fraction together by up to "
-                f"{cal['pass_shift']:.0%} (the machine's load changed while it timed): this LUT may be off by as "
-                "much; build it again on a quieter machine")
+        parts.append(f"the calibration's timing passes moved every plan's fraction together by up to "
+                     f"{cal['pass_shift']:.0%} (the machine's load changed while it timed): this LUT may be off by "
+                     "as much; build it again on a quieter machine")
     if cal.get("anchor") == "measured":
-        return ("warning: the calibration was fitted without the unpruned model (it is off its pruned variants' "
-                "trend): plans close to it, e.g. one unit cut a little, may be priced on that trend, above 1.0; "
-                "a greedy search from the unpruned model (netadapt) would see its first steps priced too high "
-                "(a latency budget without lut measures them instead)")
-    if loo is None or loo <= LOO_WARN_PCT:
-        return None
-    return (f"warning: the calibration predicts left-out plans with {loo:.1f}% mean error (> {LOO_WARN_PCT:g}%): "
-            f"expect this LUT to be off by as much; check it (autoprune lut check) or budget with measured "
-            f"latency in {header.get('runtime', 'this runtime')} (a latency budget without lut)")
+        parts.append("the calibration was fitted without the unpruned model (it is off its pruned variants' "
+                     "trend): plans close to it, e.g. one unit cut a little, may be priced on that trend, above 1.0; "
+                     "a greedy search from the unpruned model (netadapt) would see its first steps priced too high "
+                     "(a latency budget without lut measures them instead)")
+    if loo is not None and loo > LOO_WARN_PCT:
+        parts.append(f"the calibration predicts left-out plans with {loo:.1f}% mean error (> {LOO_WARN_PCT:g}%): "
+                     f"expect this LUT to be off by as much; check it (autoprune lut check) or budget with measured "
+                     f"latency in {header.get('runtime', 'this runtime')} (a latency budget without lut)")
+    return "warning: " + "; also, ".join(parts) if parts else None
 
 
 def calibration_summary(header: dict) -> str:
