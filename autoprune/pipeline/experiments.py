@@ -24,6 +24,7 @@ from typing import Any
 
 from autoprune.atomic import atomic_write_text, check_writable
 from autoprune.config import ExperimentConfig, dump_config, load_config, parse_budget
+from autoprune.device import cuda_available
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.pipeline.artifacts import read_summary
 from autoprune.pipeline.pool import check_gpus, ensure_ray
@@ -98,7 +99,7 @@ def run_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(config["threads"])
     cfg = load_config(config["trial"]["config"])
     if cfg.ray.gpus_per_worker > 0:  # the device Ray assigned this trial (CUDA_VISIBLE_DEVICES), else the CPU
-        cfg.runtime.device = "cuda" if cfg.ray.workers == 0 and torch.cuda.is_available() else "cpu"
+        cfg.runtime.device = "cuda" if cfg.ray.workers == 0 and cuda_available() else "cpu"
     run_dir = Path(config["runs"]) / config["trial"]["name"]
     if not (run_dir / "summary.json").is_file():
         resume = run_dir if (run_dir / "config.yaml").is_file() else None

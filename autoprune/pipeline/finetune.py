@@ -58,7 +58,7 @@ from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
 from autoprune.core.sparsity import apply_masks, masks_of
 from autoprune.core.train import TrainHooks, train_model
-from autoprune.device import Device, to_cpu
+from autoprune.device import Device, cuda_available, to_cpu
 from autoprune.errors import AutopruneError, ConfigError
 from autoprune.pipeline.artifacts import spec_model
 
@@ -85,7 +85,7 @@ def use_gpu(cfg: ExperimentConfig) -> bool:
     runtime = getattr(cfg, "runtime", None)
     device = str(getattr(runtime, "device", None) or "cpu")
     if device == "auto":
-        return torch.cuda.is_available()
+        return cuda_available()
     return device.startswith("cuda")
 
 
