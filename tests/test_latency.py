@@ -476,6 +476,33 @@ def fake_machine(monkeypatch):
     return FakeMachine
 
 
+def test_the_calibration_times_its_plans_with_more_samples_than_the_layer_probes(fake_machine, monkeypatch):
+    """The calibration's fractions pick the form and every coefficient: each plan gets at least
+    CALIBRATION_REPEATS samples, whatever ``--repeats`` the layer probes get; more if asked."""
+    from autoprune.latency import build, timing
+
+    seen: list[tuple[str, int]] = []
+    real = timing.time_interleaved
+
+    def spy(reference, candidates, threads=1, rounds=5, samples=3, **kw):
+        seen.append((kw.get("desc", "timing"), samples))
+        return real(reference, candidates, threads, rounds, samples, **kw)
+
+    monkeypatch.setattr(timing, "time_interleaved", spy)
+    monkeypatch.setattr(build, "time_interleaved", spy)
+    model = TinyResidual().eval()
+    kwargs = dict(step=4, calibration_plans=4, progress=False, runtime="fake", clock="fake")
+    build_lut(model, SHAPE, repeats=3, **kwargs)
+    per_pass = build.CALIBRATION_REPEATS // 5
+    assert per_pass > 3
+    assert seen[-1] == ("calibrating", per_pass)  # the plans against the unpruned model
+    assert seen[-2] == ("timing", per_pass)  # the unpruned model against the reference op
+    assert {s for d, s in seen[:-2]} == {3}  # the layer probes: --repeats 3 -> 3 a pass
+    seen.clear()
+    build_lut(model, SHAPE, repeats=200, **kwargs)
+    assert seen[-1] == ("calibrating", 40) and seen[-2] == ("timing", 40)
+
+
 def test_relative_predictions_do_not_change_when_the_machine_slows_down(fake_machine):
     model = TinyResidual().eval()
     graph = build_unit_graph(model, SHAPE)

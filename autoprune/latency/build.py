@@ -204,17 +204,29 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
     return lut
 
 
+CALIBRATION_REPEATS = 30
+"""Timed samples per calibration plan and for the unpruned model against the reference op (6 a pass; at least
+``repeats``). Twice that, or twice the plans, did not measurably help: the same tables recalibrated on fresh
+timings and scored on the same check, the share of check plans within +-10% moved as much between refits of
+one setting as between settings, and a poor refit came with every setting
+(``python -m benchmarks.calibration_repeats``, ``docs/latency.md``)."""
+
+
 def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 12, seed: int = 0, repeats: int = 15,
-              progress: bool = True, runtime: str | Runtime | None = None, clock: Clock | None = None) -> None:
+              progress: bool = True, runtime: str | Runtime | None = None, clock: Clock | None = None,
+              calibration_repeats: int = CALIBRATION_REPEATS) -> None:
     """Time the unpruned model against the reference op and ``plans`` random variants
-    (:func:`~autoprune.latency.lut.calibration_counts`) against the unpruned model; store ``base_reference``, ``base_measured_ms``, the remainder and the calibration."""
+    (:func:`~autoprune.latency.lut.calibration_counts`) against the unpruned model, each with
+    ``max(repeats, calibration_repeats)`` samples; store ``base_reference``, ``base_measured_ms``, the
+    remainder and the calibration."""
     rt = resolve_runtime(runtime or lut.header["runtime"])
     h = lut.header
     batch, threads, clock = int(h["batch"]), int(h["threads"]), clock or h.get("clock", "wall")
     widths = WidthModel(graph)
     counts = calibration_counts(graph, plans, seed)
-    base = time_base_against_reference(model, graph.input_shape, batch, threads, max(repeats, 30), clock, rt)
-    timing = time_plans(graph, model, counts[1:], batch, threads, max(repeats, 30), clock, desc="calibrating",
+    repeats = max(repeats, calibration_repeats)
+    base = time_base_against_reference(model, graph.input_shape, batch, threads, repeats, clock, rt)
+    timing = time_plans(graph, model, counts[1:], batch, threads, repeats, clock, desc="calibrating",
                         progress=progress, runtime=rt) if plans > 0 else None
     relative = [1.0, *timing.relative] if timing else [1.0]
     fit_calibration(lut, counts, [lut.raw_sum(graph, widths, c) for c in counts],
