@@ -13,7 +13,9 @@ Timing itself lives in :mod:`autoprune.latency.timing`, runtimes in :mod:`autopr
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +28,7 @@ from autoprune.core.cost import WidthModel
 from autoprune.core.graph import UnitGraph, build_unit_graph
 from autoprune.core.tracing import execution_order
 from autoprune.errors import AutopruneError
-from autoprune.latency.calibration import fit_calibration
+from autoprune.latency.calibration import LOO_WARN_PCT, fit_calibration
 from autoprune.latency.clocks import Clock, clock_fn, clock_name, resolve_clock
 from autoprune.latency.lut import Lut, LutCost, make_header
 from autoprune.latency.runtimes import Runtime, Session
@@ -210,34 +212,62 @@ CALIBRATION_REPEATS = 30
 timings and scored on the same check, the share of check plans within +-10% moved as much between refits of
 one setting as between settings, and a poor refit came with every setting
 (``python -m benchmarks.calibration_repeats``, ``docs/latency.md``)."""
+CALIBRATION_RETRIES = 2
+"""Times a calibration is timed again when its leave-one-out error is above
+:data:`~autoprune.latency.calibration.LOO_WARN_PCT`; the attempt with the lowest error is kept. In that
+benchmark every refit above 5% (2 of 32, torch ResNet-20) scored 0.50 and 0.66 of the check plans within +-10%
+and none of the 30 below it under 0.86: a calibration that cannot predict its own left-out plans was
+likely disturbed while it was timed, and the next timing usually is not. With the retries, on the same
+tables and checks: mean 0.996 vs 0.984 without, worst 0.90 vs 0.78 (32 refits each, 3 of them retried;
+``calibration_retries_torch_resnet20``)."""
 
 
 def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 12, seed: int = 0, repeats: int = 15,
               progress: bool = True, runtime: str | Runtime | None = None, clock: Clock | None = None,
-              calibration_repeats: int = CALIBRATION_REPEATS) -> None:
+              calibration_repeats: int = CALIBRATION_REPEATS, retries: int = CALIBRATION_RETRIES) -> None:
     """Time the unpruned model against the reference op and ``plans`` random variants
     (:func:`~autoprune.latency.lut.calibration_counts`) against the unpruned model, each with
     ``max(repeats, calibration_repeats)`` samples; store ``base_reference``, ``base_measured_ms``, the
-    remainder and the calibration."""
+    remainder and the calibration. A calibration whose leave-one-out error is above ``LOO_WARN_PCT`` is
+    timed again, up to ``retries`` times, and the attempt with the lowest error kept (``calibration.attempts``
+    in the header: how many were made)."""
     rt = resolve_runtime(runtime or lut.header["runtime"])
     h = lut.header
     batch, threads, clock = int(h["batch"]), int(h["threads"]), clock or h.get("clock", "wall")
     widths = WidthModel(graph)
     counts = calibration_counts(graph, plans, seed)
     repeats = max(repeats, calibration_repeats)
-    base = time_base_against_reference(model, graph.input_shape, batch, threads, repeats, clock, rt)
-    timing = time_plans(graph, model, counts[1:], batch, threads, repeats, clock, desc="calibrating",
-                        progress=progress, runtime=rt) if plans > 0 else None
-    relative = [1.0, *timing.relative] if timing else [1.0]
-    fit_calibration(lut, counts, [lut.raw_sum(graph, widths, c) for c in counts],
-                    [widths.activations(c) / 1e6 for c in counts], relative, base.relative[0],
-                    {a: [misaligned_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
-                    {a: [padded_mmacs(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
-                    {a: [padded_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
-                    {a: [padded_mmacs(graph, widths, c, a, inputs=False) for c in counts] for a in ALIGNMENTS})
-    h["base_measured_ms"] = timing.base_ms if timing else base.ms[0]
-    if timing and "calibration" in h:
-        h["calibration"]["pass_shift"] = round(timing.pass_shift, 4)
+    terms = ([lut.raw_sum(graph, widths, c) for c in counts], [widths.activations(c) / 1e6 for c in counts])
+    aligned = ({a: [misaligned_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
+               {a: [padded_mmacs(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
+               {a: [padded_melements(graph, widths, c, a) for c in counts] for a in ALIGNMENTS},
+               {a: [padded_mmacs(graph, widths, c, a, inputs=False) for c in counts] for a in ALIGNMENTS})
+    keys = ("base_reference", "remainder", "calibration", "base_measured_ms")
+    best: tuple[float, dict[str, Any]] | None = None
+    for attempt in range(1 + max(retries, 0)):
+        base = time_base_against_reference(model, graph.input_shape, batch, threads, repeats, clock, rt)
+        timing = time_plans(graph, model, counts[1:], batch, threads, repeats, clock, desc="calibrating",
+                            progress=progress, runtime=rt) if plans > 0 else None
+        relative = [1.0, *timing.relative] if timing else [1.0]
+        fit_calibration(lut, counts, *terms, relative, base.relative[0], *aligned)
+        h["base_measured_ms"] = timing.base_ms if timing else base.ms[0]
+        if timing and "calibration" in h:
+            h["calibration"]["pass_shift"] = round(timing.pass_shift, 4)
+        loo = (h.get("calibration") or {}).get("loo_mape")
+        # a fit that failed (no calibration kept) is the worst attempt; too few plans to leave one out: final
+        error = math.inf if timing and "calibration" not in h else float(loo) if loo is not None else 0.0
+        if best is None or error < best[0]:
+            best = (error, {k: copy.deepcopy(h[k]) for k in keys if k in h})
+        if error <= LOO_WARN_PCT or attempt == retries:
+            break
+        log.info("calibration: leave-one-out %.1f%% (> %g%%), timing it again (%d of %d)", error, LOO_WARN_PCT,
+                 attempt + 1, retries)
+    assert best is not None
+    for k in keys:
+        h.pop(k, None)
+    h.update(best[1])
+    if attempt and "calibration" in h:
+        h["calibration"]["attempts"] = attempt + 1
 
 
 def time_base_against_reference(model: nn.Module, input_shape: Sequence[int], batch: int, threads: int,

@@ -15,6 +15,11 @@ from autoprune.latency.lut import Lut
 
 log = logging.getLogger(__name__)
 
+LOO_WARN_PCT = 5.0
+"""A calibration whose leave-one-out error exceeds this (percent) is timed again (``lut build``, up to
+:data:`~autoprune.latency.build.CALIBRATION_RETRIES` times, the best kept) and, if it still does, warned about
+after ``lut build``/``import``."""
+
 
 def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[float], melements: Sequence[float],
                     relative: Sequence[float], base_reference: float,

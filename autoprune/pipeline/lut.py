@@ -15,6 +15,7 @@ from typing import Any
 from autoprune.atomic import atomic_write_json, atomic_write_text, atomic_write_with, check_writable
 from autoprune.errors import AutopruneError
 from autoprune.latency.build import build_lut, check_lut
+from autoprune.latency.calibration import LOO_WARN_PCT
 from autoprune.latency.lut import Lut, load_lut
 from autoprune.latency.lutdir import LutEntry, list_luts, lut_dir, record_check
 from autoprune.latency.probes import import_probes, write_probes
@@ -23,8 +24,6 @@ from autoprune.models.zoo import model_from_name
 log = logging.getLogger(__name__)
 
 
-LOO_WARN_PCT = 5.0
-"""A calibration whose leave-one-out error exceeds this (percent) gets a warning after ``lut build``/``import``."""
 PASS_SHIFT_WARN = 0.05
 """A timing whose passes moved every plan's fraction together by more than this gets a warning
 (:attr:`autoprune.latency.timing.TimedPlans.pass_shift`)."""
