@@ -260,8 +260,8 @@ def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 12, see
             best = (error, {k: copy.deepcopy(h[k]) for k in keys if k in h})
         if error <= LOO_WARN_PCT or attempt == retries:
             break
-        log.info("calibration: leave-one-out %.1f%% (> %g%%), timing it again (%d of %d)", error, LOO_WARN_PCT,
-                 attempt + 1, retries)
+        log.info("calibration: %s, timing it again (%d of %d)", "fit failed" if math.isinf(error) else
+                 f"leave-one-out {error:.1f}% (> {LOO_WARN_PCT:g}%)", attempt + 1, retries)
     assert best is not None
     for k in keys:
         h.pop(k, None)
