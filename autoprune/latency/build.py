@@ -219,7 +219,8 @@ benchmark every refit above 5% (2 of 32, torch ResNet-20) scored 0.50 and 0.66 o
 and none of the 30 below it under 0.86: a calibration that cannot predict its own left-out plans was
 likely disturbed while it was timed, and the next timing usually is not. With the retries, on the same
 tables and checks: mean 0.996 vs 0.984 without, worst 0.90 vs 0.78 (32 refits each, 3 of them retried;
-``calibration_retries_torch_resnet20``)."""
+``calibration_retries_torch_resnet20``). It does not catch a calibration timed in another load state of a
+busy host than the check, which fits its own plans well (ONNX Runtime ResNet-20: no difference shown)."""
 
 
 def calibrate(lut: Lut, graph: UnitGraph, model: nn.Module, plans: int = 12, seed: int = 0, repeats: int = 15,
