@@ -537,6 +537,10 @@ def test_a_calibration_disturbed_while_timed_is_timed_again_and_the_better_one_k
     monkeypatch.setattr(build, "time_plans", disturbed_once)
     lut = build_lut(model, SHAPE, **kwargs)
     assert calls["n"] == 2 and lut.header["calibration"]["attempts"] == 2
+    from autoprune.pipeline.lut import calibration_summary
+
+    assert "timed 2 times, the best kept" in calibration_summary(lut.header)  # what `lut build` prints
+    assert "timed" not in calibration_summary(clean.header)
     assert lut.header["calibration"]["loo_mape"] <= LOO_WARN_PCT
     assert lut.header["calibration"]["relative"] == pytest.approx(clean.header["calibration"]["relative"], rel=1e-9)
     lut0 = build_lut(model, SHAPE, **{**kwargs, "calibration_plans": 0})

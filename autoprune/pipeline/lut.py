@@ -66,7 +66,8 @@ def calibration_summary(header: dict) -> str:
     if cal.get("anchor") == "measured":
         form += ", fitted without the unpruned model (fractions of its measured latency)"
     loo = f" (leave-one-out {cal['loo_mape']:.1f}%)" if cal.get("loo_mape") is not None else ""
-    return f"; calibration: {form}, fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans{loo}"
+    timed = f"; timed {cal['attempts']} times, the best kept" if cal.get("attempts", 1) > 1 else ""
+    return f"; calibration: {form}, fit {cal['fit_mape']:.1f}% mean error on {cal['plans']} plans{loo}{timed}"
 
 
 def build_lut_file(model: str, input_shape: tuple[int, ...], out: str | Path, model_kwargs: dict | None = None,
