@@ -1,5 +1,6 @@
 """Models defined outside autoprune (torchvision-style ResNet-18, MobileNetV2, VGG-11, a ViT, a
-ResNeXt-style net with GroupNorm, squeeze-excite and a concat) prune exactly."""
+ResNeXt-style net with GroupNorm, squeeze-excite and a concat, a ShuffleNet-style net) prune exactly,
+or are left out with a warning where they cannot."""
 
 from __future__ import annotations
 
@@ -129,5 +130,63 @@ def test_units_whose_cut_breaks_the_forward_are_left_out_with_a_warning(caplog):
     plan = PruningPlan.from_ratios(graph, 0.3)
     pruned = apply_plan(model, graph, plan)
     assert pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    counts = plan.counts(graph)
+    assert (FlopsCost(graph)(counts), ParamsCost(graph)(counts)) == measure_model(pruned, (3, 32, 32))
+
+
+class _Permuting(torch.nn.Module):
+    """conv a -> ReLU -> a channel permutation -> conv b -> classifier."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        if self.op == "index":  # every other channel first, computed from the width
+            x = x[:, torch.cat([torch.arange(0, x.shape[1], 2), torch.arange(1, x.shape[1], 2)])]
+        elif self.op == "flip":
+            x = x.flip(1)
+        elif self.op == "roll":
+            x = x.roll(3, 1)
+        return self.fc(torch.relu(self.b(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("op", ["none", "index", "flip", "roll"])
+def test_units_whose_channels_are_permuted_on_the_way_are_left_out(op, caplog):
+    """torch-pruning passes an index, flip or roll of the channel dim through as if it kept every
+    channel in place: cutting conv ``a`` then removes other inputs of ``b`` than the channels ``a``
+    lost (the pruned net differs from the full net with those channels zeroed), so ``a`` is left
+    out with a warning. Without a permutation it stays and prunes exactly."""
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    net = _Permuting(op).eval()
+    with caplog.at_level("WARNING", logger="autoprune.core.tracing"):
+        graph = build_unit_graph(net, (3, 6, 6))
+    assert graph.names == (["a", "b"] if op == "none" else ["b"])
+    assert ("permuted" in caplog.text and ": a;" in caplog.text) == (op != "none")
+    cut = copy.deepcopy(net)  # what pruning ``a`` would do, straight through torch-pruning
+    dg = tp.DependencyGraph().build_dependency(cut, example_inputs=torch.randn(1, 3, 6, 6))
+    dg.get_pruning_group(cut.a, tp.prune_conv_out_channels, idxs=[1, 2, 5]).prune()
+    zeroed = copy.deepcopy(net)
+    with torch.no_grad():
+        zeroed.a.weight[[1, 2, 5]] = 0
+        zeroed.a.bias[[1, 2, 5]] = 0
+    x = torch.randn(4, 3, 6, 6)
+    assert torch.allclose(cut(x), zeroed(x), atol=1e-5) == (op == "none")
+
+
+def test_a_channel_shuffle_unit_is_left_out_and_the_rest_prune_exactly(caplog):
+    """ShuffleNet (v1): the bottleneck of each unit is shuffled before its depthwise conv, which the
+    dependency graph does not follow: those units are left out; the stage's channels prune exactly."""
+    model = thirdparty_models.shufflenet_v1ish().eval()
+    with caplog.at_level("WARNING", logger="autoprune.core.tracing"):
+        graph = build_unit_graph(model, (3, 32, 32))
+    assert graph.names == ["stem.0"] and "stage.0.g1, stage.1.g1" in caplog.text
+    plan = PruningPlan.from_ratios(graph, 0.5)
+    pruned = apply_plan(model, graph, plan)
     counts = plan.counts(graph)
     assert (FlopsCost(graph)(counts), ParamsCost(graph)(counts)) == measure_model(pruned, (3, 32, 32))

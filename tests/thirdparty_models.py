@@ -190,3 +190,40 @@ class TimmStyleViT(nn.Module):
 
 def timm_style_vit(num_classes=10):
     return TimmStyleViT(num_classes)
+
+
+
+def channel_shuffle(x, groups):
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class ShuffleV1Block(nn.Module):
+    """ShuffleNet (v1)'s unit at stride 1: grouped 1x1 conv, channel shuffle, depthwise 3x3, grouped
+    1x1 conv, residual add."""
+
+    def __init__(self, c, mid, groups=4):
+        super().__init__()
+        self.groups = groups
+        self.g1, self.n1 = nn.Conv2d(c, mid, 1, groups=groups, bias=False), nn.BatchNorm2d(mid)
+        self.dw, self.n2 = nn.Conv2d(mid, mid, 3, 1, 1, groups=mid, bias=False), nn.BatchNorm2d(mid)
+        self.g2, self.n3 = nn.Conv2d(mid, c, 1, groups=groups, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = channel_shuffle(torch.relu(self.n1(self.g1(x))), self.groups)
+        return torch.relu(x + self.n3(self.g2(self.n2(self.dw(y)))))
+
+
+class ShuffleNetV1ish(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.stage = nn.Sequential(ShuffleV1Block(32, 32), ShuffleV1Block(32, 32))
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.stage(self.stem(x)).mean((2, 3)))
+
+
+def shufflenet_v1ish(num_classes=10):
+    return ShuffleNetV1ish(num_classes)

@@ -26,6 +26,7 @@ from autoprune.core.tracing import (
     execution_order,
     in_projections,
     without_breaking_units,
+    without_misrouted_units,
 )
 from autoprune.errors import AutopruneError
 
@@ -260,8 +261,9 @@ def build_unit_graph(
         if blocks > 1 and blocks >= modules[module_index[members[0]]].out_ch:
             continue  # one channel per head/group: nothing can go without breaking the structure
         found.append((exec_index[members[0]], members, coupling, blocks))
-    found = without_breaking_units(model, input_shape, found,
-                                    {f[1][0]: modules[module_index[f[1][0]]].out_ch for f in found})
+    widths = {f[1][0]: modules[module_index[f[1][0]]].out_ch for f in found}
+    found = without_breaking_units(model, input_shape, found, widths)
+    found = without_misrouted_units(model, input_shape, dg, found, widths)
     if not found:
         raise AutopruneError(
             "the model has no prunable unit (its only conv/linear layer is the classifier)"

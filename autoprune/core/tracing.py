@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Sequence
 
 import torch
@@ -94,6 +95,12 @@ def in_projections(mha: nn.MultiheadAttention) -> list[torch.Tensor]:
     return [mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight]
 
 
+def _trial_cut(channels: int, blocks: int) -> list[int]:
+    """The channels a trial cut removes: the upper half of every block (the same positions in each)."""
+    width = channels // blocks
+    return [b * width + p for b in range(blocks) for p in range(width - max(1, width // 2), width)]
+
+
 def _prunes_cleanly(model: nn.Module, input_shape: tuple[int, ...], units: Sequence[tuple[str, int, int]]) -> bool:
     """Whether a copy of ``model`` with each ``(unit, channels, blocks)`` cut to about half (the same
     positions of every block) still runs a forward pass."""
@@ -102,10 +109,9 @@ def _prunes_cleanly(model: nn.Module, input_shape: tuple[int, ...], units: Seque
     try:
         dg = build_dependency_graph(pruned, input_shape)
         for name, channels, blocks in units:
-            width = channels // blocks
-            drop = [b * width + p for b in range(blocks) for p in range(width - max(1, width // 2), width)]
             root = modules[name]
-            dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs=drop).prune()
+            dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels,
+                                 idxs=_trial_cut(channels, blocks)).prune()
         forward_with_hooks(pruned, input_shape, lambda *_: None)
     except Exception:  # noqa: BLE001  (any failure means: this cut breaks the model)
         return False
@@ -137,3 +143,106 @@ def without_breaking_units(model: nn.Module, input_shape: tuple[int, ...], found
                 "graph does not see, e.g. timm-style attention): %s; their channels are kept",
                 len(broken), ", ".join(sorted(broken)))
     return kept
+
+
+def _channel_axis(module: nn.Module, tensor: torch.Tensor) -> int:
+    return 1 if isinstance(module, nn.modules.conv._ConvNd) else tensor.dim() - 1
+
+
+def _cuts_channels_it_removes(model: nn.Module, input_shape: tuple[int, ...], group) -> bool | None:
+    """Whether the consumers in a torch-pruning ``group`` lose the input channels that carry the
+    channels its producers lose. The producers' cut outputs are set to NaN in one batch-1 forward
+    (every other conv/linear output cleared of NaN); NaN survives every per-channel op (BatchNorm,
+    activations, pooling, residual adds, concats, reshapes) and lands on the consumer inputs those
+    channels really reach; every input channel the group removes must be among them. (Ops that mix
+    channels, GroupNorm within its groups, LayerNorm across all, spread NaN wider: a superset passes.)
+    ``None`` where the forward cannot tell (it raises, or no consumer input is NaN in some but not
+    all channels)."""
+    producers: dict[nn.Module, list[int]] = {}
+    consumers: dict[nn.Module, set[int]] = {}
+    for item in group:
+        mod = item.dep.target.module
+        if isinstance(mod, PRUNABLE_TYPES):
+            out = "out" in getattr(item.dep.handler, "__name__", "")
+            if out:
+                producers.setdefault(mod, []).extend(int(i) for i in item.idxs)
+            depthwise = isinstance(mod, nn.modules.conv._ConvNd) and 1 < mod.groups == mod.in_channels
+            if not out or depthwise:  # a depthwise conv's cut removes its inputs too
+                consumers.setdefault(mod, set()).update(int(i) for i in item.idxs)
+    if not producers or not consumers:
+        return None
+    reached: dict[nn.Module, torch.Tensor] = {}
+
+    def inject(mod, _inp, out):  # every conv/linear mixes its inputs: NaN passed through one says nothing
+        out = out.masked_fill(torch.isnan(out), 0.0)
+        if mod in producers:
+            index = [slice(None)] * out.dim()
+            index[_channel_axis(mod, out)] = sorted(set(producers[mod]))
+            out[tuple(index)] = float("nan")
+        return out
+
+    def record(mod, inp):
+        x = inp[0]
+        nan = torch.isnan(x).movedim(_channel_axis(mod, x), -1).reshape(-1, x.shape[_channel_axis(mod, x)]).any(0)
+        reached[mod] = nan if mod not in reached else reached[mod] | nan
+
+    handles = [m.register_forward_hook(inject) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    handles += [m.register_forward_pre_hook(record) for m in consumers]
+    try:
+        _run_hooked(model, input_shape, handles)
+    except Exception:  # noqa: BLE001  (a model that refuses NaN cannot be checked this way)
+        return None
+    verdicts = []
+    for mod, removed in consumers.items():
+        nan = reached.get(mod)
+        if nan is not None and nan.any() and not nan.all():
+            verdicts.append(removed <= {int(i) for i in nan.nonzero().flatten()})
+    return all(verdicts) if verdicts else None
+
+
+# Autograd ops a channel passes through in place (pointwise, per-channel, spatial, a Linear's own
+# addmm): groups made of these alone need no check. Anything else (view/reshape, index, roll, flip,
+# transpose, attention, ops not listed) gets one.
+_IN_PLACE_OPS = re.compile(
+    r"(Relu|Relu6|Hardtanh|Sigmoid|Tanh|Gelu|Silu|Hardswish|Hardsigmoid|LeakyRelu|Elu|Selu|Celu|Prelu|Softplus|Mish"
+    r"|Add|Sub|Rsub|Mul|Div|Neg|Clamp|ClampMin|ClampMax|Pow|Exp|Log|Sqrt|Rsqrt|Abs|Where|Maximum|Minimum"
+    r"|Threshold|Clone|ToCopy|Mean|Sum|Squeeze|Unsqueeze|Addmm|Mm|T|NativeBatchNorm|CudnnBatchNorm|NativeDropout"
+    r"|(Adaptive)?(Max|Avg)Pool[123]D(WithIndices)?|Upsample\w+|ConstantPadNd|(Reflection|Replication)Pad[123]D)"
+    r"Backward\d*")
+
+
+def _passes_channels_in_place(group) -> bool:
+    for item in group:
+        node = item.dep.target
+        kind = type(node.module).__name__
+        if kind == "_ElementWiseOp" and not _IN_PLACE_OPS.fullmatch(type(getattr(node, "grad_fn", None)).__name__):
+            return False
+        if kind.startswith("_") and kind not in ("_ElementWiseOp", "_ConcatOp", "_SplitOp", "_OutputOp"):
+            return False
+    return True
+
+
+def without_misrouted_units(model: nn.Module, input_shape: tuple[int, ...], dg: tp.DependencyGraph, found: list,
+                            widths: dict[str, int]) -> list:
+    """Drop the units whose pruning would remove other input channels from their consumers than the
+    ones their producers lose (:func:`_cuts_channels_it_removes`): a permutation of channels the
+    dependency graph passes through as if it kept them in place, such as ShuffleNet's channel
+    shuffle (``view`` into groups, ``transpose``, ``reshape`` back). Pruning such a unit still runs,
+    but the next layer reads other channels than it was trained on. The dropped units keep all
+    their channels; a warning names them. Groups whose channels pass only through pointwise,
+    per-channel and spatial ops (most CNNs) are not run; the others cost one forward each."""
+    modules = dict(model.named_modules())
+    misrouted = set()
+    for f in found:
+        name = f[1][0]
+        root = modules[name]
+        group = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels,
+                                     idxs=_trial_cut(widths[name], f[3]))
+        if not _passes_channels_in_place(group) and _cuts_channels_it_removes(model, input_shape, group) is False:
+            misrouted.add(name)
+    if not misrouted:
+        return found
+    log.warning("left out %d unit(s) whose channels are permuted on the way to the next layer in a way the "
+                "dependency graph does not follow (e.g. a channel shuffle): %s; their channels are kept",
+                len(misrouted), ", ".join(sorted(misrouted)))
+    return [f for f in found if f[1][0] not in misrouted]
