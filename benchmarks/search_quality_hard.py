@@ -24,11 +24,14 @@ each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's globa
 
     python -m benchmarks.search_quality_hard --budgets 0.1 --searchers uniform tp_global random tpe cmaes ddpg
     python -m benchmarks.search_quality_hard --searchers ddpg_share ddpg_share_plain ddpg_share_bw --out search_quality_hard_share
+    python -m benchmarks.search_quality_hard --budgets 0.1 --searchers random tpe ddpg_current --rerank-uniform \
+        --out search_quality_hard_flops0.1_uniform
 
 (the second: AMC's episode count, the agent against random search only, results in
 ``search_quality_hard_e400.md``; the third: a budget beyond the default two, results in
 ``search_quality_hard_flops0.1.md``, its targets taken at that budget as the aggressive one; the
-fourth: DDPG option sets from ``benchmarks.ddpg_sweep`` (``ON_REQUEST``), in their own results file)
+fourth: DDPG option sets from ``benchmarks.ddpg_sweep`` (``ON_REQUEST``), in their own results file; the
+fifth: the uniform plan added to every re-ranking pool, ``rerank.uniform``, labels ``<searcher>+uniform``)
 
 Runs land in ``benchmarks/runs/search_quality_hard/<budget>__<searcher>__<seed>`` (run dirs:
 ``autoprune compare`` reads them; ``docs/compare_hard`` is that report). A finished run is reused,
@@ -119,13 +122,15 @@ def run_all(args) -> list[dict]:
     wanted = set(args.searchers or [*(k for k in searchers(args.evaluations) if k not in ON_REQUEST), "tp_global"])
     for seed in args.seeds:
         for budget in args.budgets or BUDGETS:
-            for label, searcher in searchers(args.evaluations).items():
-                if label in FIRST_SEED_ONLY and seed != args.seeds[0] or label not in wanted:
+            for name, searcher in searchers(args.evaluations).items():
+                if name in FIRST_SEED_ONLY and seed != args.seeds[0] or name not in wanted:
                     continue
+                label = name + ("+uniform" if args.rerank_uniform and name not in NO_RERANK else "")
                 out = runs / f"flops{budget}__{label}__{seed}"
                 if not (out / "summary.json").exists() and not args.report:
                     shutil.rmtree(out, ignore_errors=True)
-                    rerank = {"top_k": args.top_k, "steps": args.steps} if label not in NO_RERANK else {"top_k": 0}
+                    rerank = ({"top_k": args.top_k, "steps": args.steps, "uniform": args.rerank_uniform}
+                              if name not in NO_RERANK else {"top_k": 0})
                     cfg = base_config([f"seed={seed}", f"ray.workers={args.workers}"], task=TASK,
                                       searcher=searcher, budget={"flops": budget}, evaluation=EVALUATION,
                                       rerank=rerank)
@@ -168,6 +173,7 @@ def _row(label: str, budget: float, seed: int, out: Path) -> dict:
             "test_after": p["test_accuracy_after_finetune"],
             "evaluations": s["evaluations"], "rerank_evaluations": rerank.get("evaluations", 0),
             "rerank_s": rerank.get("seconds", 0.0), "rerank_changed": bool(rerank.get("changed", False)),
+            "rerank_uniform_won": bool(rerank.get("uniform_won", False)),
             "wall_s": s["wall_seconds"],
             "best_so_far": list(t["val_accuracy"].cummax()) if t is not None and len(t) else []}
 
@@ -200,8 +206,9 @@ def tables(df: pd.DataFrame, evaluations: int) -> list[str]:
     lines = [f"base model: ResNet-56, val {base['val_accuracy']:.4f}, test {base['test_accuracy']:.4f}; "
              f"seeds per row in the `n` column", "",
              "| budget | searcher | n | kept FLOPs | best proxy (val before FT) | test acc after FT | "
-             "evaluations (+ re-rank) | re-rank s | evaluations to reach random's best | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "evaluations (+ re-rank) | re-rank s | re-ranking chose uniform | evaluations to reach random's best | "
+             "wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (budget, searcher), g in df.groupby(["budget", "searcher"]):
         e = eff[(eff["budget"] == budget) & (eff["searcher"] == searcher)] if len(eff) else eff
         reach = "-" if e is None or e.empty else ", ".join("-" if pd.isna(v) else str(int(v)) for v in e["to_reach"])
@@ -210,7 +217,8 @@ def tables(df: pd.DataFrame, evaluations: int) -> list[str]:
             f"{g['best_proxy'].mean():.4f} +- {np.nan_to_num(g['best_proxy'].std()):.4f} | "
             f"{g['test_after'].mean():.4f} +- {np.nan_to_num(g['test_after'].std()):.4f} | "
             f"{g['evaluations'].mean():.0f} (+ {g['rerank_evaluations'].mean():.0f}) | "
-            f"{g['rerank_s'].mean():.0f} | {reach} | {g['wall_s'].mean():.0f} |")
+            f"{g['rerank_s'].mean():.0f} | {int(g.get('rerank_uniform_won', pd.Series(dtype=bool)).sum())} | {reach} | "
+            f"{g['wall_s'].mean():.0f} |")
     lines += ["", f"Evaluations to reach random's best: one number per seed (random's own is {evaluations} "
               "or fewer by construction; `-`: not reached within the searcher's evaluations)."]
     return lines
@@ -263,6 +271,8 @@ def main() -> None:
     parser.add_argument("--searchers", nargs="+", help="run only these labels (e.g. random ddpg at 400)")
     parser.add_argument("--budgets", type=float, nargs="+", help=f"default {BUDGETS}; another budget (e.g. 0.08) writes "
                         "its own results file, search_quality_hard_flops<budgets>.md")
+    parser.add_argument("--rerank-uniform", action="store_true", help="re-rank the uniform plan too "
+                        "(rerank.uniform); labels get '+uniform'")
     parser.add_argument("--report", action="store_true", help="only rewrite the tables from the runs on disk")
     parser.add_argument("--out", help="results file name (default: search_quality_hard[_e<N>][_flops<budgets>]); "
                         "give one with --searchers, or the partial table replaces the full one")
@@ -286,6 +296,7 @@ def main() -> None:
                   f"--evaluations {args.evaluations} --workers {args.workers} --top-k {args.top_k} "
                   f"--steps {args.steps}" + (f" --budgets {' '.join(map(str, args.budgets))}" if args.budgets else "")
                   + (f" --searchers {' '.join(args.searchers)}" if args.searchers else "")
+                  + (" --rerank-uniform" if args.rerank_uniform else "")
                   + (f" --out {args.out}" if args.out else ""))
 
 

@@ -144,3 +144,25 @@ def test_run_search_reranks_and_reports_the_stage_in_the_summary(tmp_path):
     assert summary["rerank"]["candidates"] == 2
     assert summary["rerank"]["evaluations"] == len(reranked) == 2
     assert summary["evaluations"] == len(trials) - len(reranked)
+
+
+def test_the_uniform_plan_joins_the_pool_once_and_wins_where_it_fine_tunes_best(tiny_session):
+    """``rerank.uniform``: the uniform plan at the budget is re-ranked beside the searcher's plans
+    (one more evaluation, none when it is among them already) and returned where it scores best."""
+    ctx, plans, ev = _setup(tiny_session, proxy=[0.6, 0.8, 0.7], tuned=[lambda s: 0.91, lambda s: 0.85, lambda s: 0.95])
+    graph, n = tiny_session.graph, len(tiny_session.graph)
+    uniform = ctx.plan_from_ratios(ctx.fit_to_budget([ctx.pruning.max_ratio] * n))
+    assert uniform.key(graph) == plans[0].key(graph)  # the all-ones shape scaled to the budget
+    plans[2].meta.update(val_accuracy=0.7, searcher="tpe")
+    plan, report = rerank(ctx, plans[2], RerankConfig(top_k=1, steps=3, uniform=True))
+    assert plan.key(graph) == plans[2].key(graph) and not report.uniform_won and not report.changed
+    assert report.candidates == 2 and report.evaluations == 2 and report.uniform_accuracy == 0.91
+    plans[1].meta.update(val_accuracy=0.8, searcher="tpe")
+    plan, report = rerank(ctx, plans[1], RerankConfig(top_k=1, steps=3, uniform=True))
+    assert plan.key(graph) == uniform.key(graph) and report.uniform_won and report.changed
+    assert plan.meta["candidate"] == "uniform" and plan.meta["searcher"] == "tpe" and plan.meta["rerank_accuracy"] == 0.91
+    assert report.to_dict()["uniform_won"] and report.evaluations == 1  # the uniform plan's row was reused
+    plan, report = rerank(ctx, plans[1], RerankConfig(top_k=3, steps=3, uniform=True))
+    assert report.candidates == 3  # the uniform plan is the proxy's third: not in the pool twice
+    plan, report = rerank(ctx, plans[1], RerankConfig(top_k=1, steps=3))
+    assert report.candidates == 1 and report.uniform_accuracy is None and plan.key(graph) == plans[1].key(graph)

@@ -260,6 +260,10 @@ class RerankConfig:
     """Fine-tuning batches given to every re-ranked plan before it is scored again."""
     halving: bool = False
     """Successive halving: the better half goes on to a round at twice the steps, until one is left."""
+    uniform: bool = False
+    """Re-rank the uniform plan too (the largest single preserve ratio within the budget, what the
+    ``uniform`` searcher returns): the result is then never a plan that the short fine-tune scores
+    below uniform shrinking."""
 
     def __post_init__(self) -> None:
         if self.top_k < 0 or self.steps < 1:

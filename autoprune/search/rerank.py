@@ -6,7 +6,9 @@ The top-``k`` distinct plans that meet the budget, by the proxy (the searcher's 
 among them), are each fine-tuned for the same ``steps`` batches and scored again
 (``ctx.evaluate(plan, finetune_steps=steps)``, so a Ray pool runs them in parallel); the best one
 becomes the result. With ``halving`` (successive halving) the better half goes on to a round at
-twice the steps, until one plan is left: ``k`` plans at ``s`` steps, ``k/2`` at ``2s``, ... .
+twice the steps, until one plan is left: ``k`` plans at ``s`` steps, ``k/2`` at ``2s``, ... . With
+``uniform`` the uniform plan at the budget joins the pool (one more evaluation per round it stays):
+a search whose plans fine-tune worse than shrinking every unit alike then returns that plan instead.
 
 Every re-ranking evaluation is a row of ``trials.parquet`` with ``stage: rerank``, ``rerank_round``
 and ``finetune_steps``; search rows have no ``stage`` (read back as missing). A resumed run reuses
@@ -24,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from autoprune.config import RerankConfig
 from autoprune.core.plan import PruningPlan
 from autoprune.search.base import SearchContext, plan_from_row
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "rerank"
 """The ``stage`` column of re-ranking rows."""
+UNIFORM = "uniform"
+"""``meta["candidate"]`` of the uniform plan in the pool (``rerank.uniform``)."""
 
 
 def is_rerank(row: dict[str, Any]) -> bool:
@@ -73,15 +79,22 @@ class RerankReport:
     """The chosen plan's score after its last round of fine-tuning."""
     changed: bool = False
     """Whether re-ranking chose another plan than the searcher's."""
+    uniform_accuracy: float | None = None
+    """The uniform plan's score after its last round (``rerank.uniform``; None when it was not in
+    the pool or left it before the last round)."""
+    uniform_won: bool = False
+    """Whether the uniform plan was chosen (``rerank.uniform``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"evaluations": self.evaluations, "seconds": self.seconds, "candidates": self.candidates,
                 "rounds": [list(r) for r in self.rounds], "proxy_accuracy": self.proxy_accuracy,
-                "accuracy": self.accuracy, "changed": self.changed}
+                "accuracy": self.accuracy, "changed": self.changed, "uniform_accuracy": self.uniform_accuracy,
+                "uniform_won": self.uniform_won}
 
 
-def candidates(ctx: SearchContext, plan: PruningPlan, k: int) -> list[PruningPlan]:
-    """``plan`` and the next best distinct plans by the proxy that meet the budget (``k`` at most)."""
+def candidates(ctx: SearchContext, plan: PruningPlan, k: int, uniform: bool = False) -> list[PruningPlan]:
+    """``plan`` and the next best distinct plans by the proxy that meet the budget (``k`` at most),
+    then, with ``uniform``, the uniform plan at the budget (when it is not among them already)."""
     graph = ctx.graph
     out = [PruningPlan.from_dict(plan.to_dict())]
     seen = {plan.key(graph)}
@@ -95,6 +108,10 @@ def candidates(ctx: SearchContext, plan: PruningPlan, k: int) -> list[PruningPla
         seen.add(cand.key(graph))
         cand.meta["val_accuracy"] = float(row["val_accuracy"])
         out.append(cand)
+    if uniform:
+        even = ctx.plan_from_ratios(ctx.fit_to_budget(np.full(len(graph), ctx.pruning.max_ratio)), candidate=UNIFORM)
+        if even.key(graph) not in seen and ctx.fits(even):
+            out.append(even)
     return out
 
 
@@ -103,7 +120,7 @@ def rerank(ctx: SearchContext, plan: PruningPlan, cfg: RerankConfig) -> tuple[Pr
 
     :param ctx: the search context the searcher used (its recorder holds the search rows).
     :param plan: the searcher's result.
-    :param cfg: ``top_k`` (0: return ``plan`` untouched), ``steps``, ``halving``.
+    :param cfg: ``top_k`` (0: return ``plan`` untouched), ``steps``, ``halving``, ``uniform``.
     The winner's ``meta`` holds its costs, its proxy ``val_accuracy``, ``rerank_accuracy`` and
     ``rerank_steps``; the searcher's other ``meta`` stays only when its own plan wins.
     """
@@ -111,7 +128,7 @@ def rerank(ctx: SearchContext, plan: PruningPlan, cfg: RerankConfig) -> tuple[Pr
     if cfg.top_k <= 0:
         return plan, report
     start = time.perf_counter()
-    pool = candidates(ctx, plan, cfg.top_k)
+    pool = candidates(ctx, plan, cfg.top_k, uniform=cfg.uniform)
     report.candidates = len(pool)
     done = {(_key(ctx, r), int(r["finetune_steps"])): float(r["val_accuracy"])
             for r in ctx.recorder.rows if is_rerank(r)}
@@ -129,13 +146,19 @@ def rerank(ctx: SearchContext, plan: PruningPlan, cfg: RerankConfig) -> tuple[Pr
     best = order[0]
     winner = pool[best]
     report.changed = winner.key(ctx.graph) != plan.key(ctx.graph)
+    report.uniform_won = winner.meta.get("candidate") == UNIFORM
+    report.uniform_accuracy = next((s for p, s in zip(pool, scores, strict=True) if p.meta.get("candidate") == UNIFORM),
+                                   None)
     kept = {"searcher": plan.meta["searcher"]} if report.changed and "searcher" in plan.meta else dict(plan.meta)
     winner.meta = {**kept, **ctx.describe(winner), "val_accuracy": _proxy(winner),
-                   "rerank_accuracy": scores[best], "rerank_steps": steps}
+                   "rerank_accuracy": scores[best], "rerank_steps": steps,
+                   **({"candidate": UNIFORM} if report.uniform_won else {})}
     report.accuracy = scores[best]
     report.seconds = time.perf_counter() - start
     log.info("rerank: %d plans, %d evaluations in %.1f s; %s (%.4f after %d steps)", report.candidates,
-             report.evaluations, report.seconds, "a different plan won" if report.changed else "the searcher's plan won",
+             report.evaluations, report.seconds,
+             "the uniform plan won" if report.uniform_won else
+             "a different plan won" if report.changed else "the searcher's plan won",
              scores[best], steps)
     return winner, report
 
