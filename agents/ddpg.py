@@ -90,8 +90,9 @@ class DdpgSearcher(Searcher):
         """At each episode's end scale the ratio vector up to use the budget; the repaired plan is
         scored and its transitions stored (off in ``preset: amc``)."""
         action_mode: str = "share"
-        """``ratio`` (AMC: the action is the preserve ratio) or ``share`` (relative to the unit's fair
-        share of the budget left: 0 is that share, -1 ``min_ratio``, +1 ``max_ratio``; see the env)."""
+        """``ratio`` (AMC: the action is the preserve ratio), ``share`` (relative to the unit's fair
+        share of the budget left: 0 is that share, -1 ``min_ratio``, +1 ``max_ratio``; see the env) or
+        ``centred`` (0 is the share, ratio mode's slope on both sides; experimental)."""
         group_features: bool = False
         """Add two features to AMC's observation: the unit's coupled-layer count and params share (see the env)."""
         action_wall: bool = False

@@ -26,6 +26,8 @@ each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's globa
     python -m benchmarks.search_quality_hard --searchers ddpg_share ddpg_share_plain ddpg_share_bw --out search_quality_hard_share
     python -m benchmarks.search_quality_hard --budgets 0.1 --searchers random tpe ddpg_current --rerank-uniform \
         --out search_quality_hard_flops0.1_uniform
+    python -m benchmarks.search_quality_hard --budgets 0.1 --searchers ddpg_centred --top-k 0 \
+        --out search_quality_hard_flops0.1_centred
 
 (the second: AMC's episode count, the agent against random search only, results in
 ``search_quality_hard_e400.md``; the third: a budget beyond the default two, results in
@@ -95,10 +97,14 @@ def searchers(evaluations: int) -> dict[str, dict]:
         # docs/compare_hard; the ``ddpg`` run dirs hold the default of their day
         "ddpg_current": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
                          "parallel_episodes": 2},
+        # the current default with centred actions (the fair share at 0, ratio mode's slope on both sides)
+        "ddpg_centred": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
+                         "parallel_episodes": 2, "action_mode": "centred"},
     }
 
 
-ON_REQUEST = ("ddpg_share", "ddpg_share_bw", "ddpg_share_plain", "ddpg_previous", "ddpg_best50", "ddpg_current")
+ON_REQUEST = ("ddpg_share", "ddpg_share_bw", "ddpg_share_plain", "ddpg_previous", "ddpg_best50", "ddpg_current",
+              "ddpg_centred")
 """DDPG option sets from ``benchmarks.ddpg_sweep``, run only when named in ``--searchers`` (results with
 ``--out search_quality_hard_share``)."""
 FIRST_SEED_ONLY = ("ddpg_amc", "netadapt")

@@ -23,6 +23,12 @@ units. Measured (docs/amc.md): better there (with a wider noise floor, the first
 random search at 50% and 25%); on a ResNet-56 at 15% FLOPs only with random-search warm-up plans,
 with which it is the ``ddpg`` searcher's default since 2026-12-05 (the env's default stays AMC's).
 
+**Centred actions** (``action_mode="centred"``, experimental): action 0 is the fair share as above,
+but the slope is ratio mode's on both sides (``(max_ratio - min_ratio) / 2`` per unit of action),
+clipped to ``[min_ratio, max_ratio]``. Share actions span ``share - min_ratio`` below and
+``max_ratio - share`` above, which at an aggressive budget (share 0.32 at 10% FLOPs, ``min_ratio``
+0.2) makes the same exploration noise move a unit up five times as far as down.
+
 **Action wall** (AMC): the count is lowered, if needed, to the largest candidate count for which
 the budget can still be met with every later unit at ``min_ratio``. The check is exact: the
 budget's own cost model prices the vector (earlier units at their chosen counts, this unit at the
@@ -86,7 +92,7 @@ from autoprune.core.plan import PruningPlan, resolve_count
 from autoprune.envs.rewards import Outcome, RewardFn, make_reward
 from autoprune.errors import ConfigError
 
-ACTION_MODES = ("ratio", "share")
+ACTION_MODES = ("ratio", "share", "centred")
 KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
 OBS_FEATURES = ("index", "kind", "in_channels", "out_channels", "kernel", "stride", "in_h", "in_w",
                 "unit_flops", "flops_reduced", "flops_rest", "prev_ratio")
@@ -114,8 +120,9 @@ class ChannelPruningEnv(gym.Env):
     :param repair_budget: scale the finished episode's ratios up to use the budget (above).
     :param action_wall: clip each step's count to keep the budget reachable (AMC); ``False``:
         scale the finished episode's ratios to the budget instead (above; implies the repair).
-    :param action_mode: ``ratio`` (AMC: the action maps linearly to a preserve ratio) or ``share``
-        (relative to the unit's fair share of the budget left, above).
+    :param action_mode: ``ratio`` (AMC: the action maps linearly to a preserve ratio), ``share``
+        (relative to the unit's fair share of the budget left, above) or ``centred`` (the share with
+        ratio mode's slope).
     :param group_features: append ``GROUP_FEATURES`` to the observation (above).
     :param defer_evaluation: if true, the last step does not evaluate: it returns reward 0 and
         the plan in ``info`` for the caller to score in a batch (see :meth:`reward_of`).
@@ -243,6 +250,8 @@ class ChannelPruningEnv(gym.Env):
         x = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
         if share is None:
             return self.min_ratio + (x + 1.0) / 2.0 * (self.max_ratio - self.min_ratio)
+        if self.action_mode == "centred":
+            return float(np.clip(share + x * (self.max_ratio - self.min_ratio) / 2.0, self.min_ratio, self.max_ratio))
         end = self.max_ratio if x >= 0 else self.min_ratio
         return float(share + abs(x) * (end - share))
 
@@ -252,6 +261,9 @@ class ChannelPruningEnv(gym.Env):
         if share is None:
             span = self.max_ratio - self.min_ratio
             x = 0.0 if span <= 0 else 2.0 * (ratio - self.min_ratio) / span - 1.0
+        elif self.action_mode == "centred":
+            half = (self.max_ratio - self.min_ratio) / 2.0
+            x = 0.0 if half <= 0 else (ratio - share) / half
         else:
             end = self.max_ratio if ratio >= share else self.min_ratio
             x = 0.0 if end == share else (ratio - share) / (end - share) * (1.0 if ratio >= share else -1.0)
@@ -263,10 +275,10 @@ class ChannelPruningEnv(gym.Env):
         return self.ratio_to_action(ratio, self.fair_share(t, self._counts))
 
     def fair_share(self, t: int, counts: Sequence[int], iters: int = 30) -> float | None:
-        """``action_mode="share"``: the largest ratio that units ``t`` onwards can all keep with the
-        budget met, the first ``t`` units at ``counts`` (:meth:`BudgetFitter.fair_share`); None in
-        ``ratio`` mode."""
-        return self.fitter.fair_share(t, counts, iters) if self.action_mode == "share" else None
+        """``action_mode="share"`` or ``"centred"``: the largest ratio that units ``t`` onwards can all
+        keep with the budget met, the first ``t`` units at ``counts`` (:meth:`BudgetFitter.fair_share`);
+        None in ``ratio`` mode."""
+        return self.fitter.fair_share(t, counts, iters) if self.action_mode != "ratio" else None
 
     @property
     def unit_index(self) -> int:

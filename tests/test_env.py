@@ -293,6 +293,27 @@ def test_share_actions_under_uniform_random_play_spread_around_uniform_not_lopsi
     assert np.mean(last["share"]) > np.mean(last["ratio"]) + 0.05
 
 
+def test_centred_actions_start_at_the_share_with_the_same_slope_both_ways():
+    """``action_mode="centred"``: 0 is the fair share (an all-zero episode is uniform shrinking at the
+    budget), one unit of action moves the ratio by half the ratio range up or down, clipped to it."""
+    g = GRAPHS["residual"]
+    budget = make_budget(g, "flops", 0.15)
+    env = ChannelPruningEnv(g, ConstantEvaluator(), budget, action_wall=False, action_mode="centred", min_ratio=0.1)
+    env.reset(seed=0)
+    share = env.fair_share(0, [])
+    assert share == pytest.approx(ChannelPruningEnv(g, ConstantEvaluator(), budget, action_mode="share",
+                                                     min_ratio=0.1).fair_share(0, []))
+    assert env.action_to_ratio([0.0], share) == pytest.approx(share)
+    up, down = env.action_to_ratio([0.1], share) - share, share - env.action_to_ratio([-0.1], share)
+    assert up == pytest.approx(0.045) and down == pytest.approx(0.045)  # (1.0 - 0.1) / 2 per unit of action
+    assert env.action_to_ratio([-1.0], share) == pytest.approx(0.1)  # clipped to min_ratio
+    assert env.action_to_ratio([1.0], share) == pytest.approx(min(1.0, share + 0.45))
+    for x in (-0.1, 0.0, 0.2, 0.5):
+        assert env.ratio_to_action(env.action_to_ratio([x], share), share)[0] == pytest.approx(x, abs=1e-6)
+    counts = run_episode(env, [0.0] * len(g))[1][-1]["plan"].counts(g)
+    assert budget.fits(counts) and budget.cost(counts) / budget.cost.base > 0.1
+
+
 def test_action_mode_is_checked():
     g = GRAPHS["cnn"]
     with pytest.raises(ConfigError, match="action_mode"):
