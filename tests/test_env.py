@@ -403,3 +403,22 @@ def test_td3_learns_on_the_env(tiny_session):
     assert len(finished) == 5 and model._n_updates > 0
     for info in finished:
         assert s.budget.fits(info["plan"].counts(s.graph)) and math.isfinite(info["episode_reward"])
+
+
+def test_a_latency_budget_whose_min_ratio_plan_runs_slower_than_the_base_points_at_round_to():
+    """Runtimes whose kernels favour multiples of 4/8/16 can time odd small widths slower than the
+    base: the error then says so and names pruning.round_to (FLOPs budgets never say it)."""
+    from autoprune.core.cost import Budget
+
+    class Misaligned:  # smallest widths cheap, min_ratio widths slower than the base
+        kind, base = "latency", 1.0
+
+        def __call__(self, counts):
+            return 0.5 if counts == [1] else 1.2
+
+    with pytest.raises(BudgetError, match=r"1\.2 of the base .* run slower than the base's .* pruning\.round_to"):
+        Budget(Misaligned(), 0.9).check_reachable([3], floor_counts=[1])
+    g = GRAPHS["cnn"]
+    with pytest.raises(BudgetError) as err:
+        ChannelPruningEnv(g, ConstantEvaluator(), make_budget(g, "flops", 0.01))
+    assert "round_to" not in str(err.value)
