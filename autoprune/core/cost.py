@@ -162,8 +162,8 @@ class Budget:
                     f"width (what no unit prunes stays: the classifier's outputs, units left out or in "
                     f"pruning.skip{', the time outside conv/linear layers' if self.kind == 'latency' else ''}); "
                     f"raise the budget")
-            slower = (f"; those widths run slower than the base's (kernels that favour multiples of 4, 8 or 16): "
-                      f"set pruning.round_to" if self.kind == "latency" and lowest > self.cost.base else "")
+            slower = ("; those widths run slower than the base's (kernels that favour multiples of 4, 8 or 16): "
+                      "set pruning.round_to" if self.kind == "latency" and lowest > self.cost.base else "")
             raise BudgetError(
                 f"budget {self.kind}={self.fraction:.3g} is below the minimum reachable "
                 f"({lowest / self.cost.base:.3g} of the base with every unit at min_ratio); "
