@@ -83,7 +83,7 @@ def searchers(evaluations: int) -> dict[str, dict]:
                           "parallel_episodes": 2, "action_mode": "share", "sigma_min": 0.15, "sigma_decay": 0.98,
                           "warmup_sampling": "budget"},
         # the default before 2026-12-05 (ratio actions, AMC's warm-up, floor 0.05): the ``ddpg`` rows of the
-        # results committed before that date
+        # results committed before that date; since 2026-12-05 late it runs with the preset's explore_best 0.5
         "ddpg_previous": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
                           "parallel_episodes": 2, "action_mode": "ratio", "sigma_min": 0.05, "sigma_decay": 0.95,
                           "warmup_sampling": "actions"},
@@ -100,11 +100,14 @@ def searchers(evaluations: int) -> dict[str, dict]:
         # the current default with centred actions (the fair share at 0, ratio mode's slope on both sides)
         "ddpg_centred": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
                          "parallel_episodes": 2, "action_mode": "centred"},
+        # the control of explore_best: after the warm-up only the local search around the best plan acts
+        "ddpg_best100": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
+                         "parallel_episodes": 2, "explore_best": 1.0},
     }
 
 
 ON_REQUEST = ("ddpg_share", "ddpg_share_bw", "ddpg_share_plain", "ddpg_previous", "ddpg_best50", "ddpg_current",
-              "ddpg_centred")
+              "ddpg_centred", "ddpg_best100")
 """DDPG option sets from ``benchmarks.ddpg_sweep``, run only when named in ``--searchers`` (results with
 ``--out search_quality_hard_share``)."""
 FIRST_SEED_ONLY = ("ddpg_amc", "netadapt")
