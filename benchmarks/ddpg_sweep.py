@@ -7,7 +7,9 @@ actions, AMC's warm-up, sigma floor 0.05) and a few overridden, run at 50% and 2
 ResNet-20 for each seed; ``previous_default`` is that searcher unchanged (its runs were
 ``search_quality``'s ``ddpg`` rows until the default became ``share_smin15d98_bw``). The references
 are that benchmark's own runs (``runs/search_quality``: ``random`` and ``ddpg``, the current default),
-so run ``python -m benchmarks.search_quality`` first. Reported per variant and
+so run ``python -m benchmarks.search_quality`` first, or pass ``--references results`` to take their
+per-seed best from the committed ``search_quality[_e<N>].json`` instead (no last-third or tail-ratio
+columns for them then). Reported per variant and
 budget: best val accuracy before fine-tuning (mean +- std over seeds, the number search_quality
 compares), the mean val accuracy of the last third of the episodes, and the mean preserve ratio of
 the last three units in that third (the default saturates them at 50% FLOPs).
@@ -18,12 +20,13 @@ the last three units in that third (the default saturates them at 50% FLOPs).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 
 import numpy as np
 
-from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, write_results
+from benchmarks.common import RESULTS, ROOT, base_config, ensure_checkpoint, target, write_results
 from benchmarks.search_quality import runs_dir as quality_runs
 from benchmarks.search_quality import searchers
 
@@ -91,6 +94,21 @@ def reference(label: str, budget: float, seed: int, episodes: int = 100):
     return pd.read_parquet(path)
 
 
+def committed(label: str, budget: float, seeds: list, episodes: int) -> dict:
+    """The reference's per-seed best val accuracy from the committed search_quality results."""
+    name = "search_quality" if episodes == 100 else f"search_quality_e{episodes}"
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run python -m benchmarks.search_quality first")
+    rows = {r["seed"]: r["val_before"] for r in json.loads(path.read_text())["rows"]
+            if r["searcher"] == label and r["budget"] == f"flops={budget}"}
+    if missing := [s for s in seeds if s not in rows]:
+        raise SystemExit(f"{path} has no {label} row at flops={budget} for seeds {missing}")
+    best = [float(rows[s]) for s in seeds]
+    return {"best": best, "best_mean": float(np.mean(best)), "best_std": float(np.std(best, ddof=1)) if len(best) > 1 else 0.0,
+            "late_mean": float("nan"), "tail_ratio": float("nan")}
+
+
 def describe(trials: list) -> dict:
     """Best, last-third mean val accuracy and last-three-units ratio, per seed and their mean/std."""
     best = [float(t["val_accuracy"].max()) for t in trials]
@@ -112,6 +130,9 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--references", choices=["runs", "results"], default="runs",
+                        help="random and default ddpg rows from search_quality's run dirs (runs) or its committed "
+                             "results JSON (results: per-seed best only)")
     parser.add_argument("--out", default=None, help="results name (default ddpg_sweep, ddpg_sweep_e<N> at other episodes)")
     args = parser.parse_args()
     out = args.out or ("ddpg_sweep" if args.episodes == 100 else f"ddpg_sweep_e{args.episodes}")
@@ -124,8 +145,9 @@ def main() -> None:
     rows = []
     for budget in args.budgets:
         for label in ("random", "ddpg"):
-            rows.append({"variant": label if label == "random" else "ddpg (default)", "budget": budget, "options": {},
-                         **describe([reference(label, budget, s, args.episodes) for s in args.seeds])})
+            ref = (committed(label, budget, args.seeds, args.episodes) if args.references == "results"
+                   else describe([reference(label, budget, s, args.episodes) for s in args.seeds]))
+            rows.append({"variant": label if label == "random" else "ddpg (default)", "budget": budget, "options": {}, **ref})
         for name in args.variants:
             trials = [run_variant(name, budget, s, args.episodes, args.workers) for s in args.seeds]
             rows.append({"variant": name, "budget": budget, "options": options(name), **describe(trials)})
@@ -138,8 +160,10 @@ def main() -> None:
              "| FLOPs | variant | options | best | last third | tail ratio |", "|---|---|---|---|---|---|"]
     for r in rows:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
+        late = "-" if np.isnan(r["late_mean"]) else f"{r['late_mean']:.3f}"
+        tail = "-" if np.isnan(r["tail_ratio"]) else f"{r['tail_ratio']:.2f}"
         lines.append(f"| {r['budget']} | {r['variant']} | {opts} | {r['best_mean']:.4f} +- {r['best_std']:.4f} | "
-                     f"{r['late_mean']:.3f} | {r['tail_ratio']:.2f} |")
+                     f"{late} | {tail} |")
     targets = []
     for budget in args.budgets:
         rand = next(r["best_mean"] for r in rows if r["budget"] == budget and r["variant"] == "random")
@@ -150,6 +174,8 @@ def main() -> None:
     command = f"python -m benchmarks.ddpg_sweep --variants {' '.join(args.variants)}"
     if args.episodes != 100:
         command += f" --episodes {args.episodes} --budgets {' '.join(map(str, args.budgets))}"
+    if args.references != "runs":
+        command += f" --references {args.references}"
     write_results(out, "\n".join(lines), {"rows": rows}, targets, command + (f" --out {args.out}" if args.out else ""))
 
 
