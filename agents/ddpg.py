@@ -73,14 +73,15 @@ class DdpgSearcher(Searcher):
     @dataclass
     class Options:
         preset: str = "autoprune"
-        """``autoprune`` (AMC, each episode scaled to the budget, share actions, random-search warm-up plans, a
-        noise floor) or ``amc`` (AMC's published settings); see PRESETS.
+        """``autoprune`` (AMC, each episode scaled to the budget, a noise floor, half the learning episodes
+        around the best plan), ``share`` (the default of 2026-12-05: share actions, random-search warm-up
+        plans, a wider floor) or ``amc`` (AMC's published settings); see PRESETS.
         Options given explicitly override the preset's values."""
         episodes: int = 400
         """Episodes in total (one plan evaluation each), warm-up included."""
         warmup: int = 100
         """Episodes of random plans before the agent acts and learns."""
-        warmup_sampling: str = "budget"
+        warmup_sampling: str = "actions"
         """How warm-up episodes are drawn: ``actions`` (AMC: uniform per-step actions) or ``budget``
         (random-search plans that use the budget)."""
         fill_budget: bool = False
@@ -89,7 +90,7 @@ class DdpgSearcher(Searcher):
         repair_budget: bool = True
         """At each episode's end scale the ratio vector up to use the budget; the repaired plan is
         scored and its transitions stored (off in ``preset: amc``)."""
-        action_mode: str = "share"
+        action_mode: str = "ratio"
         """``ratio`` (AMC: the action is the preserve ratio), ``share`` (relative to the unit's fair
         share of the budget left: 0 is that share, -1 ``min_ratio``, +1 ``max_ratio``; see the env) or
         ``centred`` (0 is the share, ratio mode's slope on both sides; experimental)."""
@@ -100,9 +101,9 @@ class DdpgSearcher(Searcher):
         budget at its end instead (down or up, as ``random`` does; implies the repair)."""
         sigma: float = 0.5
         """Exploration noise of the truncated normal, relative to the action range scaled to [0, 1]."""
-        sigma_decay: float = 0.98
+        sigma_decay: float = 0.95
         """Sigma is multiplied by this once per episode after the warm-up."""
-        sigma_min: float = 0.15
+        sigma_min: float = 0.05
         """Floor of the decayed sigma (``preset: amc``: 0, none). With a floor the late episodes keep
         searching around the actor's plan instead of replaying it."""
         explore_best: float = 0.5
@@ -348,7 +349,7 @@ class DdpgSearcher(Searcher):
                                  "those (set them in the config) or start a new run")
         if saved is None:
             log.warning("the DDPG checkpoint predates stored options: resuming with today's options (the default "
-                        "preset changed on 2026-12-05; set searcher options explicitly to match the run's start)")
+                        "preset changed on 2026-12-05 and 2026-12-06; set searcher options explicitly to match the run's start)")
         try:
             self.model = AMCDDPG.load(io.BytesIO(blob["agent"]), env=vec, device=self.options.device)
         except ValueError as exc:  # SB3: the saved observation/action spaces differ from the env's

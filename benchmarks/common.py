@@ -50,6 +50,27 @@ def base_config(overrides: list[str] | None = None, task: str = "resnet20", **se
     return load_config(raw, overrides)
 
 
+def finished(out: Path, searcher: dict) -> bool:
+    """Whether ``out`` holds a finished run of ``searcher`` as it resolves today: a run whose summary
+    recorded other options (a preset default changed since) counts as not finished, so it is rerun.
+    Runs from before summaries recorded options are taken as they are."""
+    path = out / "summary.json"
+    if not path.exists():
+        return False
+    recorded = json.loads(path.read_text()).get("searcher_options")
+    if not recorded:
+        return True
+    from autoprune.pipeline.run import searcher_options_record
+    from autoprune.search.base import SEARCHERS
+
+    now = searcher_options_record(SEARCHERS.get(searcher["name"]).parse_options(searcher))
+    if recorded != now:
+        changed = sorted(k for k in now if recorded.get(k) != now[k])
+        print(f"{out.name}: searcher options changed since it ran ({', '.join(changed)}): rerunning", flush=True)
+        return False
+    return True
+
+
 def ensure_checkpoint(task: str = "resnet20") -> Path:
     """Train ``task``'s benchmark base model once (deterministic, seed 0, 30 epochs) and cache it."""
     checkpoint = CHECKPOINTS[task]

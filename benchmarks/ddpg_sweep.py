@@ -26,7 +26,7 @@ import shutil
 
 import numpy as np
 
-from benchmarks.common import RESULTS, ROOT, base_config, ensure_checkpoint, target, write_results
+from benchmarks.common import RESULTS, ROOT, base_config, ensure_checkpoint, finished, target, write_results
 from benchmarks.search_quality import runs_dir as quality_runs
 from benchmarks.search_quality import searchers
 
@@ -57,7 +57,8 @@ CURRENT_VARIANTS: dict[str, dict] = {
     # the control: every learning episode explores around the best plan, the actor never acts (it still learns)
     "best100": {"explore_best": 1.0},
 }
-"""Named option overrides of the current default (the ``autoprune`` preset as it is)."""
+"""Named option overrides of preset ``share`` (the default from 2026-12-05 to 2026-12-06, against which they
+were measured)."""
 
 
 def sweep_runs(episodes: int):
@@ -66,7 +67,7 @@ def sweep_runs(episodes: int):
 
 
 def options(name: str) -> dict:
-    return CURRENT_VARIANTS[name] if name in CURRENT_VARIANTS else {**PREVIOUS_DEFAULT, **VARIANTS[name]}
+    return {"preset": "share", **CURRENT_VARIANTS[name]} if name in CURRENT_VARIANTS else {**PREVIOUS_DEFAULT, **VARIANTS[name]}
 
 
 def run_variant(name: str, budget: float, seed: int, episodes: int, workers: int):
@@ -76,9 +77,9 @@ def run_variant(name: str, budget: float, seed: int, episodes: int, workers: int
     from autoprune.pipeline.run import run_search
 
     out = sweep_runs(episodes) / f"flops{budget}__{name}__{seed}"
-    if not (out / "summary.json").exists():
+    searcher = {**searchers(episodes)["ddpg"], **options(name)}
+    if not finished(out, searcher):
         shutil.rmtree(out, ignore_errors=True)
-        searcher = {**searchers(episodes)["ddpg"], **options(name)}
         cfg = base_config([f"seed={seed}", f"ray.workers={workers}"], searcher=searcher, budget={"flops": budget})
         run_search(cfg, out=out, progress=False)
     return pd.read_parquet(out / "trials.parquet")

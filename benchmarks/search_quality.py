@@ -34,7 +34,7 @@ from autoprune.core.cost import measure_model
 from autoprune.core.train import dataset_accuracy, train_model
 from autoprune.pipeline.run import run_search
 from autoprune.pipeline.session import prepare, seed_everything
-from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, write_results
+from benchmarks.common import ROOT, base_config, ensure_checkpoint, finished, target, write_results
 
 RUNS = ROOT / "runs" / "search_quality"
 
@@ -107,7 +107,7 @@ def run_all(args) -> list[dict]:
                 if kind == "latency" and label != "netadapt" or label not in wanted:
                     continue  # the latency budget: LUT-guided NetAdapt
                 out = runs / f"{kind}{value}__{label}__{seed}"
-                if not (out / "summary.json").exists():
+                if not finished(out, searcher):
                     shutil.rmtree(out, ignore_errors=True)
                     budget = {kind: value, **({"lut": args.lut} if kind == "latency" else {})}
                     cfg = base_config([f"seed={seed}", f"ray.workers={args.workers}"], searcher=searcher,
@@ -195,6 +195,8 @@ def main() -> None:
     parser.add_argument("--lut", default=str(ROOT / "luts" / "search_quality_resnet20_b1_t1.json"))
     parser.add_argument("--searchers", nargs="+", default=None,
                         help="run only these (labels of the table, tp_global included); default: all")
+    parser.add_argument("--out", default=None, help="results file name (default: search_quality[_e<N>]); give one "
+                                                    "with --searchers, or the partial table replaces the full one")
     args = parser.parse_args()
     ensure_checkpoint()
     import pandas as pd
@@ -225,10 +227,13 @@ def main() -> None:
                       [f"--seeds {' '.join(map(str, args.seeds))}", f"--episodes {args.episodes}",
                        f"--workers {args.workers}"] + (["--latency"] if args.latency else [])
                       + (["--ablation"] if args.ablation else [])
-                      + ([f"--searchers {' '.join(args.searchers)}"] if args.searchers else [])))
+                      + ([f"--searchers {' '.join(args.searchers)}"] if args.searchers else [])
+                      + ([f"--out {args.out}"] if args.out else [])))
 
 
 def results_name(args) -> str:
+    if getattr(args, "out", None):
+        return args.out
     return "search_quality" if args.episodes == 100 else f"search_quality_e{args.episodes}"
 
 

@@ -5,9 +5,9 @@ apart after fine-tuning. Here a deeper network (30 prunable units) is cut hard. 
 trained once (30 epochs, seed 0) and cached under ``benchmarks/checkpoints``.
 
 Searchers at equal evaluations (``--evaluations``, default 100): ``random``, ``tpe`` (Optuna),
-``cmaes`` (the ``cmaes`` package), ``ddpg`` (the default ``autoprune`` preset; in the results of
-2026-11-30 the default then, reproducible as ``ddpg_previous``; the current default is
-``ddpg_share_bw``) and ``ddpg_amc``
+``cmaes`` (the ``cmaes`` package), ``ddpg`` (the default ``autoprune`` preset of the run's day: ratio
+actions in the results of 2026-11-30; preset ``share``, reproducible as ``ddpg_current``, from 2026-12-05;
+ratio actions with ``explore_best: 0.5``, the same as ``ddpg_previous``, since 2026-12-06) and ``ddpg_amc``
 (``preset: amc``, AMC's published settings), each followed by the same re-ranking stage (top ``--top-k`` plans by the proxy, ``--steps`` fine-tuning batches
 each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's global L1 pruning
 (``MetaPruner(global_pruning=True)``) at the same FLOPs. Every result gets the same fine-tune
@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from autoprune.pipeline.run import run_search
-from benchmarks.common import ROOT, base_config, ensure_checkpoint, target, write_results
+from benchmarks.common import ROOT, base_config, ensure_checkpoint, finished, target, write_results
 from benchmarks.search_quality import tp_global
 
 TASK = "resnet56"
@@ -83,26 +83,28 @@ def searchers(evaluations: int) -> dict[str, dict]:
                           "parallel_episodes": 2, "action_mode": "share", "sigma_min": 0.15, "sigma_decay": 0.98,
                           "warmup_sampling": "budget"},
         # the default before 2026-12-05 (ratio actions, AMC's warm-up, floor 0.05): the ``ddpg`` rows of the
-        # results committed before that date; since 2026-12-05 late it runs with the preset's explore_best 0.5
+        # results committed before that date; since 2026-12-05 late it runs with the preset's explore_best 0.5,
+        # which made it the default since 2026-12-06
         "ddpg_previous": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
                           "parallel_episodes": 2, "action_mode": "ratio", "sigma_min": 0.05, "sigma_decay": 0.95,
                           "warmup_sampling": "actions"},
         # share actions alone
         "ddpg_share_plain": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
                              "parallel_episodes": 2, "action_mode": "share"},
-        # the default with every other learning episode exploring around the best plan so far
-        "ddpg_best50": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
-                        "parallel_episodes": 2, "explore_best": 0.5},
-        # the default since 2026-12-05 late (explore_best 0.5 in the preset), run with re-ranking for
+        # preset share (the default from 2026-12-05 to 2026-12-06) with every other learning episode exploring
+        # around the best plan so far (the preset has it since 2026-12-05 late)
+        "ddpg_best50": {"name": "ddpg", "preset": "share", "episodes": evaluations,
+                        "warmup": max(2, evaluations // 4) // 2 * 2, "parallel_episodes": 2, "explore_best": 0.5},
+        # preset share as it was the default from 2026-12-05 late to 2026-12-06, run with re-ranking for
         # docs/compare_hard; the ``ddpg`` run dirs hold the default of their day
-        "ddpg_current": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
-                         "parallel_episodes": 2},
-        # the current default with centred actions (the fair share at 0, ratio mode's slope on both sides)
-        "ddpg_centred": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
-                         "parallel_episodes": 2, "action_mode": "centred"},
-        # the control of explore_best: after the warm-up only the local search around the best plan acts
-        "ddpg_best100": {"name": "ddpg", "episodes": evaluations, "warmup": max(2, evaluations // 4) // 2 * 2,
-                         "parallel_episodes": 2, "explore_best": 1.0},
+        "ddpg_current": {"name": "ddpg", "preset": "share", "episodes": evaluations,
+                         "warmup": max(2, evaluations // 4) // 2 * 2, "parallel_episodes": 2},
+        # preset share with centred actions (the fair share at 0, ratio mode's slope on both sides)
+        "ddpg_centred": {"name": "ddpg", "preset": "share", "episodes": evaluations,
+                         "warmup": max(2, evaluations // 4) // 2 * 2, "parallel_episodes": 2, "action_mode": "centred"},
+        # the control of explore_best (on preset share): after the warm-up only the local search acts
+        "ddpg_best100": {"name": "ddpg", "preset": "share", "episodes": evaluations,
+                         "warmup": max(2, evaluations // 4) // 2 * 2, "parallel_episodes": 2, "explore_best": 1.0},
     }
 
 
@@ -136,7 +138,7 @@ def run_all(args) -> list[dict]:
                     continue
                 label = name + ("+uniform" if args.rerank_uniform and name not in NO_RERANK else "")
                 out = runs / f"flops{budget}__{label}__{seed}"
-                if not (out / "summary.json").exists() and not args.report:
+                if not args.report and not finished(out, searcher):
                     shutil.rmtree(out, ignore_errors=True)
                     rerank = ({"top_k": args.top_k, "steps": args.steps, "uniform": args.rerank_uniform}
                               if name not in NO_RERANK else {"top_k": 0})

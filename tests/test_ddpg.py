@@ -77,7 +77,7 @@ def expected_advantages(rewards: np.ndarray, n: int, decay: float = 0.95) -> np.
 
 def test_options_are_parsed_strictly():
     opts = DdpgSearcher.parse_options({"name": "ddpg"})
-    assert (opts.episodes, opts.warmup, opts.sigma, opts.sigma_decay) == (400, 100, 0.5, 0.98)
+    assert (opts.episodes, opts.warmup, opts.sigma, opts.sigma_decay) == (400, 100, 0.5, 0.95)
     assert (opts.hidden, opts.actor_lr, opts.critic_lr, opts.tau, opts.gamma, opts.batch_size) == (
         [300, 300], 1e-4, 1e-3, 0.01, 1.0, 64)
     bad = [({"episode": 3}, "did you mean"), ({"episodes": 5, "parallel_episodes": 2}, "multiples"),
@@ -154,7 +154,7 @@ def test_short_run_returns_within_budget_plan_and_fills_trials(tiny_session, tmp
     assert ctx.fits(plan)
     df = read_trials(tmp_path / "run" / "trials.parquet")
     assert list(df["episode"]) == list(range(6)) and list(df["warmup"]) == [True, True] + [False] * 4
-    assert np.allclose(df["sigma"], [0.5, 0.5] + [0.5 * 0.98**k for k in range(4)])
+    assert np.allclose(df["sigma"], [0.5, 0.5] + [0.5 * 0.95**k for k in range(4)])
     assert (df["flops_kept"] <= tiny_session.budget.fraction + 1e-9).all()
     env = searcher.envs[0]
     counts = [[int(r[f"channels/{n}"]) for n in ctx.graph.names] for _, r in df.iterrows()]
@@ -218,9 +218,11 @@ def test_presets_amc_reproduces_the_old_defaults_and_autoprune_adds_the_repair()
                    "sigma_min": 0.0}
     default = dataclasses.asdict(DdpgSearcher.parse_options({}))
     assert default == {**OLD_DEFAULTS, "preset": "autoprune", "repair_budget": True, "action_wall": False,
-                       "sigma_min": 0.15, "sigma_decay": 0.98, "action_mode": "share", "warmup_sampling": "budget",
-                       "explore_best": 0.5}
+                       "sigma_min": 0.05, "explore_best": 0.5}
     assert dataclasses.asdict(DdpgSearcher.Options()) == default  # field defaults are the autoprune preset
+    share = dataclasses.asdict(DdpgSearcher.parse_options({"preset": "share"}))  # the default of 2026-12-05
+    assert share == {**default, "preset": "share", "sigma_min": 0.15, "sigma_decay": 0.98, "action_mode": "share",
+                     "warmup_sampling": "budget"}
     with pytest.raises(ConfigError, match="preset"):
         DdpgSearcher.parse_options({"preset": "amc2"})
 
@@ -313,13 +315,13 @@ def test_resume_with_another_observation_is_a_one_line_error(tiny_session, tmp_p
 def test_resume_with_other_search_options_is_a_one_line_error(tiny_session, tmp_path):
     """A run's config names only the options set explicitly: a default that changed between start and resume
     (or an option edited) must not slip in mid-search."""
-    run(make_ctx(tiny_session, tmp_path / "run"), episodes=4, action_mode="ratio")
+    run(make_ctx(tiny_session, tmp_path / "run"), episodes=4, action_mode="share")
     resumed = make_ctx(tiny_session, tmp_path / "run", resume=True)
-    with pytest.raises(AutopruneError, match="action_mode: ratio in the checkpoint, share now") as err:
+    with pytest.raises(AutopruneError, match="action_mode: share in the checkpoint, ratio now") as err:
         run(resumed, episodes=6)
     assert "\n" not in str(err.value)
     again = make_ctx(tiny_session, tmp_path / "run", resume=True)  # the same options (more episodes): resumes
-    run(again, episodes=6, action_mode="ratio")
+    run(again, episodes=6, action_mode="share")
     assert len(read_trials(tmp_path / "run" / "trials.parquet")) == 6
 
 

@@ -872,7 +872,9 @@ def test_build_lut_in_onnxruntime_records_the_runtime_and_fine_curves(graph):
     back = Lut.from_dict(json.loads(lut.to_json()))
     cost, again = LutCost(lut, graph), LutCost(back, graph)
     for counts in ([5, 7], [8, 13], [1, 1]):  # off-grid widths go through the fine curves
-        assert again.fraction(counts) == pytest.approx(cost.fraction(counts), rel=1e-5)
+        # the JSON keeps 6 significant digits; a sum with terms of both signs (the calibration's) can lift
+        # that to ~2e-5 of the fraction (seen once on a contended host), far below any timing's noise
+        assert again.fraction(counts) == pytest.approx(cost.fraction(counts), rel=1e-4)
 
 
 def resnet20_widths():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -55,3 +56,24 @@ def test_channel_summary_matches_the_best_plans_recorded_costs(tmp_path):
     assert "dense_params" not in summary["pruned"]
     model = load_pruned(run_dir / "pruned_model.pt")
     assert sum(p.numel() for p in model.parameters()) == summary["pruned"]["params"]
+
+
+def test_the_summary_records_the_searchers_resolved_options_and_benchmarks_rerun_a_changed_one(tmp_path):
+    """A preset whose defaults change later must not make a finished run's searcher ambiguous: the
+    summary keeps the options as they ran, and a benchmark reruns a run whose options now resolve
+    differently instead of reusing it."""
+    from autoprune.search.base import SEARCHERS
+    from benchmarks.common import finished
+
+    searcher = {"name": "random", "evaluations": 3}
+    run_dir = run_search(load_config(tiny_config(searcher=searcher)), out=tmp_path / "run", progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    options = SEARCHERS.get("random").parse_options(searcher)
+    assert summary["searcher_options"] == json.loads(json.dumps(dataclasses.asdict(options)))
+    assert summary["searcher_options"]["evaluations"] == 3
+    assert finished(run_dir, searcher)
+    assert not finished(run_dir, {**searcher, "evaluations": 4})  # the options changed since: rerun
+    assert not finished(tmp_path / "nothing", searcher)
+    del summary["searcher_options"]  # a run from before summaries recorded them: taken as it is
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert finished(run_dir, {**searcher, "evaluations": 4})

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import json
 import logging
 import math
 import shutil
@@ -109,6 +111,14 @@ def run_search(
         clock.close(status)  # (finish closed it already when it wrote summary.json)
 
 
+def searcher_options_record(options: Any) -> dict:
+    """The searcher's options as it ran (its preset resolved), for the run's summary: a default that
+    changes later cannot make a finished run's searcher ambiguous."""
+    if dataclasses.is_dataclass(options):
+        return json.loads(json.dumps(dataclasses.asdict(options), default=str))
+    return {}
+
+
 def search(session: Session, run_dir: Path | None, recorder: TrialRecorder, resume: bool = False,
            progress: bool = True) -> tuple[PruningPlan, Evaluator]:
     """Run the session's searcher; write ``best_plan.json``. Returns the plan and the evaluator."""
@@ -163,6 +173,7 @@ def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: P
                    "test_accuracy_before_finetune": test_before, "test_accuracy_after_finetune": test_after},
         "evaluations": len(search_rows(recorder.rows)),
         "units": len(session.graph),
+        "searcher_options": searcher_options_record(session.searcher_options),
     }
     if "rerank" in plan.meta:
         summary["rerank"] = plan.meta["rerank"]
