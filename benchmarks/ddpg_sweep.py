@@ -105,9 +105,12 @@ def committed(label: str, budget: float, seeds: list, episodes: int) -> dict:
             if r["searcher"] == label and r["budget"] == f"flops={budget}"}
     if missing := [s for s in seeds if s not in rows]:
         raise SystemExit(f"{path} has no {label} row at flops={budget} for seeds {missing}")
-    best = [float(rows[s]) for s in seeds]
-    return {"best": best, "best_mean": float(np.mean(best)), "best_std": float(np.std(best, ddof=1)) if len(best) > 1 else 0.0,
-            "late_mean": float("nan"), "tail_ratio": float("nan")}
+    return {**best_stats([float(rows[s]) for s in seeds]), "late_mean": float("nan"), "tail_ratio": float("nan")}
+
+
+def best_stats(best: list[float]) -> dict:
+    """Per-seed best val accuracies, their mean and std over seeds."""
+    return {"best": best, "best_mean": float(np.mean(best)), "best_std": float(np.std(best, ddof=1)) if len(best) > 1 else 0.0}
 
 
 def describe(trials: list) -> dict:
@@ -120,8 +123,7 @@ def describe(trials: list) -> dict:
         late.append(float(third["val_accuracy"].mean()))
         cols = [c for c in t.columns if c.startswith("ratio/")][-3:]
         tail_ratio.append(float(third[cols].to_numpy().mean()))
-    return {"best": best, "best_mean": float(np.mean(best)), "best_std": float(np.std(best, ddof=1)) if len(best) > 1 else 0.0,
-            "late_mean": float(np.mean(late)), "tail_ratio": float(np.mean(tail_ratio))}
+    return {**best_stats(best), "late_mean": float(np.mean(late)), "tail_ratio": float(np.mean(tail_ratio))}
 
 
 def main() -> None:
