@@ -59,6 +59,8 @@ def finished(out: Path, searcher: dict) -> bool:
         return False
     recorded = json.loads(path.read_text()).get("searcher_options")
     if not recorded:
+        print(f"{out.name}: ran before summaries recorded searcher options: reused as it is (delete it to rerun "
+              "with today's options)", flush=True)
         return True
     from autoprune.pipeline.run import searcher_options_record
     from autoprune.search.base import SEARCHERS

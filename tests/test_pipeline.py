@@ -58,7 +58,7 @@ def test_channel_summary_matches_the_best_plans_recorded_costs(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == summary["pruned"]["params"]
 
 
-def test_the_summary_records_the_searchers_resolved_options_and_benchmarks_rerun_a_changed_one(tmp_path):
+def test_the_summary_records_the_searchers_resolved_options_and_benchmarks_rerun_a_changed_one(tmp_path, capsys):
     """A preset whose defaults change later must not make a finished run's searcher ambiguous: the
     summary keeps the options as they ran, and a benchmark reruns a run whose options now resolve
     differently instead of reusing it."""
@@ -76,4 +76,6 @@ def test_the_summary_records_the_searchers_resolved_options_and_benchmarks_rerun
     assert not finished(tmp_path / "nothing", searcher)
     del summary["searcher_options"]  # a run from before summaries recorded them: taken as it is
     (run_dir / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
     assert finished(run_dir, {**searcher, "evaluations": 4})
+    assert "reused as it is" in capsys.readouterr().out  # said, so a stale run is not reused unseen
