@@ -29,11 +29,15 @@ each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's globa
     python -m benchmarks.search_quality_hard --budgets 0.1 --searchers ddpg_centred --top-k 0 \
         --out search_quality_hard_flops0.1_centred
 
+    python -m benchmarks.search_quality_hard --searchers ddpg --references results --out search_quality_hard_ddpg_default
+
 (the second: AMC's episode count, the agent against random search only, results in
 ``search_quality_hard_e400.md``; the third: a budget beyond the default two, results in
 ``search_quality_hard_flops0.1.md``, its targets taken at that budget as the aggressive one; the
 fourth: DDPG option sets from ``benchmarks.ddpg_sweep`` (``ON_REQUEST``), in their own results file; the
-fifth: the uniform plan added to every re-ranking pool, ``rerank.uniform``, labels ``<searcher>+uniform``)
+fifth: the uniform plan added to every re-ranking pool, ``rerank.uniform``, labels ``<searcher>+uniform``; the
+sixth: a new ``ddpg`` default rerun alone, the other searchers' rows taken from the committed results, so the targets
+compare it with them)
 
 Runs land in ``benchmarks/runs/search_quality_hard/<budget>__<searcher>__<seed>`` (run dirs:
 ``autoprune compare`` reads them; ``docs/compare_hard`` is that report). A finished run is reused,
@@ -51,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from autoprune.pipeline.run import run_search
-from benchmarks.common import ROOT, base_config, ensure_checkpoint, finished, target, write_results
+from benchmarks.common import RESULTS, ROOT, base_config, ensure_checkpoint, finished, target, write_results
 from benchmarks.search_quality import tp_global
 
 TASK = "resnet56"
@@ -204,8 +208,10 @@ def efficiency(df: pd.DataFrame) -> pd.DataFrame:
         rand = g[g["searcher"] == "random"]
         if rand.empty:
             continue
-        threshold = rand.iloc[0]["best_so_far"][-1]
+        threshold = rand.iloc[0]["best_proxy"]  # the end of its best-so-far curve (also for committed rows)
         for _, r in g[~g["searcher"].isin(("uniform", "tp_global", "netadapt"))].iterrows():
+            if not r["best_so_far"]:  # a committed row (--references results): no curve, its count is in that file
+                continue
             out.append({"budget": budget, "seed": seed, "searcher": r["searcher"],
                         "to_reach": evaluations_to_reach(r["best_so_far"], threshold)})
     return pd.DataFrame(out)
@@ -228,11 +234,26 @@ def tables(df: pd.DataFrame, evaluations: int) -> list[str]:
             f"{g['best_proxy'].mean():.4f} +- {np.nan_to_num(g['best_proxy'].std()):.4f} | "
             f"{g['test_after'].mean():.4f} +- {np.nan_to_num(g['test_after'].std()):.4f} | "
             f"{g['evaluations'].mean():.0f} (+ {g['rerank_evaluations'].mean():.0f}) | "
-            f"{g['rerank_s'].mean():.0f} | {int(g.get('rerank_uniform_won', pd.Series(dtype=bool)).sum())} | {reach} | "
+            f"{g['rerank_s'].mean():.0f} | {int(g.get('rerank_uniform_won', pd.Series(dtype=bool)).fillna(False).astype(bool).sum())} | {reach} | "
             f"{g['wall_s'].mean():.0f} |")
     lines += ["", f"Evaluations to reach random's best: one number per seed (random's own is {evaluations} "
               "or fewer by construction; `-`: not reached within the searcher's evaluations)."]
     return lines
+
+
+def committed_rows(name: str, present: pd.DataFrame) -> tuple[list[dict], str]:
+    """The rows of ``name``'s committed results whose searcher ran not here (``--references results``:
+    the peers of a partial rerun, e.g. a new DDPG default against the committed random search), and a
+    line saying so. Their best-so-far curves are not committed: no sample-efficiency counts for them."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        raise SystemExit(f"--references results: no committed {path.name}")
+    data = json.loads(path.read_text())
+    ran = set(present["searcher"]) if len(present) else set()
+    rows = [{**r, "best_so_far": []} for r in data["rows"] if r["searcher"] not in ran]
+    labels = ", ".join(sorted({r["searcher"] for r in rows}))
+    return rows, (f"Rows of {labels} are the committed `{path.name}` of {data['date']} (not rerun here: "
+                  "`--references results`).")
 
 
 def targets_of(df: pd.DataFrame) -> list[dict]:
@@ -285,6 +306,9 @@ def main() -> None:
     parser.add_argument("--rerank-uniform", action="store_true", help="re-rank the uniform plan too "
                         "(rerank.uniform); labels get '+uniform'")
     parser.add_argument("--report", action="store_true", help="only rewrite the tables from the runs on disk")
+    parser.add_argument("--references", choices=["runs", "results"], default="runs",
+                        help="the searchers not run here: from no rows (runs) or from the committed results of "
+                             "the default file name (results), so a partial rerun is compared with its peers")
     parser.add_argument("--out", help="results file name (default: search_quality_hard[_e<N>][_flops<budgets>]); "
                         "give one with --searchers, or the partial table replaces the full one")
     args = parser.parse_args()
@@ -296,18 +320,23 @@ def main() -> None:
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     df = pd.DataFrame(run_all(args))
-    data = {"rows": df.drop(columns=["best_so_far"]).to_dict("records"),
-            "efficiency": efficiency(df).to_dict("records")}
     name = "search_quality_hard" + ("" if args.evaluations == 100 else f"_e{args.evaluations}")
     if args.budgets and set(args.budgets) - set(BUDGETS):  # an extra budget: its own results file
         name += "_flops" + "_".join(f"{b:g}" for b in sorted(args.budgets))
+    note = []
+    if args.references == "results":
+        rows, line = committed_rows(name, df)
+        df, note = pd.concat([df, pd.DataFrame(rows)], ignore_index=True), ["", line]
+    data = {"rows": df.drop(columns=["best_so_far"]).to_dict("records"),
+            "efficiency": efficiency(df).to_dict("records")}
     name = args.out or name
-    write_results(name, "\n".join(tables(df, args.evaluations)), data, targets_of(df),
+    write_results(name, "\n".join(tables(df, args.evaluations) + note), data, targets_of(df),
                   f"python -m benchmarks.search_quality_hard --seeds {' '.join(map(str, args.seeds))} "
                   f"--evaluations {args.evaluations} --workers {args.workers} --top-k {args.top_k} "
                   f"--steps {args.steps}" + (f" --budgets {' '.join(map(str, args.budgets))}" if args.budgets else "")
                   + (f" --searchers {' '.join(args.searchers)}" if args.searchers else "")
                   + (" --rerank-uniform" if args.rerank_uniform else "")
+                  + (" --references results" if args.references == "results" else "")
                   + (f" --out {args.out}" if args.out else ""))
 
 

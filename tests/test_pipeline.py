@@ -79,3 +79,37 @@ def test_the_summary_records_the_searchers_resolved_options_and_benchmarks_rerun
     capsys.readouterr()
     assert finished(run_dir, {**searcher, "evaluations": 4})
     assert "reused as it is" in capsys.readouterr().out  # said, so a stale run is not reused unseen
+
+
+def test_a_partial_hard_benchmark_rerun_is_compared_with_the_committed_peers(tmp_path, monkeypatch):
+    """``search_quality_hard --references results``: the searchers not rerun come from the committed
+    results, the targets compare the rerun with them, and sample efficiency uses random's best proxy
+    (committed rows carry no best-so-far curve)."""
+    import pandas as pd
+
+    from benchmarks import search_quality_hard as sqh
+
+    def row(searcher, budget, proxy, test, curve=()):
+        return {"searcher": searcher, "budget": budget, "seed": 0, "flops_kept": float(budget.split("=")[1]),
+                "best_proxy": proxy, "val_before": proxy, "test_after": test, "evaluations": 3,
+                "rerank_evaluations": 0, "rerank_s": 0.0, "rerank_changed": False, "wall_s": 1.0,
+                "best_so_far": list(curve)}
+
+    committed = [row(s, b, p, t) for b in ("flops=0.15", "flops=0.3")
+                 for s, p, t in (("random", 0.60, 0.95), ("tpe", 0.62, 0.95), ("cmaes", 0.61, 0.95),
+                                 ("ddpg", 0.50, 0.94), ("uniform", 0.55, 0.955), ("tp_global", 0.40, 0.93))]
+    (tmp_path / "search_quality_hard.json").write_text(json.dumps(
+        {"date": "2026-11-30", "rows": [{k: v for k, v in r.items() if k != "best_so_far"} for r in committed]}))
+    monkeypatch.setattr(sqh, "RESULTS", tmp_path)
+    rerun = pd.DataFrame([row("ddpg", b, 0.70, 0.96, [0.3, 0.65, 0.70]) for b in ("flops=0.15", "flops=0.3")])
+    rows, line = sqh.committed_rows("search_quality_hard", rerun)
+    assert {r["searcher"] for r in rows} == {"random", "tpe", "cmaes", "uniform", "tp_global"}  # not the old ddpg
+    assert "2026-11-30" in line and "random" in line
+    df = pd.concat([rerun, pd.DataFrame(rows)], ignore_index=True)
+    eff = sqh.efficiency(df)
+    assert eff["searcher"].tolist() == ["ddpg", "ddpg"] and eff["to_reach"].tolist() == [2, 2]
+    met = {t["name"]: t["met"] for t in sqh.targets_of(df)}
+    assert met["ddpg >= random at equal evaluations, flops=0.15"]
+    assert met["best searcher vs random, best proxy at equal evaluations, flops=0.15"]  # ddpg 0.70 >= 0.60 + 0.03
+    assert met["with re-ranking, best searcher's test acc after FT vs tp_global, flops=0.15"]
+    assert not met["with re-ranking, best searcher's test acc after FT vs uniform, flops=0.15"]
