@@ -210,10 +210,11 @@ def efficiency(df: pd.DataFrame) -> pd.DataFrame:
             continue
         threshold = rand.iloc[0]["best_proxy"]  # the end of its best-so-far curve (also for committed rows)
         for _, r in g[~g["searcher"].isin(("uniform", "tp_global", "netadapt"))].iterrows():
-            if not r["best_so_far"]:  # a committed row (--references results): no curve, its count is in that file
-                continue
+            # a committed row (--references results) has no curve: its count comes from that file
+            reach = (evaluations_to_reach(r["best_so_far"], threshold) if r["best_so_far"]
+                     else r.get("to_reach_committed"))
             out.append({"budget": budget, "seed": seed, "searcher": r["searcher"],
-                        "to_reach": evaluations_to_reach(r["best_so_far"], threshold)})
+                        "to_reach": None if reach is None or pd.isna(reach) else int(reach)})
     return pd.DataFrame(out)
 
 
@@ -244,13 +245,15 @@ def tables(df: pd.DataFrame, evaluations: int) -> list[str]:
 def committed_rows(name: str, present: pd.DataFrame) -> tuple[list[dict], str]:
     """The rows of ``name``'s committed results whose searcher ran not here (``--references results``:
     the peers of a partial rerun, e.g. a new DDPG default against the committed random search), and a
-    line saying so. Their best-so-far curves are not committed: no sample-efficiency counts for them."""
+    line saying so. Their best-so-far curves are not committed; their sample-efficiency counts are (``efficiency``)."""
     path = RESULTS / f"{name}.json"
     if not path.exists():
         raise SystemExit(f"--references results: no committed {path.name}")
     data = json.loads(path.read_text())
     ran = set(present["searcher"]) if len(present) else set()
-    rows = [{**r, "best_so_far": []} for r in data["rows"] if r["searcher"] not in ran]
+    reach = {(e["budget"], e["seed"], e["searcher"]): e["to_reach"] for e in data.get("efficiency", [])}
+    rows = [{**r, "best_so_far": [], "to_reach_committed": reach.get((r["budget"], r["seed"], r["searcher"]))}
+            for r in data["rows"] if r["searcher"] not in ran]
     labels = ", ".join(sorted({r["searcher"] for r in rows}))
     return rows, (f"Rows of {labels} are the committed `{path.name}` of {data['date']} (not rerun here: "
                   "`--references results`).")
@@ -327,7 +330,7 @@ def main() -> None:
     if args.references == "results":
         rows, line = committed_rows(name, df)
         df, note = pd.concat([df, pd.DataFrame(rows)], ignore_index=True), ["", line]
-    data = {"rows": df.drop(columns=["best_so_far"]).to_dict("records"),
+    data = {"rows": df.drop(columns=["best_so_far", "to_reach_committed"], errors="ignore").to_dict("records"),
             "efficiency": efficiency(df).to_dict("records")}
     name = args.out or name
     write_results(name, "\n".join(tables(df, args.evaluations) + note), data, targets_of(df),

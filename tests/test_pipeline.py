@@ -99,7 +99,8 @@ def test_a_partial_hard_benchmark_rerun_is_compared_with_the_committed_peers(tmp
                  for s, p, t in (("random", 0.60, 0.95), ("tpe", 0.62, 0.95), ("cmaes", 0.61, 0.95),
                                  ("ddpg", 0.50, 0.94), ("uniform", 0.55, 0.955), ("tp_global", 0.40, 0.93))]
     (tmp_path / "search_quality_hard.json").write_text(json.dumps(
-        {"date": "2026-11-30", "rows": [{k: v for k, v in r.items() if k != "best_so_far"} for r in committed]}))
+        {"date": "2026-11-30", "rows": [{k: v for k, v in r.items() if k != "best_so_far"} for r in committed],
+         "efficiency": [{"budget": "flops=0.15", "seed": 0, "searcher": "tpe", "to_reach": 7.0}]}))
     monkeypatch.setattr(sqh, "RESULTS", tmp_path)
     rerun = pd.DataFrame([row("ddpg", b, 0.70, 0.96, [0.3, 0.65, 0.70]) for b in ("flops=0.15", "flops=0.3")])
     rows, line = sqh.committed_rows("search_quality_hard", rerun)
@@ -107,7 +108,10 @@ def test_a_partial_hard_benchmark_rerun_is_compared_with_the_committed_peers(tmp
     assert "2026-11-30" in line and "random" in line
     df = pd.concat([rerun, pd.DataFrame(rows)], ignore_index=True)
     eff = sqh.efficiency(df)
-    assert eff["searcher"].tolist() == ["ddpg", "ddpg"] and eff["to_reach"].tolist() == [2, 2]
+    reach = {(e["budget"], e["searcher"]): e["to_reach"] for e in eff.to_dict("records")}
+    assert reach[("flops=0.15", "ddpg")] == 2 and reach[("flops=0.3", "ddpg")] == 2  # from the rerun's curve
+    assert reach[("flops=0.15", "tpe")] == 7  # the committed count
+    assert pd.isna(reach[("flops=0.3", "tpe")]) and pd.isna(reach[("flops=0.15", "cmaes")])  # none committed
     met = {t["name"]: t["met"] for t in sqh.targets_of(df)}
     assert met["ddpg >= random at equal evaluations, flops=0.15"]
     assert met["best searcher vs random, best proxy at equal evaluations, flops=0.15"]  # ddpg 0.70 >= 0.60 + 0.03
