@@ -17,6 +17,11 @@ regression fitted on the same calibration plans (the baseline a LUT has to beat)
 busy processes (:func:`benchmarks.common.cpu_load`) run beside the timing thread, a machine made slower
 between build and check on purpose; ``--load-during build`` or ``both`` loads the other phases instead.
 Results in ``lut_accuracy_load.md``: the relative prediction should hold where the ms one does not.)
+
+    python -m benchmarks.lut_accuracy --runtimes onnxruntime --check-round-to 16 --out lut_accuracy_rounded
+
+(each LUT also checked on the same draws with every count rounded to 16, what a search with
+``pruning.round_to: 16`` makes; ``--out`` leaves the committed LUTs under ``benchmarks/luts`` alone.)
 """
 
 from __future__ import annotations
@@ -70,12 +75,18 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
                         calibration_plans=args.calibration_plans, seed=run, progress=False,
                         fine={"auto": None, "on": True, "off": False}[args.fine])
     built = time.perf_counter() - start
-    if run == 0 and not args.load:
+    keep = run == 0 and not args.load and not args.out  # the committed LUTs come from the main run only
+    if keep:
         atomic_write_text(lut_path(name, runtime), lut.to_json())
     start = time.perf_counter()
+    rounded = {}
     with cpu_load(args.load if args.load_during in ("check", "both") else 0):
+        if args.check_round_to > 1 and run % 2:  # the two checks in turns: neither always times first
+            rounded = check_lut(lut, model, plans=args.plans, seed=run, progress=False, round_to=args.check_round_to)
         res = check_lut(lut, model, plans=args.plans, seed=run, progress=False)
-    if run == 0 and not args.load:
+        if args.check_round_to > 1 and not run % 2:
+            rounded = check_lut(lut, model, plans=args.plans, seed=run, progress=False, round_to=args.check_round_to)
+    if keep:
         record_check(lut_path(name, runtime), res)  # what autoprune lut list shows
     keys = [k + sfx for sfx in ("", "_ms") for k in ("mape", "within_10pct", "max_abs_pct")]
     row = {"runtime": runtime, "model": name, "run": run, "step": step, "fine": bool(lut.header["fine"]),
@@ -84,11 +95,16 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
            "fit_mape": (lut.header.get("calibration") or {}).get("fit_mape", float("nan")),
            **macs_baseline(build_unit_graph(model, SHAPE), lut, res),
            "build_s": built, "check_s": time.perf_counter() - start, "form": form_of(lut),
-           "pass_shift": res["pass_shift"], "calibration_pass_shift": (lut.header.get("calibration") or {}).get("pass_shift")}
+           "pass_shift": res["pass_shift"], "calibration_pass_shift": (lut.header.get("calibration") or {}).get("pass_shift"),
+           **({"within_10pct_rounded": rounded["within_10pct"], "mape_rounded": rounded["mape"],
+               "pass_shift_rounded": rounded["pass_shift"], "round_to": args.check_round_to} if rounded else {})}
     # the LUT and the check's timings, to refit offline (benchmarks.lut_form_ab.refit) without timing again
     atomic_write_text(TIMINGS / f"{runtime}_{name}_{run}.json", json.dumps(
         {"lut": json.loads(lut.to_json()), "check": {"counts": [list(map(int, c)) for c in res["counts"]],
                                                      "measured_rel": list(map(float, res["measured_rel"]))}}))
+    if rounded:
+        print(f"{runtime} {name} run {run}: plans rounded to {args.check_round_to}: within +-10% "
+              f"{row['within_10pct_rounded']:.2f}", flush=True)
     print(f"{runtime} {name} run {run}: within +-10% {row['within_10pct']:.2f} (MACs baseline "
           f"{row.get('macs_within_10pct', float('nan')):.2f}), {row['build_s']:.0f}+{row['check_s']:.0f} s", flush=True)
     return row
@@ -105,6 +121,15 @@ def table(rows: list[dict]) -> str:
               f"{r.get('macs_within_10pct', float('nan')):.2f} | {r['mape_ms']:.2f} | {r['within_10pct_ms']:.2f} | "
               f"{r['drift']:.3f} | {r['fit_mape']:.1f} | {r['base_ms']:.2f} | {r['build_s']:.0f} | "
               f"{r['check_s']:.0f} | {_pct(r.get('pass_shift'))}, {_pct(r.get('calibration_pass_shift'))} |" for r in rows]
+    rounded = [r for r in rows if "within_10pct_rounded" in r]
+    if rounded:
+        lines += ["", f"The same LUTs checked on the same draws with every count rounded to a multiple of "
+                  f"{rounded[0]['round_to']} (`lut check --round-to`; what a search with `pruning.round_to` makes), "
+                  "timed right before or after the check above, in turns:", "",
+                  "| runtime | model | run | rounded: rel. MAPE % | rounded: rel. within +-10% | unrounded: rel. within +-10% "
+                  "| pass shift: rounded, unrounded |", "|---" * 7 + "|"]
+        lines += [f"| {r['runtime']} | {r['model']} | {r['run']} | {r['mape_rounded']:.2f} | {r['within_10pct_rounded']:.2f} | "
+                  f"{r['within_10pct']:.2f} | {_pct(r['pass_shift_rounded'])}, {_pct(r['pass_shift'])} |" for r in rounded]
     return "\n".join(lines)
 
 
@@ -128,6 +153,10 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=0,
                         help="busy processes beside the timing thread (results in lut_accuracy_load)")
     parser.add_argument("--load-during", choices=("check", "build", "both"), default="check")
+    parser.add_argument("--check-round-to", type=int, default=1,
+                        help="also check each LUT on the same plans rounded to multiples of this (lut check --round-to)")
+    parser.add_argument("--out", help="results file name (default lut_accuracy, or lut_accuracy_load with --load); with "
+                        "it the committed LUTs under benchmarks/luts are left as they are")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of other (runtime, model) pairs from the last results file")
     args = parser.parse_args()
@@ -141,8 +170,10 @@ def main() -> None:
     command = (f"python -m benchmarks.lut_accuracy --runtimes {args.runtimes} --models {args.models} --clock {args.clock} "
                f"--plans {args.plans} --step {args.step} --mobilenet-step {args.mobilenet_step} "
                f"--calibration-plans {args.calibration_plans} --runs {args.runs} --fine {args.fine}"
-               + (f" --load {args.load} --load-during {args.load_during}" if args.load else ""))
-    name = "lut_accuracy_load" if args.load else "lut_accuracy"
+               + (f" --load {args.load} --load-during {args.load_during}" if args.load else "")
+               + (f" --check-round-to {args.check_round_to}" if args.check_round_to > 1 else "")
+               + (f" --out {args.out}" if args.out else ""))
+    name = args.out or ("lut_accuracy_load" if args.load else "lut_accuracy")
     runs = [{"command": command, "minutes": round(minutes, 1), "date": time.strftime("%Y-%m-%d"),
              "note": args.note, "pairs": sorted({f"{r['runtime']}/{r['model']}" for r in rows})}]
     if args.merge and (RESULTS / f"{name}.json").exists():  # keep the other (runtime, model) pairs' rows
@@ -163,6 +194,10 @@ def targets(rows: list[dict]) -> list[dict]:
         out.append(target(f"{runtime} / {name}: share of plans within +-10% (relative prediction), median of "
                           f"{len(got)} build+check run(s) (a*MACs+b baseline: {macs:.2f})", ">= 0.95", round(share, 3),
                           share >= 0.95))
+        if all("within_10pct_rounded" in r for r in got):
+            share = float(np.median([r["within_10pct_rounded"] for r in got]))
+            out.append(target(f"{runtime} / {name}: the same, plans rounded to {got[0]['round_to']}", ">= 0.95",
+                              round(share, 3), share >= 0.95))
     return out
 
 

@@ -998,3 +998,39 @@ def test_calibration_on_too_few_plans_fits_a_line_on_the_sum_and_never_a_zero_we
     assert cal["scale"] == pytest.approx(3.0 / 9.0) and cal["offset"] == 0
     cost = LutCost(lut, graph)  # the tables' own shares: the fraction is the ratio of their sums
     assert cost.fraction([2, 4]) == pytest.approx(cost.raw([2, 4]) / cost.raw(graph.channels))
+
+
+def test_lut_check_rounds_its_plans_like_a_search_with_round_to(tmp_path, capsys):
+    """``lut check --round-to 4`` times the same draws rounded to multiples of 4 (what a search with
+    ``pruning.round_to: 4`` makes), says so, and records it for ``lut list``."""
+    from autoprune.latency.lutdir import LutEntry
+
+    lut = tmp_path / "tiny.json"
+    assert main(["lut", "build", "--model", "factories:tiny_cnn", "--input-shape", "1,8,8", "--step", "8",
+                 "--repeats", "3", "--calibration-plans", "0", "--out", str(lut), "--no-progress"]) == 0
+    reports = {}
+    for round_to in (1, 4):
+        reports[round_to] = tmp_path / f"check{round_to}.json"
+        assert main(["lut", "check", "--lut", str(lut), "--model", "factories:tiny_cnn", "--plans", "6", "--repeats",
+                     "3", "--round-to", str(round_to), "--json", str(reports[round_to]), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "counts rounded to 4" in out
+    plain, rounded = (json.loads(reports[k].read_text()) for k in (1, 4))
+    assert plain["round_to"] == 1 and rounded["round_to"] == 4
+    full = list(graph_of_tiny_cnn().channels)
+    assert any(c % 4 for counts in plain["counts"] for c in counts)  # the draws leave odd counts ...
+    for a, b in zip(plain["counts"], rounded["counts"], strict=True):
+        assert all(r % 4 == 0 or r == f for r, f in zip(b, full, strict=True))  # ... which rounding removes
+        assert all(abs(r - c) <= 3 for r, c in zip(b, a, strict=True))  # the same draws, rounded
+    header = json.loads(lut.read_text())["header"]
+    assert header["last_check"]["round_to"] == 4
+    assert "6 plans rounded to 4" in LutEntry(lut, header).row()["accuracy"]
+    code = main(["lut", "check", "--lut", str(lut), "--model", "factories:tiny_cnn", "--round-to", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--round-to" in err[0]
+
+
+def graph_of_tiny_cnn():
+    from factories import tiny_cnn
+
+    return build_unit_graph(tiny_cnn().eval(), (1, 8, 8))

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--plans", type=int, default=50, help="random plans to time (default 50)")
     c.add_argument("--repeats", type=int, default=15, help="timed samples per plan (default 15)")
     c.add_argument("--seed", type=int, default=0, help="seed of the random plans")
+    c.add_argument("--round-to", type=int, default=1,
+                   help="round the plans' channel counts to multiples of this, as a search with pruning.round_to "
+                        "does (default 1: any count)")
     c.add_argument("--json", dest="json_out", help='write {"plans", "mape", "within_10pct", ...} here')
     c.add_argument("--plot", help="scatter plot PNG (default: next to --json, else <lut>.check.png)")
     c.add_argument("--no-record", action="store_true", help="do not record the result in the LUT's header")
@@ -144,11 +147,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from autoprune.pipeline.lut import PASS_SHIFT_WARN, check_lut_file
 
-    _positive(args, "plans", "repeats")
+    _positive(args, "plans", "repeats", "round_to")
     r = check_lut_file(args.lut, args.model, model_kwargs(args), args.num_classes, plot=args.plot,
                        json_out=args.json_out, record=not args.no_record, plans=args.plans, seed=args.seed,
-                       repeats=args.repeats, progress=not args.no_progress, runtime=args.runtime)
-    print(f"{r['plans']} plans ({r['runtime']}), latency as a fraction of the unpruned model: mean abs error "
+                       repeats=args.repeats, progress=not args.no_progress, runtime=args.runtime,
+                       round_to=args.round_to)
+    rounded = f", counts rounded to {args.round_to}" if args.round_to > 1 else ""
+    print(f"{r['plans']} plans ({r['runtime']}{rounded}), latency as a fraction of the unpruned model: mean abs error "
           f"{r['mape']:.2f}%, {r['within_10pct']:.0%} within +-10%, worst {r['max_abs_pct']:.1f}%; plot {r['plot']}")
     print(f"in ms: mean abs error {r['mape_ms']:.2f}%, {r['within_10pct_ms']:.0%} within +-10%; the unpruned model "
           f"runs at {r['drift']:.0%} of its build-time latency ({r['base_ms_now']:.3f} vs {r['base_ms_at_build']:.3f} ms)")

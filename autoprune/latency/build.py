@@ -284,7 +284,7 @@ def time_base_against_reference(model: nn.Module, input_shape: Sequence[int], ba
 
 
 def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeats: int = 15,
-              progress: bool = True, runtime: str | None = None) -> dict[str, Any]:
+              progress: bool = True, runtime: str | None = None, round_to: int = 1) -> dict[str, Any]:
     """Time ``plans`` random pruned variants of ``model`` interleaved with the unpruned model and
     compare with the LUT's predictions, as fractions of the unpruned model (the target) and in ms.
 
@@ -296,22 +296,26 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
     and the points (``counts``, ``predicted_rel``, ``measured_rel``, ``predicted_ms``, ``measured_ms``).
 
     :param runtime: the runtime to time in; must be the LUT's (the default).
+    :param round_to: round the plans' counts to multiples of this (the plans a search with
+        ``pruning.round_to`` makes; the same draws as with 1). In ONNX Runtime the fractions of unaligned
+        plans move with the host's load while those of plans at multiples of 16 hold (docs/latency.md).
     """
-    if plans < 1:
-        raise AutopruneError(f"--plans must be >= 1 (got {plans})")
+    if plans < 1 or round_to < 1:
+        raise AutopruneError(f"--plans and --round-to must be >= 1 (got {plans}, {round_to})")
     lut.check_target(runtime=runtime, source="the LUT")
     graph = build_unit_graph(model, lut.header["input_shape"])
     lut.check(graph)
     cost = LutCost(lut, graph)
     rng = np.random.default_rng([seed, 2])
-    counts = [random_counts(graph, rng) for _ in range(plans)]
+    counts = [random_counts(graph, rng, round_to=round_to) for _ in range(plans)]
     predicted_rel = np.array([cost.fraction(c) for c in counts])
     predicted_ms = predicted_rel * cost.base
     timing = time_plans(graph, model, counts, cost.batch, cost.threads, repeats, lut.header.get("clock", "wall"),
                         desc="checking", progress=progress, runtime=cost.runtime)
     measured_rel, measured_ms = np.array(timing.relative), np.array(timing.ms)
     out: dict[str, Any] = {
-        "plans": int(plans), "runtime": cost.runtime, "device": lut.header["device"], "counts": counts,
+        "plans": int(plans), "round_to": int(round_to), "runtime": cost.runtime, "device": lut.header["device"],
+        "counts": counts,
         "device_now": default_device_name(str(model_device(model))),
         "predicted_rel": predicted_rel.tolist(), "measured_rel": measured_rel.tolist(),
         "predicted_ms": predicted_ms.tolist(), "measured_ms": measured_ms.tolist(),

@@ -349,6 +349,8 @@ CALIBRATION_HIGHS = (1.0, 0.7, 1.0, 0.45)
 """The upper ends of the calibration plans' ratio ranges, in turn (half of the plans are small ones)."""
 
 
-def random_counts(graph: UnitGraph, rng: np.random.Generator, low: float = 0.2, high: float = 1.0) -> list[int]:
-    """Kept channels per unit with preserve ratios drawn uniformly from [low, high]."""
-    return [resolve_count(rng.uniform(low, high), u.out_channels, u.step()) for u in graph.units]
+def random_counts(graph: UnitGraph, rng: np.random.Generator, low: float = 0.2, high: float = 1.0,
+                  round_to: int = 1) -> list[int]:
+    """Kept channels per unit with preserve ratios drawn uniformly from [low, high], each count rounded
+    as ``pruning.round_to`` rounds it (the same draws for any ``round_to``)."""
+    return [resolve_count(rng.uniform(low, high), u.out_channels, u.step(round_to)) for u in graph.units]
