@@ -1036,15 +1036,15 @@ def graph_of_tiny_cnn():
     return build_unit_graph(tiny_cnn().eval(), (1, 8, 8))
 
 
-def test_lut_check_points_a_poor_check_in_a_stepped_runtime_at_rounded_plans(monkeypatch, capsys):
+def test_lut_check_points_a_poor_onnxruntime_check_at_rounded_plans(monkeypatch, capsys):
     import autoprune.pipeline.lut as pipeline_lut
 
-    pytest.importorskip("onnxruntime")
     result = {"plans": 50, "mape": 9.0, "max_abs_pct": 30.0, "plot": None, "mape_ms": 9.0, "within_10pct_ms": 0.5,
               "drift": 1.0, "base_ms_now": 1.0, "base_ms_at_build": 1.0, "device": "here", "device_now": "here",
               "pass_shift": 0.0}
     for runtime, share, args, noted in (("onnxruntime", 0.5, [], True), ("onnxruntime", 0.98, [], False),
-                                        ("torch", 0.5, [], False), ("onnxruntime", 0.5, ["--round-to", "16"], False)):
+                                        ("torch", 0.5, [], False), ("openvino", 0.5, [], False),  # not measured
+                                        ("onnxruntime", 0.5, ["--round-to", "16"], False)):
         monkeypatch.setattr(pipeline_lut, "check_lut_file",
                             lambda *a, r=runtime, s=share, **k: {**result, "runtime": r, "within_10pct": s})
         assert main(["lut", "check", "--lut", "x.json", "--model", "factories:tiny_cnn", "--no-progress", *args]) == 0

@@ -165,25 +165,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"note: this check's timing passes moved every plan's fraction together by up to {r['pass_shift']:.0%} "
               "(the machine's load changed while it timed): its accuracy figures carry that much noise; check again "
               "on a quieter machine")
-    if args.round_to == 1 and r["within_10pct"] < 0.95 and stepped_runtime(r["runtime"]):
+    if args.round_to == 1 and r["within_10pct"] < 0.95 and r["runtime"] == "onnxruntime":  # measured there only
         print(f"note: in {r['runtime']} the fractions of plans whose channel counts are off multiples of 16 move with "
               "the machine's load; a search with pruning.round_to: 16 makes plans that hold: check those with "
               "--round-to 16 (docs/latency.md)")
     if r["device_now"] != r["device"]:
         print(f"note: the LUT is for {r['device']!r}; this machine is {r['device_now']!r}")
     return 0
-
-
-def stepped_runtime(name: str) -> bool:
-    """Whether ``name``'s CPU kernels step with channel counts (ONNX Runtime, OpenVINO; not eager torch)."""
-    from autoprune.latency.runtimes import get_runtime
-
-    try:
-        runtime = get_runtime(name)
-    except AutopruneError:
-        return False
-    stepped = getattr(runtime, "stepped", None)
-    return bool(stepped and stepped("cpu"))
 
 
 def cmd_probes(args: argparse.Namespace) -> int:
