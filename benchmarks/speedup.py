@@ -225,6 +225,7 @@ def main() -> None:
                         help="random: plans per search; 0 skips the latency-vs-FLOPs comparison")
     parser.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--note", default="", help="a line for the results (e.g. how loaded the machine was)")
+    parser.add_argument("--out", default="speedup", help="results file name (default speedup)")
     args = parser.parse_args()
     tune_allocator()
     started = time.perf_counter()
@@ -259,12 +260,12 @@ def main() -> None:
                               abs(lat["relative"] / LATENCY_BUDGET - 1) <= 0.10))
     minutes = (time.perf_counter() - started) / 60
     note = f"\n\nTook {minutes:.0f} min." + (f" {args.note}" if args.note else "")
-    write_results("speedup", tables(rows, base_ms, forms, comparisons, profiled) + note,
+    write_results(args.out, tables(rows, base_ms, forms, comparisons, profiled) + note,
                   {"base_ms": base_ms, "rows": rows, "latency_vs_flops": comparisons, "profile": profiled,
                    "minutes": minutes}, targets,
                   f"python -m benchmarks.speedup --models {' '.join(args.models)} --forms {args.forms} "
                   f"--searcher {args.searcher} --evaluations {args.evaluations} "
-                  f"--round-to {' '.join(map(str, args.round_to))}")
+                  f"--round-to {' '.join(map(str, args.round_to))}" + (f" --out {args.out}" if args.out != "speedup" else ""))
 
 
 if __name__ == "__main__":
