@@ -167,8 +167,8 @@ def cmd_check(args: argparse.Namespace) -> int:
               "on a quieter machine")
     if args.round_to == 1 and r["within_10pct"] < 0.95 and r["runtime"] == "onnxruntime":  # measured there only
         print(f"note: in {r['runtime']} the fractions of plans whose channel counts are off multiples of 16 move with "
-              "the machine's load; a search with pruning.round_to: 16 makes plans that hold: check those with "
-              "--round-to 16 (docs/latency.md)")
+              "the machine's load; a search with pruning.round_to: 16 makes plans that hold while the load is the build's: "
+              "check those with --round-to 16 (docs/latency.md)")
     if r["device_now"] != r["device"]:
         print(f"note: the LUT is for {r['device']!r}; this machine is {r['device_now']!r}")
     return 0
