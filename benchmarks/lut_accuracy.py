@@ -101,7 +101,8 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
            **({"within_10pct_rounded": rounded["within_10pct"], "mape_rounded": rounded["mape"],
                "pass_shift_rounded": rounded["pass_shift"], "round_to": args.check_round_to} if rounded else {})}
     # the LUT and the check's timings, to refit offline (benchmarks.lut_form_ab.refit) without timing again
-    atomic_write_text(TIMINGS / f"{runtime}_{name}_{run}.json", json.dumps(
+    prefix = f"{args.out}_" if args.out else ""  # an --out run leaves the main run's timings alone
+    atomic_write_text(TIMINGS / f"{prefix}{runtime}_{name}_{run}.json", json.dumps(
         {"lut": json.loads(lut.to_json()), "check": {"counts": [list(map(int, c)) for c in res["counts"]],
                                                      "measured_rel": list(map(float, res["measured_rel"]))}}))
     if rounded:
