@@ -22,6 +22,12 @@ Results in ``lut_accuracy_load.md``: the relative prediction should hold where t
 
 (each LUT also checked on the same draws with every count rounded to 16, what a search with
 ``pruning.round_to: 16`` makes; ``--out`` leaves the committed LUTs under ``benchmarks/luts`` alone.)
+
+    python -m benchmarks.lut_accuracy --check-timings 2 --out lut_accuracy_repeat
+
+(every check times its plans twice, one whole timing after the other (``lut check --timings 2``): the
+table adds the machine's repeatability, the share of plans whose two fractions agree within +-10%, which
+bounds what any LUT can score on that machine.)
 """
 
 from __future__ import annotations
@@ -82,12 +88,14 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
     rounded = {}
     with cpu_load(args.load if args.load_during in ("check", "both") else 0):
         if args.check_round_to > 1 and run % 2:  # the two checks in turns: neither always times first
-            rounded = check_lut(lut, model, plans=args.plans, seed=run, progress=False, round_to=args.check_round_to)
+            rounded = check_lut(lut, model, plans=args.plans, seed=run, progress=False, round_to=args.check_round_to,
+                                timings=args.check_timings)
             start = time.perf_counter()
-        res = check_lut(lut, model, plans=args.plans, seed=run, progress=False)
+        res = check_lut(lut, model, plans=args.plans, seed=run, progress=False, timings=args.check_timings)
         checked = time.perf_counter() - start
         if args.check_round_to > 1 and not run % 2:
-            rounded = check_lut(lut, model, plans=args.plans, seed=run, progress=False, round_to=args.check_round_to)
+            rounded = check_lut(lut, model, plans=args.plans, seed=run, progress=False, round_to=args.check_round_to,
+                                timings=args.check_timings)
     if keep:
         record_check(lut_path(name, runtime), res)  # what autoprune lut list shows
     keys = [k + sfx for sfx in ("", "_ms") for k in ("mape", "within_10pct", "max_abs_pct")]
@@ -98,8 +106,12 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
            **macs_baseline(build_unit_graph(model, SHAPE), lut, res),
            "build_s": built, "check_s": checked, "form": form_of(lut),
            "pass_shift": res["pass_shift"], "calibration_pass_shift": (lut.header.get("calibration") or {}).get("pass_shift"),
+           **({"repeatability": res["repeatability"], "within_10pct_each": res["within_10pct_each"]}
+              if res.get("repeatability") is not None else {}),
            **({"within_10pct_rounded": rounded["within_10pct"], "mape_rounded": rounded["mape"],
-               "pass_shift_rounded": rounded["pass_shift"], "round_to": args.check_round_to} if rounded else {})}
+               "pass_shift_rounded": rounded["pass_shift"], "round_to": args.check_round_to,
+               **({"repeatability_rounded": rounded["repeatability"]} if rounded.get("repeatability") is not None
+                  else {})} if rounded else {})}
     # the LUT and the check's timings, to refit offline (benchmarks.lut_form_ab.refit) without timing again
     prefix = f"{args.out}_" if args.out else ""  # an --out run leaves the main run's timings alone
     atomic_write_text(TIMINGS / f"{prefix}{runtime}_{name}_{run}.json", json.dumps(
@@ -124,6 +136,18 @@ def table(rows: list[dict]) -> str:
               f"{r.get('macs_within_10pct', float('nan')):.2f} | {r['mape_ms']:.2f} | {r['within_10pct_ms']:.2f} | "
               f"{r['drift']:.3f} | {r['fit_mape']:.1f} | {r['base_ms']:.2f} | {r['build_s']:.0f} | "
               f"{r['check_s']:.0f} | {_pct(r.get('pass_shift'))}, {_pct(r.get('calibration_pass_shift'))} |" for r in rows]
+    repeated = [r for r in rows if "repeatability" in r]
+    if repeated:
+        lines += ["", "Each check timed its plans twice, one whole timing after the other (`lut check --timings 2`); "
+                  "its plans' measured fractions above are the median of the two. Repeatability: the share of plans "
+                  "whose fractions in the two timings agree within +-10% (what the machine lets any prediction "
+                  "score); the LUT scored against each timing alone:", "",
+                  "| runtime | model | run | repeatability | rel. within +-10% (median) | against each timing |"
+                  + (" repeatability, rounded plans |" if any("repeatability_rounded" in r for r in repeated) else ""),
+                  "|---" * (6 + any("repeatability_rounded" in r for r in repeated)) + "|"]
+        lines += [f"| {r['runtime']} | {r['model']} | {r['run']} | {r['repeatability']:.2f} | {r['within_10pct']:.2f} | "
+                  + ", ".join(f"{w:.2f}" for w in r["within_10pct_each"]) + " |"
+                  + (f" {r['repeatability_rounded']:.2f} |" if "repeatability_rounded" in r else "") for r in repeated]
     rounded = [r for r in rows if "within_10pct_rounded" in r]
     if rounded:
         lines += ["", f"The same LUTs checked on the same draws with every count rounded to a multiple of "
@@ -158,6 +182,8 @@ def main() -> None:
     parser.add_argument("--load-during", choices=("check", "build", "both"), default="check")
     parser.add_argument("--check-round-to", type=int, default=1,
                         help="also check each LUT on the same plans rounded to multiples of this (lut check --round-to)")
+    parser.add_argument("--check-timings", type=int, default=1,
+                        help="time each check's plans this many times and report the repeatability (lut check --timings)")
     parser.add_argument("--out", help="results file name (default lut_accuracy, or lut_accuracy_load with --load); with "
                         "it the committed LUTs under benchmarks/luts are left as they are")
     parser.add_argument("--merge", action="store_true",
@@ -175,6 +201,7 @@ def main() -> None:
                f"--calibration-plans {args.calibration_plans} --runs {args.runs} --fine {args.fine}"
                + (f" --load {args.load} --load-during {args.load_during}" if args.load else "")
                + (f" --check-round-to {args.check_round_to}" if args.check_round_to > 1 else "")
+               + (f" --check-timings {args.check_timings}" if args.check_timings > 1 else "")
                + (f" --out {args.out}" if args.out else ""))
     name = args.out or ("lut_accuracy_load" if args.load else "lut_accuracy")
     runs = [{"command": command, "minutes": round(minutes, 1), "date": time.strftime("%Y-%m-%d"),

@@ -30,7 +30,7 @@ from autoprune.latency.tables import (
     padded_mmacs,
     random_counts,
 )
-from autoprune.latency.timing import measure_latency
+from autoprune.latency.timing import TimedPlans, measure_latency, time_plans
 from autoprune.models import build_model
 from autoprune.registry import Registry
 
@@ -1049,3 +1049,62 @@ def test_lut_check_points_a_poor_onnxruntime_check_at_rounded_plans(monkeypatch,
                             lambda *a, r=runtime, s=share, **k: {**result, "runtime": r, "within_10pct": s})
         assert main(["lut", "check", "--lut", "x.json", "--model", "factories:tiny_cnn", "--no-progress", *args]) == 0
         assert ("check those with --round-to 16" in capsys.readouterr().out) == noted, (runtime, share, args)
+
+
+def test_repeatability_is_the_share_of_timing_pairs_within_10pct():
+    two = TimedPlans([1.0, 2.0], [1.025, 2.25], 1.0, 0.0, [[1.0, 2.0], [1.05, 2.5]])
+    assert two.repeatability == pytest.approx(0.5)  # plan 0 agrees (both ways), plan 1 does not (0.8, 1.25)
+    three = TimedPlans([1.0], [1.0], 1.0, 0.0, [[1.0], [1.0], [1.2]])
+    assert three.repeatability == pytest.approx(2 / 6)  # of the 6 ordered pairs only (0, 1) and (1, 0) agree
+    assert TimedPlans([1.0], [1.0], 1.0).repeatability is None  # one timing: nothing to compare
+
+
+def test_lut_check_times_the_plans_twice_and_reports_the_machines_repeatability(tmp_path, capsys):
+    """``lut check --timings 2`` times the same plans in two whole timings: the measured fractions are
+    their median, the result says how often the two agree, the LUT is scored against each, and ``lut
+    list`` shows the repeatability next to the accuracy."""
+    from autoprune.latency.lutdir import LutEntry
+
+    lut = tmp_path / "tiny.json"
+    assert main(["lut", "build", "--model", "factories:tiny_cnn", "--input-shape", "1,8,8", "--step", "8",
+                 "--repeats", "3", "--calibration-plans", "0", "--out", str(lut), "--no-progress"]) == 0
+    report = tmp_path / "check.json"
+    assert main(["lut", "check", "--lut", str(lut), "--model", "factories:tiny_cnn", "--plans", "5", "--repeats", "3",
+                 "--timings", "2", "--json", str(report), "--no-progress"]) == 0
+    assert "2 timings: a plan's fractions in two of them agree within +-10% for" in capsys.readouterr().out
+    r = json.loads(report.read_text())
+    assert r["timings"] == 2 and 0.0 <= r["repeatability"] <= 1.0 and len(r["within_10pct_each"]) == 2
+    header = json.loads(lut.read_text())["header"]
+    assert header["last_check"]["repeatability"] == pytest.approx(r["repeatability"], abs=1e-4)
+    assert "repeatability" in LutEntry(lut, header).row()["accuracy"]
+    code = main(["lut", "check", "--lut", str(lut), "--model", "factories:tiny_cnn", "--timings", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--timings" in err[0]
+
+
+def test_time_against_base_with_two_timings_keeps_each_and_takes_their_median():
+    from factories import tiny_cnn
+
+    base = tiny_cnn().eval()
+    graph = build_unit_graph(base, (1, 8, 8))
+    plans = [[max(1, c // 2) for c in graph.channels], [max(1, c // 4) for c in graph.channels]]
+    timed = time_plans(graph, base, plans, repeats=3, clock="cpu", timings=2)
+    assert len(timed.timings) == 2 and all(len(t) == 2 for t in timed.timings)
+    assert timed.relative == pytest.approx(np.median(timed.timings, axis=0).tolist())
+    assert timed.repeatability is not None
+    with pytest.raises(AutopruneError, match="timings"):
+        time_plans(graph, base, plans, repeats=3, timings=0)
+
+
+def test_lut_check_says_when_the_machine_does_not_repeat_its_timings(monkeypatch, capsys):
+    import autoprune.pipeline.lut as pipeline_lut
+
+    result = {"plans": 50, "mape": 9.0, "max_abs_pct": 30.0, "plot": None, "mape_ms": 9.0, "within_10pct_ms": 0.5,
+              "drift": 1.0, "base_ms_now": 1.0, "base_ms_at_build": 1.0, "device": "here", "device_now": "here",
+              "pass_shift": 0.0, "runtime": "torch", "within_10pct": 0.7, "timings": 2, "within_10pct_each": [0.7, 0.6]}
+    for repeatability, noted in ((0.6, True), (0.98, False)):
+        monkeypatch.setattr(pipeline_lut, "check_lut_file", lambda *a, q=repeatability, **k: {**result, "repeatability": q})
+        assert main(["lut", "check", "--lut", "x.json", "--model", "factories:tiny_cnn", "--timings", "2"]) == 0
+        out = capsys.readouterr().out
+        assert "the LUT against each timing alone: 70%, 60%" in out
+        assert ("does not repeat its own timings" in out) == noted, repeatability

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--round-to", type=int, default=1,
                    help="round the plans' channel counts to multiples of this, as a search with pruning.round_to "
                         "does (default 1: any count)")
+    c.add_argument("--timings", type=int, default=1,
+                   help="time the plans this many times (one after another) and report how often two timings of a "
+                        "plan agree within +-10%%: what this machine lets any LUT score (default 1)")
     c.add_argument("--json", dest="json_out", help='write {"plans", "mape", "within_10pct", ...} here')
     c.add_argument("--plot", help="scatter plot PNG (default: next to --json, else <lut>.check.png)")
     c.add_argument("--no-record", action="store_true", help="do not record the result in the LUT's header")
@@ -147,16 +150,23 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from autoprune.pipeline.lut import PASS_SHIFT_WARN, check_lut_file
 
-    _positive(args, "plans", "repeats", "round_to")
+    _positive(args, "plans", "repeats", "round_to", "timings")
     r = check_lut_file(args.lut, args.model, model_kwargs(args), args.num_classes, plot=args.plot,
                        json_out=args.json_out, record=not args.no_record, plans=args.plans, seed=args.seed,
                        repeats=args.repeats, progress=not args.no_progress, runtime=args.runtime,
-                       round_to=args.round_to)
+                       round_to=args.round_to, timings=args.timings)
     rounded = f", counts rounded to {args.round_to}" if args.round_to > 1 else ""
     print(f"{r['plans']} plans ({r['runtime']}{rounded}), latency as a fraction of the unpruned model: mean abs error "
           f"{r['mape']:.2f}%, {r['within_10pct']:.0%} within +-10%, worst {r['max_abs_pct']:.1f}%; plot {r['plot']}")
     print(f"in ms: mean abs error {r['mape_ms']:.2f}%, {r['within_10pct_ms']:.0%} within +-10%; the unpruned model "
           f"runs at {r['drift']:.0%} of its build-time latency ({r['base_ms_now']:.3f} vs {r['base_ms_at_build']:.3f} ms)")
+    if r.get("repeatability") is not None:
+        each = ", ".join(f"{w:.0%}" for w in r["within_10pct_each"])
+        print(f"{r['timings']} timings: a plan's fractions in two of them agree within +-10% for "
+              f"{r['repeatability']:.0%} (the machine's repeatability); the LUT against each timing alone: {each}")
+        if r["repeatability"] < 0.95:
+            print("note: this machine does not repeat its own timings of these plans within +-10%: no LUT can be "
+                  "checked (or trusted) here more closely than that; build and check on a quieter machine")
     if abs(r["drift"] - 1) > 0.05:
         print("note: the machine's speed moved more than 5% since the LUT was built: ms predictions (latency_ms "
               "budgets) are off by that much; fractions (latency budgets) are not, unless the load changed what is "

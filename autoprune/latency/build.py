@@ -284,7 +284,8 @@ def time_base_against_reference(model: nn.Module, input_shape: Sequence[int], ba
 
 
 def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeats: int = 15,
-              progress: bool = True, runtime: str | None = None, round_to: int = 1) -> dict[str, Any]:
+              progress: bool = True, runtime: str | None = None, round_to: int = 1,
+              timings: int = 1) -> dict[str, Any]:
     """Time ``plans`` random pruned variants of ``model`` interleaved with the unpruned model and
     compare with the LUT's predictions, as fractions of the unpruned model (the target) and in ms.
 
@@ -299,9 +300,13 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
     :param round_to: round the plans' counts to multiples of this (the plans a search with
         ``pruning.round_to`` makes; the same draws as with 1). In ONNX Runtime the fractions of unaligned
         plans move with the host's load while those of plans at multiples of 16 hold (docs/latency.md).
+    :param timings: time the plans this many times, one whole timing after another; the measured
+        fractions are then the median over the timings, and the result adds ``repeatability`` (the share
+        of plans whose fractions in two timings agree within +-10%: what the machine lets any prediction
+        score) and ``within_10pct_each`` (the LUT's share against each timing alone).
     """
-    if plans < 1 or round_to < 1:
-        raise AutopruneError(f"--plans and --round-to must be >= 1 (got {plans}, {round_to})")
+    if plans < 1 or round_to < 1 or timings < 1:
+        raise AutopruneError(f"--plans, --round-to and --timings must be >= 1 (got {plans}, {round_to}, {timings})")
     lut.check_target(runtime=runtime, source="the LUT")
     graph = build_unit_graph(model, lut.header["input_shape"])
     lut.check(graph)
@@ -311,7 +316,7 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
     predicted_rel = np.array([cost.fraction(c) for c in counts])
     predicted_ms = predicted_rel * cost.base
     timing = time_plans(graph, model, counts, cost.batch, cost.threads, repeats, lut.header.get("clock", "wall"),
-                        desc="checking", progress=progress, runtime=cost.runtime)
+                        desc="checking", progress=progress, runtime=cost.runtime, timings=timings)
     measured_rel, measured_ms = np.array(timing.relative), np.array(timing.ms)
     out: dict[str, Any] = {
         "plans": int(plans), "round_to": int(round_to), "runtime": cost.runtime, "device": lut.header["device"],
@@ -320,7 +325,9 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
         "predicted_rel": predicted_rel.tolist(), "measured_rel": measured_rel.tolist(),
         "predicted_ms": predicted_ms.tolist(), "measured_ms": measured_ms.tolist(),
         "base_ms_now": timing.base_ms, "base_ms_at_build": cost.base, "drift": timing.base_ms / cost.base,
-        "pass_shift": timing.pass_shift,
+        "pass_shift": timing.pass_shift, "timings": int(timings), "repeatability": timing.repeatability,
+        "within_10pct_each": [float((np.abs(predicted_rel - np.array(t)) / np.array(t) <= 0.10).mean())
+                              for t in timing.timings],
         "batch": cost.batch, "threads": cost.threads, "clock": cost.clock}
     for suffix, p, m in (("", predicted_rel, measured_rel), ("_ms", predicted_ms, measured_ms)):
         err = np.abs(p - m) / m

@@ -49,8 +49,9 @@ class LutEntry:
         h = self.header
         check = h.get("last_check") or {}
         rounded = f" rounded to {check['round_to']}" if check.get("round_to", 1) > 1 else ""
+        repeat = f", repeatability {check['repeatability']:.0%}" if "repeatability" in check else ""
         accuracy = "-" if not check else (f"{check['within_10pct']:.0%} within +-10% "
-                                          f"({check['plans']} plans{rounded}, {check.get('date', '?')})")
+                                          f"({check['plans']} plans{rounded}{repeat}, {check.get('date', '?')})")
         return {"file": str(self.path), "device": h.get("device"), "runtime": h.get("runtime"),
                 "model": h.get("model") or "-", "signature": (h.get("model_signature") or "any")[:12],
                 "batch": h.get("batch"), "threads": h.get("threads"),
@@ -110,6 +111,7 @@ def record_check(path: str | Path, result: dict[str, Any]) -> None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "plans": int(result["plans"]),
         "within_10pct": round(float(result["within_10pct"]), 4), "mape": round(float(result["mape"]), 3),
         "within_10pct_ms": round(float(result["within_10pct_ms"]), 4), "drift": round(float(result["drift"]), 4),
-        "device": result.get("device_now"), "runtime": result.get("runtime"), "round_to": int(result.get("round_to", 1))}
+        "device": result.get("device_now"), "runtime": result.get("runtime"), "round_to": int(result.get("round_to", 1)),
+        **({"repeatability": round(float(result["repeatability"]), 4)} if result.get("repeatability") is not None else {})}
     Lut.from_dict(data, f"LUT {str(path)!r}")  # still valid
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")

@@ -56,7 +56,7 @@ import math
 import os
 import platform
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +242,22 @@ class TimedPlans:
     of (the pass's fraction / the median fraction) - 1|`` over the passes (0 with one pass or one
     candidate). A machine whose load changes mid-timing moves the fractions of a whole pass together,
     which the interleaving does not cancel; :func:`~autoprune.latency.build.check_lut` reports it."""
+    timings: list[list[float]] = field(default_factory=list)
+    """With several independent timings of the same sessions (``timings`` > 1 in :func:`time_against_base`):
+    each timing's ``relative``; ``relative`` is then their median, ``ms`` and ``base_ms`` the fastest."""
+
+    @property
+    def repeatability(self) -> float | None:
+        """The share of (candidate, ordered pair of timings) whose fractions agree within +-10% (``|a / b - 1|
+        <= 0.1``, the criterion a LUT's prediction is held to), or None with fewer than two timings.
+
+        What the machine allows: a prediction equal to one timing scores this against another.
+        """
+        if len(self.timings) < 2:
+            return None
+        t = np.array(self.timings)
+        pairs = [np.abs(t[a] / t[b] - 1) <= 0.10 for a in range(len(t)) for b in range(len(t)) if a != b]
+        return float(np.mean(pairs))
 
 
 def time_interleaved(reference: Session, candidates: Sequence[Session], threads: int = 1, rounds: int = 5,
@@ -294,15 +310,19 @@ def time_interleaved(reference: Session, candidates: Sequence[Session], threads:
 def time_against_base(base: nn.Module, models: Sequence[nn.Module], input_shape: Sequence[int], batch: int = 1,
                       threads: int = 1, repeats: int = 15, clock: Clock = "auto", rounds: int = 5,
                       desc: str = "timing", progress: bool = False, runtime: str | Runtime | None = None,
-                      ref_every: int = 2) -> TimedPlans:
+                      ref_every: int = 2, timings: int = 1) -> TimedPlans:
     """Time each of ``models`` interleaved with ``base`` (:func:`time_interleaved`) in ``runtime``.
 
     ``repeats`` samples per model in all, spread over ``rounds`` passes (at least 3 per pass). The
     models are put in eval mode for the timing (and restored); the input is a fixed random
-    ``(batch, *input_shape)`` tensor on ``base``'s device.
+    ``(batch, *input_shape)`` tensor on ``base``'s device. With ``timings`` > 1 the same sessions are
+    timed that many times, one whole timing after another (:attr:`TimedPlans.timings`,
+    :attr:`TimedPlans.repeatability`).
     """
     from tqdm.auto import tqdm
 
+    if timings < 1:
+        raise AutopruneError(f"timing: timings must be >= 1 (got {timings})")
     rt = resolve_runtime(runtime)
     x = example_input(base, input_shape, batch)
     with eval_mode(base, *models), thread_count(threads):
@@ -311,9 +331,14 @@ def time_against_base(base: nn.Module, models: Sequence[nn.Module], input_shape:
                       disable=not progress or rt.name == "torch" or None):
             if id(m) not in sessions:
                 sessions[id(m)] = rt.prepare(m, x, threads)
-        return time_interleaved(sessions[id(base)], [sessions[id(m)] for m in models], threads, rounds,
-                                max(3, -(-repeats // rounds)), clock=clock, ref_every=ref_every, desc=desc,
-                                progress=progress)
+        runs = [time_interleaved(sessions[id(base)], [sessions[id(m)] for m in models], threads, rounds,
+                                 max(3, -(-repeats // rounds)), clock=clock, ref_every=ref_every,
+                                 desc=desc if timings == 1 else f"{desc} ({t + 1}/{timings})", progress=progress)
+                for t in range(timings)]
+    if timings == 1:
+        return runs[0]
+    return TimedPlans(np.min([r.ms for r in runs], axis=0).tolist(), np.median([r.relative for r in runs], axis=0).tolist(),
+                      min(r.base_ms for r in runs), max(r.pass_shift for r in runs), [r.relative for r in runs])
 
 
 def time_plans(graph: UnitGraph, model: nn.Module, plans: list[list[int]], batch: int = 1, threads: int = 1,
