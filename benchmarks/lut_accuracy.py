@@ -28,6 +28,11 @@ Results in ``lut_accuracy_load.md``: the relative prediction should hold where t
 (every check times its plans twice, one whole timing after the other (``lut check --timings 2``): the
 table adds the machine's repeatability, the share of plans whose two fractions agree within +-10%, which
 bounds what any LUT can score on that machine.)
+
+    python -m benchmarks.lut_accuracy --check-reanchor 8 --out lut_accuracy_reanchor
+
+(every check also times 8 other random plans alongside and scores the LUT re-anchored on them, ``lut check
+--reanchor 8``: what ``lut reanchor`` right before would make of the LUT; the headline stays the LUT as built.)
 """
 
 from __future__ import annotations
@@ -89,13 +94,14 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
     with cpu_load(args.load if args.load_during in ("check", "both") else 0):
         if args.check_round_to > 1 and run % 2:  # the two checks in turns: neither always times first
             rounded = check_lut(lut, model, plans=args.plans, seed=run, progress=False, round_to=args.check_round_to,
-                                timings=args.check_timings)
+                                timings=args.check_timings, reanchor=args.check_reanchor)
             start = time.perf_counter()
-        res = check_lut(lut, model, plans=args.plans, seed=run, progress=False, timings=args.check_timings)
+        res = check_lut(lut, model, plans=args.plans, seed=run, progress=False, timings=args.check_timings,
+                        reanchor=args.check_reanchor)
         checked = time.perf_counter() - start
         if args.check_round_to > 1 and not run % 2:
             rounded = check_lut(lut, model, plans=args.plans, seed=run, progress=False, round_to=args.check_round_to,
-                                timings=args.check_timings)
+                                timings=args.check_timings, reanchor=args.check_reanchor)
     if keep:
         record_check(lut_path(name, runtime), res)  # what autoprune lut list shows
     keys = [k + sfx for sfx in ("", "_ms") for k in ("mape", "within_10pct", "max_abs_pct")]
@@ -108,9 +114,14 @@ def run_one(name: str, runtime: str, run: int, args: argparse.Namespace) -> dict
            "pass_shift": res["pass_shift"], "calibration_pass_shift": (lut.header.get("calibration") or {}).get("pass_shift"),
            **({"repeatability": res["repeatability"], "within_10pct_each": res["within_10pct_each"]}
               if res.get("repeatability") is not None else {}),
+           **({"level_now": res["level_now"], "within_10pct_reanchored": res["within_10pct_reanchored"],
+               "mape_reanchored": res["mape_reanchored"], "reanchor": args.check_reanchor} if "level_now" in res else {}),
            **({"within_10pct_rounded": rounded["within_10pct"], "mape_rounded": rounded["mape"],
                "pass_shift_rounded": rounded["pass_shift"], "round_to": args.check_round_to,
                **({"repeatability_rounded": rounded["repeatability"]} if rounded.get("repeatability") is not None
+                  else {}),
+               **({"level_now_rounded": rounded["level_now"],
+                   "within_10pct_reanchored_rounded": rounded["within_10pct_reanchored"]} if "level_now" in rounded
                   else {})} if rounded else {})}
     # the LUT and the check's timings, to refit offline (benchmarks.lut_form_ab.refit) without timing again
     prefix = f"{args.out}_" if args.out else ""  # an --out run leaves the main run's timings alone
@@ -148,6 +159,20 @@ def table(rows: list[dict]) -> str:
         lines += [f"| {r['runtime']} | {r['model']} | {r['run']} | {r['repeatability']:.2f} | {r['within_10pct']:.2f} | "
                   + ", ".join(f"{w:.2f}" for w in r["within_10pct_each"]) + " |"
                   + (f" {r['repeatability_rounded']:.2f} |" if "repeatability_rounded" in r else "") for r in repeated]
+    anchored = [r for r in rows if "level_now" in r]
+    if anchored:
+        both = any("level_now_rounded" in r for r in anchored)
+        lines += ["", f"Each check also timed {anchored[0]['reanchor']} other random plans alongside its own (`lut check "
+                  "--reanchor`) and scored the LUT re-anchored on them: every pruned plan's predicted fraction times "
+                  "the level, the median of measured over predicted on those plans (what `lut reanchor` right before "
+                  "the check would store). The table above is the LUT as built:", "",
+                  "| runtime | model | run | level | re-anchored: rel. MAPE % | re-anchored: rel. within +-10% | "
+                  "as built: rel. within +-10% |" + (" rounded plans: level, re-anchored within +-10% |" if both else ""),
+                  "|---" * (7 + both) + "|"]
+        lines += [f"| {r['runtime']} | {r['model']} | {r['run']} | {r['level_now']:.3f} | {r['mape_reanchored']:.2f} | "
+                  f"{r['within_10pct_reanchored']:.2f} | {r['within_10pct']:.2f} |"
+                  + (f" {r['level_now_rounded']:.3f}, {r['within_10pct_reanchored_rounded']:.2f} |"
+                     if "level_now_rounded" in r else "") for r in anchored]
     rounded = [r for r in rows if "within_10pct_rounded" in r]
     if rounded:
         lines += ["", f"The same LUTs checked on the same draws with every count rounded to a multiple of "
@@ -184,6 +209,8 @@ def main() -> None:
                         help="also check each LUT on the same plans rounded to multiples of this (lut check --round-to)")
     parser.add_argument("--check-timings", type=int, default=1,
                         help="time each check's plans this many times and report the repeatability (lut check --timings)")
+    parser.add_argument("--check-reanchor", type=int, default=0,
+                        help="also score each LUT re-anchored on this many other plans timed alongside (lut check --reanchor)")
     parser.add_argument("--out", help="results file name (default lut_accuracy, or lut_accuracy_load with --load); with "
                         "it the committed LUTs under benchmarks/luts are left as they are")
     parser.add_argument("--merge", action="store_true",
@@ -202,6 +229,7 @@ def main() -> None:
                + (f" --load {args.load} --load-during {args.load_during}" if args.load else "")
                + (f" --check-round-to {args.check_round_to}" if args.check_round_to > 1 else "")
                + (f" --check-timings {args.check_timings}" if args.check_timings > 1 else "")
+               + (f" --check-reanchor {args.check_reanchor}" if args.check_reanchor else "")
                + (f" --out {args.out}" if args.out else ""))
     name = args.out or ("lut_accuracy_load" if args.load else "lut_accuracy")
     runs = [{"command": command, "minutes": round(minutes, 1), "date": time.strftime("%Y-%m-%d"),
@@ -224,6 +252,10 @@ def targets(rows: list[dict]) -> list[dict]:
         out.append(target(f"{runtime} / {name}: share of plans within +-10% (relative prediction), median of "
                           f"{len(got)} build+check run(s) (a*MACs+b baseline: {macs:.2f})", ">= 0.95", round(share, 3),
                           share >= 0.95))
+        if all("within_10pct_reanchored" in r for r in got):
+            share = float(np.median([r["within_10pct_reanchored"] for r in got]))
+            out.append(target(f"{runtime} / {name}: the same, re-anchored on {got[0]['reanchor']} other plans timed "
+                              "alongside (lut check --reanchor)", ">= 0.95", round(share, 3), share >= 0.95))
         if all("within_10pct_rounded" in r for r in got):
             share = float(np.median([r["within_10pct_rounded"] for r in got]))
             out.append(target(f"{runtime} / {name}: the same, plans rounded to {got[0]['round_to']}", ">= 0.95",

@@ -1,4 +1,4 @@
-"""``autoprune lut build|check|probes|import|list``: per-device latency lookup tables
+"""``autoprune lut build|check|reanchor|probes|import|list``: per-device latency lookup tables
 (see :mod:`autoprune.pipeline.lut`).
 
 Timing runs in this process, on ``--threads`` threads (1 by default: on a small CPU two threads
@@ -23,7 +23,7 @@ RUNTIME_HELP = ("runtime to time in: torch (eager, default), onnxruntime or open
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lut", help="build, check, import or list per-device latency lookup tables (LUTs)")
-    lut_sub = p.add_subparsers(dest="lut_command", metavar="{build,check,probes,import,list}")
+    lut_sub = p.add_subparsers(dest="lut_command", metavar="{build,check,reanchor,probes,import,list}")
     lut_sub.required = True
 
     b = lut_sub.add_parser("build", help="profile a model's layers over a channel grid and write a LUT")
@@ -53,11 +53,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--timings", type=int, default=1,
                    help="time the plans this many times (one after another) and report how often two timings of a "
                         "plan agree within +-10%%: what this machine lets any LUT score (default 1)")
+    c.add_argument("--reanchor", type=int, default=0, metavar="N",
+                   help="also time N other random plans alongside and score the LUT re-anchored on them "
+                        "(what lut reanchor would make of it now; default 0: no)")
     c.add_argument("--json", dest="json_out", help='write {"plans", "mape", "within_10pct", ...} here')
     c.add_argument("--plot", help="scatter plot PNG (default: next to --json, else <lut>.check.png)")
     c.add_argument("--no-record", action="store_true", help="do not record the result in the LUT's header")
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
     c.set_defaults(func=cmd_check)
+
+    ra = lut_sub.add_parser("reanchor", help="re-measure a LUT's level on this machine as it is now (a few plans)")
+    ra.add_argument("--lut", required=True, help="the LUT (JSON), updated in place")
+    add_model_args(ra)
+    ra.add_argument("--plans", type=int, default=8, help="random plans to time (default 8)")
+    ra.add_argument("--round-to", type=int, default=1,
+                    help="draw the plans as a search with pruning.round_to does (default 1)")
+    ra.add_argument("--repeats", type=int, default=15, help="timed samples per plan (default 15)")
+    ra.add_argument("--seed", type=int, default=0, help="seed of the random plans")
+    ra.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ra.set_defaults(func=cmd_reanchor)
 
     pr = lut_sub.add_parser("probes", help="write probe models + a standalone timing script for another device")
     add_model_args(pr)
@@ -151,15 +165,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     from autoprune.pipeline.lut import PASS_SHIFT_WARN, check_lut_file
 
     _positive(args, "plans", "repeats", "round_to", "timings")
+    if args.reanchor < 0:
+        raise AutopruneError(f"--reanchor must be >= 0 (got {args.reanchor})")
     r = check_lut_file(args.lut, args.model, model_kwargs(args), args.num_classes, plot=args.plot,
                        json_out=args.json_out, record=not args.no_record, plans=args.plans, seed=args.seed,
                        repeats=args.repeats, progress=not args.no_progress, runtime=args.runtime,
-                       round_to=args.round_to, timings=args.timings)
+                       round_to=args.round_to, timings=args.timings, reanchor=args.reanchor)
     rounded = f", counts rounded to {args.round_to}" if args.round_to > 1 else ""
     print(f"{r['plans']} plans ({r['runtime']}{rounded}), latency as a fraction of the unpruned model: mean abs error "
           f"{r['mape']:.2f}%, {r['within_10pct']:.0%} within +-10%, worst {r['max_abs_pct']:.1f}%; plot {r['plot']}")
     print(f"in ms: mean abs error {r['mape_ms']:.2f}%, {r['within_10pct_ms']:.0%} within +-10%; the unpruned model "
           f"runs at {r['drift']:.0%} of its build-time latency ({r['base_ms_now']:.3f} vs {r['base_ms_at_build']:.3f} ms)")
+    if "level_now" in r:
+        print(f"re-anchored on {args.reanchor} other plans timed alongside (level x{r['level_now']:.3f}, the LUT's "
+              f"x{r['level']:.3f}): mean abs error {r['mape_reanchored']:.2f}%, {r['within_10pct_reanchored']:.0%} "
+              "within +-10% (autoprune lut reanchor stores such a level in the LUT)")
     if r.get("repeatability") is not None:
         each = ", ".join(f"{w:.0%}" for w in r["within_10pct_each"])
         print(f"{r['timings']} timings: a plan's fractions in two of them agree within +-10% for "
@@ -181,6 +201,18 @@ def cmd_check(args: argparse.Namespace) -> int:
               "check those with --round-to 16 (docs/latency.md)")
     if r["device_now"] != r["device"]:
         print(f"note: the LUT is for {r['device']!r}; this machine is {r['device_now']!r}")
+    return 0
+
+
+def cmd_reanchor(args: argparse.Namespace) -> int:
+    from autoprune.pipeline.lut import reanchor_lut_file
+
+    _positive(args, "plans", "repeats", "round_to")
+    r = reanchor_lut_file(args.lut, args.model, model_kwargs(args), args.num_classes, plans=args.plans,
+                          seed=args.seed, round_to=args.round_to, repeats=args.repeats, progress=not args.no_progress)
+    print(f"{args.lut}: level x{r['level']:.3f} (was x{r['previous']:.3f}): {args.plans} plans measured at "
+          f"{r['level']:.3f} times the LUT's fractions as built; every pruned plan is priced that much "
+          "higher from now on (lut check to see how it does)")
     return 0
 
 

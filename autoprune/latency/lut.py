@@ -302,7 +302,10 @@ class LutCost:
             raise AutopruneError("LUT: the unpruned model's predicted latency is not positive; rebuild the LUT")
         measured = (h.get("calibration") or {}).get("anchor") == "measured"  # base_reference: in the LUT's unit
         self._denominator = float(h["base_reference"]) if measured else self._full
-        self._full_key = tuple(int(c) for c in graph.channels) if measured else None
+        self.level = float((h.get("level") or {}).get("factor", 1.0))
+        """Every pruned plan's fraction is multiplied by this (``lut reanchor``: the LUT's level re-measured on
+        the machine as it is now; 1.0 as built)."""
+        self._full_key = tuple(int(c) for c in graph.channels) if measured or self.level != 1.0 else None
         self._base = self._denominator
         if lut.relative:
             ref_ms = float((h.get("reference") or {}).get("ms", 0.0))
@@ -332,10 +335,11 @@ class LutCost:
     def fraction(self, counts: Sequence[int]) -> float:
         """Predicted latency of ``counts`` as a fraction of the unpruned model's (drift-proof). With
         ``anchor: measured`` that is the calibrated value over the unpruned model's measured latency
-        (the unpruned model itself: 1.0, measured), else over the calibrated value of the unpruned model."""
+        (the unpruned model itself: 1.0, measured), else over the calibrated value of the unpruned model;
+        times :attr:`level` for every plan but the unpruned model."""
         if self._full_key is not None and tuple(int(c) for c in counts) == self._full_key:
             return 1.0
-        return self.value(counts) / self._denominator
+        return self.level * self.value(counts) / self._denominator
 
     def __call__(self, counts: Sequence[int]) -> float:
         return self.fraction(counts) * self._base

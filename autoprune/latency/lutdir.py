@@ -50,8 +50,10 @@ class LutEntry:
         check = h.get("last_check") or {}
         rounded = f" rounded to {check['round_to']}" if check.get("round_to", 1) > 1 else ""
         repeat = f", repeatability {check['repeatability']:.0%}" if "repeatability" in check else ""
-        accuracy = "-" if not check else (f"{check['within_10pct']:.0%} within +-10% "
-                                          f"({check['plans']} plans{rounded}{repeat}, {check.get('date', '?')})")
+        level = (h.get("level") or {}).get("factor")
+        repeat += f", level x{level:.3f}" if level is not None else ""
+        accuracy = (f"- (level x{level:.3f})" if level is not None else "-") if not check else (
+            f"{check['within_10pct']:.0%} within +-10% ({check['plans']} plans{rounded}{repeat}, {check.get('date', '?')})")
         return {"file": str(self.path), "device": h.get("device"), "runtime": h.get("runtime"),
                 "model": h.get("model") or "-", "signature": (h.get("model_signature") or "any")[:12],
                 "batch": h.get("batch"), "threads": h.get("threads"),
@@ -112,6 +114,8 @@ def record_check(path: str | Path, result: dict[str, Any]) -> None:
         "within_10pct": round(float(result["within_10pct"]), 4), "mape": round(float(result["mape"]), 3),
         "within_10pct_ms": round(float(result["within_10pct_ms"]), 4), "drift": round(float(result["drift"]), 4),
         "device": result.get("device_now"), "runtime": result.get("runtime"), "round_to": int(result.get("round_to", 1)),
-        **({"repeatability": round(float(result["repeatability"]), 4)} if result.get("repeatability") is not None else {})}
+        **({"repeatability": round(float(result["repeatability"]), 4)} if result.get("repeatability") is not None else {}),
+        **({"reanchored": round(float(result["within_10pct_reanchored"]), 4)} if "within_10pct_reanchored" in result
+           else {})}
     Lut.from_dict(data, f"LUT {str(path)!r}")  # still valid
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")

@@ -14,7 +14,7 @@ from typing import Any
 
 from autoprune.atomic import atomic_write_json, atomic_write_text, atomic_write_with, check_writable
 from autoprune.errors import AutopruneError
-from autoprune.latency.build import build_lut, check_lut
+from autoprune.latency.build import build_lut, check_lut, reanchor_lut
 from autoprune.latency.calibration import LOO_WARN_PCT
 from autoprune.latency.lut import Lut, load_lut
 from autoprune.latency.lutdir import LutEntry, list_luts, lut_dir, record_check
@@ -111,6 +111,19 @@ def check_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | None =
         except (OSError, AutopruneError) as exc:
             log.warning("could not record the check in %s: %s", lut_path, exc)
     return summary
+
+
+def reanchor_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | None = None,
+                      num_classes: int | None = None, **options: Any) -> dict[str, Any]:
+    """Re-measure the LUT file's level on this machine now (:func:`~autoprune.latency.build.reanchor_lut`;
+    ``options``: plans, seed, round_to, repeats, progress) and write it back in place, atomically. Its
+    ``last_check`` is dropped: it scored the LUT at its old level."""
+    lut = load_lut(lut_path)
+    net = model_from_name(model, model_kwargs, tuple(lut.header["input_shape"]), num_classes)
+    result = reanchor_lut(lut, net, **options)
+    lut.header.pop("last_check", None)
+    atomic_write_text(lut_path, lut.to_json())
+    return result
 
 
 def probes_dir(model: str, input_shape: tuple[int, ...], out: str | Path, model_kwargs: dict | None = None,
