@@ -92,7 +92,7 @@ def check_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | None =
     with ``json_out`` the result there, and with ``record`` a summary into the LUT file's header
     (``last_check``: what ``autoprune lut list`` shows). ``options`` are
     :func:`~autoprune.latency.build.check_lut`'s (plans, seed, repeats, progress, runtime, round_to,
-    timings). Returns the result with ``plot`` added.
+    timings, reanchor). Returns the result with ``plot`` added.
     """
     lut = load_lut(lut_path)
     net = model_from_name(model, model_kwargs, tuple(lut.header["input_shape"]), num_classes)
