@@ -1135,6 +1135,8 @@ def test_reanchoring_a_lut_follows_a_machine_whose_state_moved_every_pruned_plan
     monkeypatch.setattr(FakeRuntime, "prepare", busier)
     moved = check_lut(lut, model, plans=10, repeats=3, progress=False, reanchor=4)
     assert moved["within_10pct"] == 0.0  # every plan ~17% above its prediction
+    assert moved["offset_pct"] == pytest.approx(100 / 1.2 - 100, abs=1.5)  # a common offset ...
+    assert moved["within_10pct_offset_removed"] == 1.0  # ... and the shape holds
     assert moved["level_now"] == pytest.approx(1.2, rel=0.03) and moved["within_10pct_reanchored"] == 1.0
     anchors = anchor_counts(graph, 4, 0)
     assert not set(map(tuple, anchors)) & set(map(tuple, moved["counts"]))  # other plans than the check's
@@ -1171,3 +1173,17 @@ def test_lut_reanchor_updates_the_file_in_place_and_lut_list_shows_the_level(tmp
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and bad[0] in err[0], bad
     assert json.loads(lut.read_text())["header"] == header  # a refused call leaves the file as it was
+
+
+def test_lut_check_names_a_common_offset_when_dividing_it_out_would_put_the_plans_within_10pct(monkeypatch, capsys):
+    import autoprune.pipeline.lut as pipeline_lut
+
+    result = {"plans": 50, "mape": 14.0, "max_abs_pct": 20.0, "plot": None, "mape_ms": 9.0, "within_10pct_ms": 0.5,
+              "drift": 1.0, "base_ms_now": 1.0, "base_ms_at_build": 1.0, "device": "here", "device_now": "here",
+              "pass_shift": 0.0, "runtime": "torch", "within_10pct": 0.06}
+    for offset, removed, noted in ((14.6, 1.0, True), (2.0, 1.0, False), (14.6, 0.1, False)):
+        monkeypatch.setattr(pipeline_lut, "check_lut_file", lambda *a, o=offset, w=removed, **k: {
+            **result, "offset_pct": o, "within_10pct_offset_removed": w})
+        assert main(["lut", "check", "--lut", "x.json", "--model", "factories:tiny_cnn"]) == 0
+        out = capsys.readouterr().out
+        assert ("the predictions sit +14.6% off the measurements as a whole" in out) == noted, (offset, removed)

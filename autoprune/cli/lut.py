@@ -176,6 +176,11 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"{r['mape']:.2f}%, {r['within_10pct']:.0%} within +-10%, worst {r['max_abs_pct']:.1f}%; plot {r['plot']}")
     print(f"in ms: mean abs error {r['mape_ms']:.2f}%, {r['within_10pct_ms']:.0%} within +-10%; the unpruned model "
           f"runs at {r['drift']:.0%} of its build-time latency ({r['base_ms_now']:.3f} vs {r['base_ms_at_build']:.3f} ms)")
+    if abs(r.get("offset_pct", 0.0)) > 5 and r.get("within_10pct_offset_removed", 0.0) >= r["within_10pct"] + 0.10:
+        print(f"note: the predictions sit {r['offset_pct']:+.1f}% off the measurements as a whole, and with that common "
+              f"offset divided out {r['within_10pct_offset_removed']:.0%} are within +-10%: the LUT's shape holds, its "
+              "level is the machine's state at the build; lut check --reanchor 8 shows what re-anchoring would do, "
+              "lut reanchor stores it (docs/latency.md)")
     if "level_now" in r:
         print(f"re-anchored on {args.reanchor} other plans timed alongside (level x{r['level_now']:.3f}, the LUT's "
               f"x{r['level']:.3f}): mean abs error {r['mape_reanchored']:.2f}%, {r['within_10pct_reanchored']:.0%} "

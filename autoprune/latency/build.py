@@ -304,6 +304,9 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
         fractions are then the median over the timings, and the result adds ``repeatability`` (the share
         of plans whose fractions in two timings agree within +-10%: what the machine lets any prediction
         score) and ``within_10pct_each`` (the LUT's share against each timing alone).
+    The result also holds ``offset_pct``, the median of predicted over measured fraction minus 1 (%), and
+    ``within_10pct_offset_removed``, the share within +-10% once every prediction is divided by that median:
+    a LUT whose level moved with the machine's state (docs/latency.md) shows a large offset and a high share.
     :param reanchor: also time this many other random plans (:func:`anchor_counts`) in the same timing and
         score the LUT re-anchored on them (:func:`reanchor_lut`'s level, measured alongside): the result adds
         ``level_now`` and ``mape_reanchored``, ``within_10pct_reanchored``, ``max_abs_pct_reanchored``. The
@@ -336,6 +339,11 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
         "within_10pct_each": [float((np.abs(predicted_rel - np.array(t[:plans])) / np.array(t[:plans]) <= 0.10).mean())
                               for t in timing.timings],
         "level": cost.level,
+        # the LUT's common offset: how far its predictions sit from the measurements as a whole, and its share
+        # within +-10% with that offset divided out (in-sample: a diagnosis of the level, not a score)
+        "offset_pct": float((np.median(predicted_rel / measured_rel) - 1) * 100),
+        "within_10pct_offset_removed": float((np.abs(predicted_rel / measured_rel / np.median(predicted_rel / measured_rel)
+                                                     - 1) <= 0.10).mean()),
         "batch": cost.batch, "threads": cost.threads, "clock": cost.clock}
     scored = [("", predicted_rel, measured_rel), ("_ms", predicted_ms, measured_ms)]
     if reanchor:
