@@ -216,8 +216,8 @@ def cmd_reanchor(args: argparse.Namespace) -> int:
     r = reanchor_lut_file(args.lut, args.model, model_kwargs(args), args.num_classes, plans=args.plans,
                           seed=args.seed, round_to=args.round_to, repeats=args.repeats, progress=not args.no_progress)
     print(f"{args.lut}: level x{r['level']:.3f} (was x{r['previous']:.3f}): {args.plans} plans measured at "
-          f"{r['level']:.3f} times the LUT's fractions as built; every pruned plan is priced that much "
-          "higher from now on (lut check to see how it does)")
+          f"{r['level']:.3f} times the LUT's fractions as built; every pruned plan is priced at that multiple "
+          "from now on (lut check to see how it does)")
     return 0
 
 

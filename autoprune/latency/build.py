@@ -295,6 +295,9 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
     move with the machine's speed), ``drift`` (the unpruned model's latency now / at build time),
     ``pass_shift`` (how far one timing pass moved every fraction at once: :class:`TimedPlans`),
     and the points (``counts``, ``predicted_rel``, ``measured_rel``, ``predicted_ms``, ``measured_ms``).
+    Also ``offset_pct``, the median of predicted over measured fraction minus 1 (%), and
+    ``within_10pct_offset_removed``, the share within +-10% once every prediction is divided by that median:
+    a LUT whose level moved with the machine's state (docs/latency.md) shows a large offset and a high share.
 
     :param runtime: the runtime to time in; must be the LUT's (the default).
     :param round_to: round the plans' counts to multiples of this (the plans a search with
@@ -304,9 +307,6 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
         fractions are then the median over the timings, and the result adds ``repeatability`` (the share
         of plans whose fractions in two timings agree within +-10%: what the machine lets any prediction
         score) and ``within_10pct_each`` (the LUT's share against each timing alone).
-    The result also holds ``offset_pct``, the median of predicted over measured fraction minus 1 (%), and
-    ``within_10pct_offset_removed``, the share within +-10% once every prediction is divided by that median:
-    a LUT whose level moved with the machine's state (docs/latency.md) shows a large offset and a high share.
     :param reanchor: also time this many other random plans (:func:`anchor_counts`) in the same timing and
         score the LUT re-anchored on them (:func:`reanchor_lut`'s level, measured alongside): the result adds
         ``level_now`` and ``mape_reanchored``, ``within_10pct_reanchored``, ``max_abs_pct_reanchored``. The
@@ -354,7 +354,6 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
         out.update({f"mape{suffix}": float(err.mean() * 100), f"within_10pct{suffix}": float((err <= 0.10).mean()),
                     f"max_abs_pct{suffix}": float(err.max() * 100)})
     return out
-
 
 
 def anchor_counts(graph: UnitGraph, plans: int, seed: int = 0, round_to: int = 1) -> list[list[int]]:
