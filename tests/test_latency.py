@@ -1173,6 +1173,9 @@ def test_lut_reanchor_updates_the_file_in_place_and_lut_list_shows_the_level(tmp
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and bad[0] in err[0], bad
     assert json.loads(lut.read_text())["header"] == header  # a refused call leaves the file as it was
+    assert main(["lut", "reanchor", "--lut", str(lut), "--model", "factories:tiny_cnn", "--clear"]) == 0
+    assert "level removed (was x" in capsys.readouterr().out
+    assert "level" not in json.loads(lut.read_text())["header"]  # priced as built again
 
 
 def test_lut_check_names_a_common_offset_when_dividing_it_out_would_put_the_plans_within_10pct(monkeypatch, capsys):

@@ -70,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="draw the plans as a search with pruning.round_to does (default 1)")
     ra.add_argument("--repeats", type=int, default=15, help="timed samples per plan (default 15)")
     ra.add_argument("--seed", type=int, default=0, help="seed of the random plans")
+    ra.add_argument("--clear", action="store_true", help="remove the stored level (the LUT as built again); times nothing")
     ra.add_argument("--no-progress", action="store_true", help="hide progress bars")
     ra.set_defaults(func=cmd_reanchor)
 
@@ -181,6 +182,8 @@ def cmd_check(args: argparse.Namespace) -> int:
               f"offset divided out {r['within_10pct_offset_removed']:.0%} are within +-10%: the LUT's shape holds, its "
               "level is the machine's state at the build; lut check --reanchor 8 shows what re-anchoring would do, "
               "lut reanchor stores it (docs/latency.md)")
+    if r.get("level", 1.0) != 1.0:
+        print(f"the LUT carries a level of x{r['level']:.3f} (lut reanchor; lut reanchor --clear removes it)")
     if "level_now" in r:
         print(f"re-anchored on {args.reanchor} other plans timed alongside (level x{r['level_now']:.3f}, the LUT's "
               f"x{r['level']:.3f}): mean abs error {r['mape_reanchored']:.2f}%, {r['within_10pct_reanchored']:.0%} "
@@ -213,6 +216,12 @@ def cmd_reanchor(args: argparse.Namespace) -> int:
     from autoprune.pipeline.lut import reanchor_lut_file
 
     _positive(args, "plans", "repeats", "round_to")
+    if args.clear:
+        from autoprune.pipeline.lut import clear_level
+
+        previous = clear_level(args.lut)
+        print(f"{args.lut}: level removed (was x{previous:.3f}); plans are priced as built")
+        return 0
     r = reanchor_lut_file(args.lut, args.model, model_kwargs(args), args.num_classes, plans=args.plans,
                           seed=args.seed, round_to=args.round_to, repeats=args.repeats, progress=not args.no_progress)
     print(f"{args.lut}: level x{r['level']:.3f} (was x{r['previous']:.3f}): {args.plans} plans measured at "

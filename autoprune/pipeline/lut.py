@@ -126,6 +126,16 @@ def reanchor_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | Non
     return result
 
 
+def clear_level(lut_path: str | Path) -> float:
+    """Remove the level ``lut reanchor`` stored in the LUT file (atomically); returns the level it had (1.0 if none)."""
+    lut = load_lut(lut_path)
+    previous = float((lut.header.pop("level", None) or {}).get("factor", 1.0))
+    if previous != 1.0:  # the last check scored the LUT at that level
+        lut.header.pop("last_check", None)
+    atomic_write_text(lut_path, lut.to_json())
+    return previous
+
+
 def probes_dir(model: str, input_shape: tuple[int, ...], out: str | Path, model_kwargs: dict | None = None,
                num_classes: int | None = None, **options: Any) -> dict[str, Any]:
     """Write the probe models, manifest and timing script of a LUT build of ``model`` into ``out``
