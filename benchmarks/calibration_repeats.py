@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from autoprune.core.graph import build_unit_graph
-from autoprune.latency.build import CALIBRATION_REPEATS, CALIBRATION_RETRIES, build_lut, calibrate, check_lut
+from autoprune.latency.build import CALIBRATION_REPEATS, CALIBRATION_RETRIES, build_lut, calibrate
+from autoprune.latency.check import check_lut
 from autoprune.latency.costs import LutCost
 from autoprune.latency.timing import tune_allocator
 from autoprune.models.zoo import build_model

@@ -47,7 +47,8 @@ import numpy as np
 from autoprune.atomic import atomic_write_text
 from autoprune.core.cost import FlopsCost
 from autoprune.core.graph import build_unit_graph
-from autoprune.latency.build import build_lut, check_lut
+from autoprune.latency.build import build_lut
+from autoprune.latency.check import check_lut
 from autoprune.latency.lutdir import record_check
 from autoprune.latency.timing import tune_allocator
 from autoprune.models.zoo import build_model

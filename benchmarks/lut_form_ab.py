@@ -41,7 +41,8 @@ import numpy as np
 
 from autoprune.core.cost import WidthModel
 from autoprune.core.graph import build_unit_graph
-from autoprune.latency.build import build_lut, check_lut, fit_calibration
+from autoprune.latency.build import build_lut, fit_calibration
+from autoprune.latency.check import check_lut
 from autoprune.latency.lut import Lut, LutCost
 from autoprune.latency.tables import ALIGNMENTS, misaligned_melements, padded_melements, padded_mmacs
 from autoprune.latency.timing import tune_allocator

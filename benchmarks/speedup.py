@@ -42,7 +42,8 @@ from autoprune.core.cost import FlopsCost, make_budget
 from autoprune.core.graph import build_unit_graph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
-from autoprune.latency.build import build_lut, reanchor_lut
+from autoprune.latency.build import build_lut
+from autoprune.latency.check import reanchor_lut
 from autoprune.latency.lut import load_lut
 from autoprune.latency.timing import time_against_base, tune_allocator
 from autoprune.models.zoo import build_model

@@ -18,8 +18,9 @@ from autoprune.cli import main
 from autoprune.core.cost import WidthModel, make_budget
 from autoprune.core.graph import build_unit_graph
 from autoprune.errors import AutopruneError
-from autoprune.latency.build import LayerProfiler, build_lut, check_lut
+from autoprune.latency.build import LayerProfiler, build_lut
 from autoprune.latency.calibration import fit_calibration
+from autoprune.latency.check import check_lut
 from autoprune.latency.lut import Lut, LutCost, ModuleTable, load_lut, make_header, model_signature, tabulate
 from autoprune.latency.tables import (
     ALIGNMENTS,
@@ -1116,7 +1117,7 @@ def test_reanchoring_a_lut_follows_a_machine_whose_state_moved_every_pruned_plan
     the unpruned one does not: the LUT as built misses every plan by ~17%; ``check_lut(reanchor=N)`` scores it
     re-anchored on N other plans timed alongside; ``reanchor_lut`` stores that level in the header, and the
     LUT then predicts the plans within +-10% (the unpruned model stays at 1.0)."""
-    from autoprune.latency.build import anchor_counts, reanchor_lut
+    from autoprune.latency.check import anchor_counts, reanchor_lut
 
     model = TinyResidual().eval()
     graph = build_unit_graph(model, SHAPE)

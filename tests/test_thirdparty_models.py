@@ -82,7 +82,8 @@ def test_a_grouped_conv_input_cut_in_every_group_alike_equals_zeroing_those_chan
 def test_a_lut_builds_and_checks_on_grouped_convs_and_attention(name):
     """Grouped convs are timed at whole groups; attention (not a layer table) is carried by the
     calibration. The plans a check times keep heads and groups whole."""
-    from autoprune.latency.build import build_lut, check_lut
+    from autoprune.latency.build import build_lut
+    from autoprune.latency.check import check_lut
 
     model = getattr(thirdparty_models, name)().eval()
     lut = build_lut(model, (3, 32, 32), step=16, repeats=2, calibration_plans=2, progress=False, model_name=name)

@@ -241,7 +241,7 @@ class TimedPlans:
     """How far one pass moved every candidate's fraction at once: the largest ``|median over candidates
     of (the pass's fraction / the median fraction) - 1|`` over the passes (0 with one pass or one
     candidate). A machine whose load changes mid-timing moves the fractions of a whole pass together,
-    which the interleaving does not cancel; :func:`~autoprune.latency.build.check_lut` reports it."""
+    which the interleaving does not cancel; :func:`~autoprune.latency.check.check_lut` reports it."""
     timings: list[list[float]] = field(default_factory=list)
     """With several independent timings of the same sessions (``timings`` > 1 in :func:`time_against_base`):
     each timing's ``relative``; ``relative`` is then their median, ``ms`` and ``base_ms`` the fastest."""

@@ -14,8 +14,9 @@ from typing import Any
 
 from autoprune.atomic import atomic_write_json, atomic_write_text, atomic_write_with, check_writable
 from autoprune.errors import AutopruneError
-from autoprune.latency.build import build_lut, check_lut, reanchor_lut
+from autoprune.latency.build import build_lut
 from autoprune.latency.calibration import LOO_WARN_PCT
+from autoprune.latency.check import check_lut, reanchor_lut
 from autoprune.latency.lut import Lut, load_lut
 from autoprune.latency.lutdir import LutEntry, list_luts, lut_dir, record_check
 from autoprune.latency.probes import import_probes, write_probes
@@ -91,7 +92,7 @@ def check_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | None =
     Writes the scatter plot to ``plot`` (default: next to ``json_out``, else ``<lut>.check.png``),
     with ``json_out`` the result there, and with ``record`` a summary into the LUT file's header
     (``last_check``: what ``autoprune lut list`` shows). ``options`` are
-    :func:`~autoprune.latency.build.check_lut`'s (plans, seed, repeats, progress, runtime, round_to,
+    :func:`~autoprune.latency.check.check_lut`'s (plans, seed, repeats, progress, runtime, round_to,
     timings, reanchor). Returns the result with ``plot`` added.
     """
     lut = load_lut(lut_path)
@@ -115,7 +116,7 @@ def check_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | None =
 
 def reanchor_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | None = None,
                       num_classes: int | None = None, **options: Any) -> dict[str, Any]:
-    """Re-measure the LUT file's level on this machine now (:func:`~autoprune.latency.build.reanchor_lut`;
+    """Re-measure the LUT file's level on this machine now (:func:`~autoprune.latency.check.reanchor_lut`;
     ``options``: plans, seed, round_to, repeats, progress) and write it back in place, atomically. Its
     ``last_check`` is dropped: it scored the LUT at its old level."""
     lut = load_lut(lut_path)
