@@ -9,8 +9,8 @@ Searchers at equal evaluations (``--evaluations``, default 100): ``random``, ``t
 actions in the results of 2026-11-30; preset ``share``, reproducible as ``ddpg_current``, from 2026-12-05;
 ratio actions with ``explore_best: 0.5``, the same as ``ddpg_previous``, since 2026-12-06) and ``ddpg_amc``
 (``preset: amc``, AMC's published settings), each followed by the same re-ranking stage (top ``--top-k`` plans by the proxy, ``--steps`` fine-tuning batches
-each, the best after that is kept); peers: ``uniform`` and Torch-Pruning's global L1 pruning
-(``MetaPruner(global_pruning=True)``) at the same FLOPs. Every result gets the same fine-tune
+each, the best after that is kept); peers: ``uniform``, ``global`` (autoprune's global ranking, one
+evaluation) and Torch-Pruning's global L1 pruning (``MetaPruner(global_pruning=True)``) at the same FLOPs. Every result gets the same fine-tune
 (2 epochs at lr x 0.1). Reported, mean +- std over seeds:
 
 - best proxy: the best val accuracy (adaptive BN, no training) among the searcher's own
@@ -71,6 +71,7 @@ SEARCHERS = ("random", "tpe", "cmaes", "ddpg")
 def searchers(evaluations: int) -> dict[str, dict]:
     return {
         "uniform": {"name": "uniform"},
+        "global": {"name": "global"},  # autoprune's global ranking (Torch-Pruning's global pruning as a plan)
         "random": {"name": "random", "evaluations": evaluations},
         "tpe": {"name": "tpe", "evaluations": evaluations, "parallel": 2},
         "cmaes": {"name": "cmaes", "evaluations": evaluations, "parallel": 2},
@@ -119,8 +120,8 @@ ON_REQUEST = ("ddpg_share", "ddpg_share_bw", "ddpg_share_plain", "ddpg_previous"
 FIRST_SEED_ONLY = ("ddpg_amc", "netadapt")
 """Run for the first seed only (CPU time is scarce here): the AMC preset (kept reachable, not tuned) and
 NetAdapt (the greedy searcher for the comparison report; it sets its own evaluation count)."""
-NO_RERANK = ("uniform", "netadapt")
-"""One plan (uniform), or scores taken after short-term fine-tuning already (NetAdapt's proposals)."""
+NO_RERANK = ("uniform", "global", "netadapt")
+"""One plan (uniform, global), or scores taken after short-term fine-tuning already (NetAdapt's proposals)."""
 EXTRA = ("ddpg_wall", "ddpg_nofloor")
 """Labels reported when their run dirs exist but no longer run: ``ddpg_wall`` is an earlier default
 (AMC's wall plus the end-of-episode repair), kept for seed 0 at 15% as the evidence for the change;

@@ -878,6 +878,12 @@ def case_ray_negative_gpus_per_worker(env):
 
 
 @case
+def case_global_ranking_with_a_criterion_that_needs_data(env):
+    return search(env, r"searcher global ranks channels without data; criterion 'taylor' needs calibration",
+                  searcher={"name": "global"}, pruning={"criterion": "taylor"})
+
+
+@case
 def case_runtime_fp16_on_the_cpu(env):
     return search(env, r"runtime\.amp: fp16 needs a GPU", runtime={"device": "cpu", "amp": "fp16"})
 

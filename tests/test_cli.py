@@ -42,6 +42,25 @@ def test_searcher_and_budget_flags_and_user_factories(tmp_path):
     assert summary["pruned"]["params_kept"] <= 0.6 + 1e-9
 
 
+def test_global_ranking_on_a_residual_factory_model_end_to_end_and_resumed(tmp_path):
+    """``--searcher global`` on a user's residual model under a params budget: one evaluation, the plan
+    within the budget, a loadable pruned model; ``--resume`` of the finished run repeats nothing."""
+    raw = tiny_config(model={"factory": "factories:tiny_residual"}, data={"factory": "factories:digits_factory"})
+    out = tmp_path / "run"
+    argv = ["search", write_config(tmp_path, raw), "--searcher", "global", "--budget", "params=0.5", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["searcher"] == "global" and summary["evaluations"] == 1
+    assert summary["pruned"]["params_kept"] <= 0.5 + 1e-9
+    plan = json.loads((out / "best_plan.json").read_text())
+    assert load_pruned(out / "pruned_model.pt")(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    trials = (out / "trials.parquet").read_bytes()
+    assert main(["search", "--resume", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "best_plan.json").read_text())["channels"] == plan["channels"]
+    assert (out / "trials.parquet").read_bytes() == trials
+
+
 def test_train_command_writes_a_checkpoint_search_can_load(tmp_path, capsys):
     ckpt = tmp_path / "base.pt"
     assert main(["train", write_config(tmp_path, tiny_config()), "--out", str(ckpt), "--no-progress"]) == 0

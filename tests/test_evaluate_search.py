@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoprune.agents.baselines import RandomSearcher, UniformSearcher
+from autoprune.agents.baselines import GlobalSearcher, RandomSearcher, UniformSearcher
 from autoprune.config import DataConfig
 from autoprune.core.plan import PruningPlan
 from autoprune.core.train import accuracy
@@ -69,6 +69,67 @@ def test_uniform_uses_one_ratio_within_budget(tiny_session):
     assert ctx.fits(plan)
     assert len({round(r, 9) for r in plan.ratios.values()}) == 1
     assert plan.meta["flops_kept"] > 0.4  # uses the budget, not far below it
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+def test_global_is_torch_pruning_global_pruning_as_a_plan(tiny_session, ratio):
+    """At the FLOPs Torch-Pruning's MetaPruner(global_pruning=True) ends at, ``global`` keeps the same counts."""
+    import copy
+    import dataclasses
+
+    import torch_pruning as tp
+
+    from autoprune.core.cost import Budget
+
+    model = copy.deepcopy(tiny_session.model)
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    tp.pruner.MetaPruner(model, torch.randn(1, *tiny_session.input_shape), global_pruning=True, pruning_ratio=ratio,
+                         importance=tp.importance.GroupMagnitudeImportance(p=1), ignored_layers=[classifier]).step()
+    modules = dict(model.named_modules())
+    theirs = [getattr(modules[n], "out_channels", None) or modules[n].out_features for n in tiny_session.graph.names]
+    ctx = _context(tiny_session)
+    ctx.pruning = dataclasses.replace(ctx.pruning, min_ratio=0.01)
+    ctx.budget = Budget(ctx.costs["flops"], ctx.costs["flops"](theirs))
+    plan = GlobalSearcher(ctx).search()
+    assert plan.counts(tiny_session.graph) == theirs
+    assert theirs != tiny_session.graph.channels  # something was cut
+    assert len(ctx.recorder.rows) == 1 and plan.meta["val_accuracy"] == ctx.recorder.rows[0]["val_accuracy"]
+
+
+def test_global_cuts_the_lowest_normalised_scores_until_the_budget_fits(tiny_session):
+    """The plan equals removing, one by one, the channel with the lowest score / its unit's mean score
+    (units at ``min_ratio`` stay) until the plan meets the budget."""
+    from autoprune.core.criteria import get_criterion
+    from autoprune.core.prune import channel_scores
+
+    ctx = _context(tiny_session)
+    graph = tiny_session.graph
+    scores = channel_scores(graph.model, graph, get_criterion(ctx.pruning))
+    ranked = sorted((float(s / v.mean()), u) for u, v in enumerate(scores.values()) for s in v)
+    counts, floor = list(graph.channels), ctx.min_counts()
+    for _score, u in ranked:
+        if ctx.budget.fits(counts):
+            break
+        if counts[u] > floor[u]:
+            counts[u] -= 1
+    assert GlobalSearcher(ctx).counts() == counts
+    assert ctx.budget.fits(counts) and counts != graph.channels
+
+
+def test_global_needs_a_criterion_that_needs_no_data(tiny_session):
+    import dataclasses
+
+    from autoprune.errors import ConfigError
+
+    ctx = _context(tiny_session)
+    ctx.pruning = dataclasses.replace(ctx.pruning, criterion="taylor")
+    with pytest.raises(ConfigError, match="searcher.criterion: l1"):
+        GlobalSearcher(ctx).counts()
+    assert ctx.fits(GlobalSearcher(ctx, GlobalSearcher.parse_options({"criterion": "l2"})).search())
+    with pytest.raises(ConfigError, match="normalizer"):
+        GlobalSearcher.parse_options({"normalizer": "median"})
+    with pytest.raises(ConfigError, match="not a criterion"):
+        GlobalSearcher.parse_options({"criterion": "l3"})
 
 
 @settings(max_examples=15, deadline=None)

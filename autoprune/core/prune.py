@@ -50,6 +50,30 @@ def _select(criterion: Criterion, group, unit: LayerSpec, keep: int) -> list[int
     return sorted(b * width + int(p) for b in range(blocks) for p in drop)
 
 
+def _whole_group(dg, modules: dict[str, nn.Module], unit: LayerSpec):
+    """``(root module, its out-channel pruning function, the group of all its channels)`` of ``unit``."""
+    root = modules[unit.name]
+    prune_fn = dg.get_pruner_of_module(root).prune_out_channels
+    return root, prune_fn, dg.get_pruning_group(root, prune_fn, idxs=list(range(unit.out_channels)))
+
+
+def channel_scores(model: nn.Module, graph: UnitGraph, criterion: Criterion) -> dict[str, torch.Tensor]:
+    """Each unit's per-channel scores by ``criterion`` on ``model`` (unpruned; higher = kept first).
+
+    What :func:`channel_prune` ranks a unit's channels by, for every unit at once; a criterion that
+    needs data must have been ``prepare``-d on ``model``. ``model`` is not modified.
+    """
+    dg = build_dependency_graph(model, graph.input_shape)
+    modules = dict(model.named_modules())
+    out = {}
+    for unit in graph.units:
+        scores = criterion.scores(_whole_group(dg, modules, unit)[2])
+        if scores is None or scores.numel() != unit.out_channels:
+            raise AutopruneError(f"criterion gave no per-channel scores for unit {unit.name!r}")
+        out[unit.name] = torch.nan_to_num(scores.float(), nan=0.0)
+    return out
+
+
 def channel_prune(
     model: nn.Module,
     graph: UnitGraph,
@@ -78,9 +102,7 @@ def channel_prune(
     modules = dict(pruned.named_modules())
     selections = []
     for unit, keep in todo:
-        root = modules[unit.name]
-        prune_fn = dg.get_pruner_of_module(root).prune_out_channels
-        group = dg.get_pruning_group(root, prune_fn, idxs=list(range(unit.out_channels)))
+        root, prune_fn, group = _whole_group(dg, modules, unit)
         selections.append((unit.name, root, prune_fn, _select(criterion, group, unit, keep)))
     for name, root, prune_fn, idxs in selections:
         group = dg.get_pruning_group(root, prune_fn, idxs=idxs)

@@ -155,6 +155,7 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
     searcher_cls = SEARCHERS.get(cfg.searcher_name)
     options = searcher_cls.parse_options(cfg.searcher)
     CRITERIA.get(cfg.pruning.criterion)
+    searcher_cls.check(options, cfg.pruning)
     if cfg.ray.workers > 0:  # an unreachable cluster should fail before the base model is trained
         from autoprune.pipeline.pool import check_ray_address
 

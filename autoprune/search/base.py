@@ -43,6 +43,7 @@ from autoprune.search.records import TrialRecorder
 SEARCHERS: Registry = Registry("searcher", entry_points={
     "uniform": "autoprune.agents.baselines:UniformSearcher",
     "random": "autoprune.agents.baselines:RandomSearcher",
+    "global": "autoprune.agents.baselines:GlobalSearcher",
     "sensitivity": "autoprune.agents.sensitivity:SensitivitySearcher",
     "netadapt": "autoprune.agents.netadapt:NetAdaptSearcher",
     "ddpg": "autoprune.agents.ddpg:DdpgSearcher",
@@ -189,6 +190,11 @@ class Searcher(ABC):
             return None
         use = f"set searcher.name: {owners[0]}" if len(owners) == 1 else "set searcher.name to one of them"
         return f"searcher.{key} is an option of {', '.join(owners)}, not {cls.name}: remove it, or {use}"
+
+    @classmethod
+    def check(cls, options: Any, pruning: PruningConfig) -> None:
+        """Check parsed ``options`` against the pruning section before any work (default: nothing to check)."""
+        return None
 
     @abstractmethod
     def search(self) -> PruningPlan:
