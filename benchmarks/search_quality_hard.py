@@ -107,6 +107,11 @@ def searchers(evaluations: int) -> dict[str, dict]:
         # preset share with centred actions (the fair share at 0, ratio mode's slope on both sides)
         "ddpg_centred": {"name": "ddpg", "preset": "share", "episodes": evaluations,
                          "warmup": max(2, evaluations // 4) // 2 * 2, "parallel_episodes": 2, "action_mode": "centred"},
+        # TPE with every plan scored after 20 short-term fine-tuning batches (``evaluation.finetune_steps``),
+        # half the evaluations (each costs several proxy evaluations): does a fine-tuned score find plans that
+        # fine-tune better? ``_evaluation`` is merged into the benchmark's evaluation section
+        "tpe_ft20": {"name": "tpe", "evaluations": max(2, evaluations // 2), "parallel": 2,
+                     "_evaluation": {"finetune_steps": 20}},
         # the control of explore_best (on preset share): after the warm-up only the local search acts
         "ddpg_best100": {"name": "ddpg", "preset": "share", "episodes": evaluations,
                          "warmup": max(2, evaluations // 4) // 2 * 2, "parallel_episodes": 2, "explore_best": 1.0},
@@ -114,7 +119,7 @@ def searchers(evaluations: int) -> dict[str, dict]:
 
 
 ON_REQUEST = ("ddpg_share", "ddpg_share_bw", "ddpg_share_plain", "ddpg_previous", "ddpg_best50", "ddpg_current",
-              "ddpg_centred", "ddpg_best100")
+              "ddpg_centred", "ddpg_best100", "tpe_ft20")
 """DDPG option sets from ``benchmarks.ddpg_sweep``, run only when named in ``--searchers`` (results with
 ``--out search_quality_hard_share``)."""
 FIRST_SEED_ONLY = ("ddpg_amc", "netadapt")
@@ -141,6 +146,8 @@ def run_all(args) -> list[dict]:
             for name, searcher in searchers(args.evaluations).items():
                 if name in FIRST_SEED_ONLY and seed != args.seeds[0] or name not in wanted:
                     continue
+                searcher = dict(searcher)
+                evaluation = {**EVALUATION, **searcher.pop("_evaluation", {})}
                 label = name + ("+uniform" if args.rerank_uniform and name not in NO_RERANK else "")
                 out = runs / f"flops{budget}__{label}__{seed}"
                 if not args.report and not finished(out, searcher):
@@ -148,7 +155,7 @@ def run_all(args) -> list[dict]:
                     rerank = ({"top_k": args.top_k, "steps": args.steps, "uniform": args.rerank_uniform}
                               if name not in NO_RERANK else {"top_k": 0})
                     cfg = base_config([f"seed={seed}", f"ray.workers={args.workers}"], task=TASK,
-                                      searcher=searcher, budget={"flops": budget}, evaluation=EVALUATION,
+                                      searcher=searcher, budget={"flops": budget}, evaluation=evaluation,
                                       rerank=rerank)
                     run_search(cfg, out=out, progress=False)
                 if (out / "summary.json").exists():
@@ -181,8 +188,10 @@ def _row(label: str, budget: float, seed: int, out: Path) -> dict:
     p = s["pruned"]
     t = _search_trials(out)
     best_proxy = float(t["val_accuracy"].max()) if t is not None and len(t) else p["val_accuracy_before_finetune"]
-    if label == "netadapt":  # its rows were scored after short-term fine-tuning: only its result is a proxy score
-        best_proxy = p["val_accuracy_before_finetune"]
+    tuned = label == "netadapt" or (t is not None and "finetune_steps" in t and bool((t["finetune_steps"] > 0).any()))
+    if tuned:  # rows scored after a short-term fine-tune (NetAdapt's, evaluation.finetune_steps): only the
+        best_proxy = p["val_accuracy_before_finetune"]  # result's proxy score compares, and no best-so-far
+        t = None
     rerank = s.get("rerank") or {}
     return {"searcher": label, "budget": f"flops={budget}", "seed": seed, "flops_kept": p["flops_kept"],
             "best_proxy": best_proxy, "val_before": p["val_accuracy_before_finetune"],

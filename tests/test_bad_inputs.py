@@ -878,6 +878,12 @@ def case_ray_negative_gpus_per_worker(env):
 
 
 @case
+def case_negative_evaluation_finetune_steps(env):
+    return search(env, r"evaluation\.finetune_steps must be >= 0 \(got -1\)",
+                  evaluation={"adaptive_bn_batches": 4, "finetune_steps": -1})
+
+
+@case
 def case_global_ranking_with_a_criterion_that_needs_data(env):
     return search(env, r"searcher global ranks channels without data; criterion 'taylor' needs calibration",
                   searcher={"name": "global"}, pruning={"criterion": "taylor"})

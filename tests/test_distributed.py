@@ -57,6 +57,27 @@ def test_pool_equals_in_process(tiny_session, local_ray):
     assert pool.evaluate(plans[3]).accuracy == expected[3]  # closed: falls back to in-process
 
 
+def test_evaluation_finetune_steps_is_every_evaluations_default_in_the_pool_too(tiny_session, local_ray):
+    """``evaluation.finetune_steps: 3``: a plain ``evaluate`` is the 3-batch fine-tuned score, on the actors as
+    in-process; an explicit count (re-ranking's, NetAdapt's) still wins; 0 means the proxy alone."""
+    import dataclasses
+
+    plan = _plans(tiny_session, 1, seed=3)[0]
+    local = _local(tiny_session)
+    tuned, proxy = local.evaluate(plan, finetune_steps=3).accuracy, local.evaluate(plan, finetune_steps=0).accuracy
+    c = tiny_session.cfg
+    evaluation = dataclasses.replace(c.evaluation, finetune_steps=3)
+    ft = Evaluator(tiny_session.model, tiny_session.graph, tiny_session.data, evaluation=evaluation, pruning=c.pruning,
+                   train=c.train, finetune=c.finetune, seed=c.seed)
+    assert ft.evaluate(plan).accuracy == tuned and ft.evaluate(plan, finetune_steps=0).accuracy == proxy
+    assert ft.evaluate(plan, finetune_steps=3).cached  # the default and the explicit 3 are one evaluation
+    with RayEvaluatorPool(tiny_session.model, tiny_session.graph, tiny_session.data, evaluation, c.pruning, c.train,
+                          c.finetune, c.seed, workers=1) as pool:
+        assert pool.evaluate(plan).accuracy == tuned
+        assert pool.evaluate(plan, finetune_steps=0).accuracy == proxy
+        assert pool.evaluate(plan, finetune_steps=3).cached and pool.evaluations == 2
+
+
 def test_killed_actor_is_replaced_and_its_work_retried(tiny_session, local_ray):
     plans = _plans(tiny_session, 4, seed=1)
     expected = [r.accuracy for r in _local(tiny_session).evaluate_many(plans)]

@@ -132,6 +132,26 @@ def test_global_needs_a_criterion_that_needs_no_data(tiny_session):
         GlobalSearcher.parse_options({"criterion": "l3"})
 
 
+def test_a_search_scored_after_a_short_fine_tune_records_it_and_leaves_sample_efficiency(tmp_path):
+    """``evaluation.finetune_steps``: every row of the search carries the count, and the run is left out of
+    the proxy-only sample-efficiency table (its scores are not the proxy's)."""
+    import json
+
+    import pandas as pd
+    from conftest import tiny_config, write_config
+
+    from autoprune.cli import main
+    from autoprune.pipeline.efficiency import proxy_trials
+
+    raw = tiny_config(evaluation={"adaptive_bn_batches": 4, "batch_size": 256, "finetune_steps": 2})
+    out = tmp_path / "run"
+    assert main(["search", write_config(tmp_path, raw), "--out", str(out), "--no-progress"]) == 0
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 3 and (trials["finetune_steps"] == 2).all()
+    assert proxy_trials(trials.assign(run="r")).empty
+    assert json.loads((out / "summary.json").read_text())["evaluations"] == 3
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.floats(0.05, 0.9), st.integers(0, 10_000))
 def test_fit_to_budget_never_exceeds_the_budget(tiny_session, fraction, seed):

@@ -183,7 +183,7 @@ def _actor_class():
             device = actor_device(gpus)  # the GPU Ray assigned (CUDA_VISIBLE_DEVICES), else the CPU
             self.evaluator = Evaluator(**payload, runtime=Device.from_config(runtime or RuntimeConfig(), device))
 
-        def evaluate(self, plan: dict[str, Any], finetune_steps: int) -> EvalResult:
+        def evaluate(self, plan: dict[str, Any], finetune_steps: int | None) -> EvalResult:
             return self.evaluator.evaluate(PruningPlan.from_dict(plan), finetune_steps)
 
         def pid(self) -> int:
@@ -273,16 +273,17 @@ class RayEvaluatorPool(Evaluator):
                                                    self.runtime_config)
 
     # ------------------------------------------------------------------------- evaluation
-    def evaluate(self, plan: PruningPlan, finetune_steps: int = 0) -> EvalResult:
+    def evaluate(self, plan: PruningPlan, finetune_steps: int | None = None) -> EvalResult:
         """Evaluate one plan on an actor (cached on the driver by channel counts)."""
         return self.evaluate_many([plan], finetune_steps)[0]
 
-    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int = 0) -> list[EvalResult]:
+    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int | None = None) -> list[EvalResult]:
         """Evaluate independent plans in parallel across the actors; results in input order.
 
         As with the in-process evaluator, a plan already evaluated (or repeated in ``plans``)
         is answered from the cache with ``cached=True``.
         """
+        finetune_steps = self.steps(finetune_steps)
         if not self.actors:  # closed: evaluate in-process
             return [Evaluator.evaluate(self, p, finetune_steps) for p in plans]
         keys = [(p.key(self.graph), finetune_steps) for p in plans]

@@ -94,6 +94,7 @@ class Session:
             budget=self.budget, costs=self.costs, pruning=self.cfg.pruning, seed=self.cfg.seed,
             recorder=TrialRecorder(None) if recorder is None else recorder, run_dir=run_dir, resume=resume,
             searcher_name=self.cfg.searcher_name, progress=progress,
+            finetune_steps=self.cfg.evaluation.finetune_steps,
         )
 
 

@@ -57,9 +57,9 @@ SEARCHERS: Registry = Registry("searcher", entry_points={
 class PlanEvaluator(Protocol):
     """What a searcher scores plans with: :class:`~autoprune.evaluate.Evaluator` or a Ray pool."""
 
-    def evaluate(self, plan: PruningPlan, finetune_steps: int = 0) -> EvalResult: ...
+    def evaluate(self, plan: PruningPlan, finetune_steps: int | None = None) -> EvalResult: ...
 
-    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int = 0) -> list[EvalResult]: ...
+    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int | None = None) -> list[EvalResult]: ...
 
 
 @dataclass
@@ -77,6 +77,8 @@ class SearchContext:
     resume: bool = False
     searcher_name: str = ""
     progress: bool = True
+    finetune_steps: int = 0
+    """``evaluation.finetune_steps``: the short-term fine-tune every evaluation gets (recorded with each row)."""
 
     # ----------------------------------------------------------------------------- plans
     def plan_from_ratios(self, ratios: Sequence[float] | float, **meta: Any) -> PruningPlan:
@@ -130,10 +132,12 @@ class SearchContext:
             out[f"{kind}_kept"] = value / model.base
         return out
 
-    def evaluate(self, plan: PruningPlan, finetune_steps: int = 0) -> EvalResult:
+    def evaluate(self, plan: PruningPlan, finetune_steps: int | None = None) -> EvalResult:
+        """``plan``'s accuracy after ``finetune_steps`` short-term fine-tuning batches (default:
+        :attr:`finetune_steps`, ``evaluation.finetune_steps``)."""
         return self.evaluator.evaluate(plan, finetune_steps)
 
-    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int = 0) -> list[EvalResult]:
+    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int | None = None) -> list[EvalResult]:
         return self.evaluator.evaluate_many(plans, finetune_steps)
 
     def record(self, plan: PruningPlan, result: EvalResult, reward: float | None = None,
@@ -148,6 +152,8 @@ class SearchContext:
         row.update(costs)
         row.update(val_accuracy=result.accuracy, reward=np.nan if reward is None else float(reward),
                    seconds=result.seconds, cached=result.cached, time=time.time())
+        if self.finetune_steps:  # scored after a short-term fine-tune (an explicit count in ``extra`` wins)
+            row["finetune_steps"] = self.finetune_steps
         row.update(extra)
         return self.recorder.append(row, flush=flush)
 

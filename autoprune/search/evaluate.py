@@ -196,8 +196,14 @@ class Evaluator:
                            seed=self.seed if seed is None else seed, desc="short-term", progress=False,
                            loader=self.loader, runtime=self.runtime)
 
-    def evaluate(self, plan: PruningPlan, finetune_steps: int = 0) -> EvalResult:
-        """Accuracy of ``plan`` on the search-validation split (cached by channel counts)."""
+    def steps(self, finetune_steps: int | None) -> int:
+        """Short-term fine-tuning batches of an evaluation: ``evaluation.finetune_steps`` unless given."""
+        return self.evaluation.finetune_steps if finetune_steps is None else int(finetune_steps)
+
+    def evaluate(self, plan: PruningPlan, finetune_steps: int | None = None) -> EvalResult:
+        """Accuracy of ``plan`` on the search-validation split (cached by channel counts), after
+        ``finetune_steps`` short-term fine-tuning batches (default ``evaluation.finetune_steps``)."""
+        finetune_steps = self.steps(finetune_steps)
         key = (plan.key(self.graph), finetune_steps)
         if key in self.cache:
             hit = self.cache[key]
@@ -214,7 +220,7 @@ class Evaluator:
         self.evaluations += 1
         return result
 
-    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int = 0) -> list[EvalResult]:
+    def evaluate_many(self, plans: Sequence[PruningPlan], finetune_steps: int | None = None) -> list[EvalResult]:
         """Evaluate independent plans (the Ray pool runs these in parallel)."""
         return [self.evaluate(p, finetune_steps) for p in plans]
 
