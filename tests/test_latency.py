@@ -1191,3 +1191,66 @@ def test_lut_check_names_a_common_offset_when_dividing_it_out_would_put_the_plan
         assert main(["lut", "check", "--lut", "x.json", "--model", "factories:tiny_cnn"]) == 0
         out = capsys.readouterr().out
         assert ("the predictions sit +14.6% off the measurements as a whole" in out) == noted, (offset, removed)
+
+
+def test_budget_reanchor_prices_a_search_at_the_level_measured_before_it_and_a_resume_keeps_it(
+        fake_machine, monkeypatch, tmp_path):
+    """``budget.reanchor: N``: before the search the LUT's level is re-measured on N plans (every pruned model
+    here runs 1.2x slower than at the build), every plan is priced at it, the run dir and the summary keep it,
+    the LUT file is left as it was, and ``--resume`` uses the stored level instead of timing again."""
+    import pandas as pd
+
+    from autoprune.latency import check as latency_check
+
+    model = TinyResidual().eval()
+    path = tmp_path / "lut.json"
+    path.write_text(build_lut(model, SHAPE, step=4, repeats=3, calibration_plans=8, progress=False, runtime="fake",
+                              clock="fake").to_json())
+    full, built = sum(p.numel() for p in model.parameters()), FakeRuntime.prepare
+
+    def busier(self, net, example, threads=1):
+        session = built(self, net, example, threads)
+        if sum(p.numel() for p in net.parameters()) < full:
+            session.seconds *= 1.2
+        return session
+
+    monkeypatch.setattr(FakeRuntime, "prepare", busier)
+    raw = tiny_config(model={"factory": "factories:tiny_residual"}, data={"factory": "factories:digits_factory"},
+                      budget={"latency": 0.7, "lut": str(path), "reanchor": 3})
+    out = tmp_path / "run"
+    assert main(["search", write_config(tmp_path, raw), "--out", str(out), "--no-progress"]) == 0
+    level = json.loads((out / "summary.json").read_text())["budget"]["lut_level"]
+    assert level["factor"] == pytest.approx(1.2, rel=0.03) and level["plans"] == 3 and level["previous"] == 1.0
+    assert json.loads((out / "lut_level.json").read_text()) == level
+    assert "level" not in json.loads(path.read_text())["header"]  # the LUT file is not changed
+    graph = build_unit_graph(model, SHAPE)
+    as_built = LutCost(load_lut(path, graph), graph)
+    for _, row in pd.read_parquet(out / "trials.parquet").iterrows():
+        counts = [int(row[f"channels/{n}"]) for n in graph.names]
+        assert row["latency_kept"] == pytest.approx(level["factor"] * as_built.fraction(counts), rel=1e-6)
+        assert row["latency_kept"] <= 0.7 + 1e-9
+
+    def no_timing(*a, **k):
+        raise AssertionError("a resumed run timed the plans again")
+
+    monkeypatch.setattr(latency_check, "reanchor_lut", no_timing)
+    assert main(["search", "--resume", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["budget"]["lut_level"] == level
+
+
+@pytest.mark.parametrize("budget", [{"flops": 0.5, "reanchor": 4}, {"latency": 0.5, "reanchor": 4},
+                                    {"latency": 0.5, "lut": "x.json", "reanchor": -1}])
+def test_budget_reanchor_needs_a_latency_budget_with_a_lut(tmp_path, capsys, budget):
+    code = main(["search", write_config(tmp_path, tiny_config(budget=budget)), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "budget.reanchor" in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_budget_flag_keeps_reanchor_for_a_latency_budget_only(tmp_path):
+    from autoprune.config import load_config
+
+    raw = tiny_config(budget={"latency": 0.6, "lut": "r20.json", "reanchor": 8})
+    assert load_config(raw, budget="latency=0.5").budget.reanchor == 8
+    flops = load_config(raw, budget="flops=0.5").budget
+    assert flops.reanchor == 0 and flops.flops == 0.5

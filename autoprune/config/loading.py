@@ -76,9 +76,9 @@ def load_config(
     raw = dict(source) if isinstance(source, dict) else (read_yaml(source) if source else {})
     raw = apply_overrides(raw, list(overrides or []))
     if budget:
-        raw["budget"] = {**{k: v for k, v in (raw.get("budget") or {}).items()
-                            if k in ("lut", "runtime", "device")},
-                         **parse_budget(budget)}
+        given = parse_budget(budget)
+        keep = ("lut", "runtime", "device") + (("reanchor",) if {"latency", "latency_ms"} & set(given) else ())
+        raw["budget"] = {**{k: v for k, v in (raw.get("budget") or {}).items() if k in keep}, **given}
     cfg = from_dict(ExperimentConfig, raw)
     cfg.validate()
     return cfg

@@ -43,6 +43,11 @@ class BudgetConfig:
     device: str | None = None
     """Latency budgets: the device name the LUT must be built for; without ``lut``, that device's LUT
     is looked up in ``luts`` (or ``$AUTOPRUNE_LUT_DIR``) by device, runtime and model."""
+    reanchor: int = 0
+    """Latency budgets with a LUT: before the search, time this many random plans (drawn as the search draws,
+    ``pruning.round_to``) against the unpruned model here and multiply the LUT's predictions by the median
+    measured / predicted fraction (what ``autoprune lut reanchor`` stores; the LUT file is not changed).
+    0: the LUT as it is."""
 
     @property
     def kind(self) -> str:
@@ -63,6 +68,11 @@ class BudgetConfig:
                 f"(got {', '.join(keys) or 'none'}), e.g. budget: {{flops: 0.5}}"
             )
         value = getattr(self, keys[0])
+        if self.reanchor < 0:
+            raise ConfigError(f"budget.reanchor must be >= 0 (got {self.reanchor})")
+        if self.reanchor and (keys[0] not in ("latency", "latency_ms") or (self.lut is None and self.device is None)):
+            raise ConfigError("budget.reanchor re-measures a LUT's level: it needs a latency budget with budget.lut "
+                              "or budget.device, e.g. budget: {latency: 0.6, lut: r20.json, reanchor: 8}")
         if keys[0] == "latency_ms":
             if not value > 0:
                 raise ConfigError(f"budget.latency_ms must be > 0 (got {value})")

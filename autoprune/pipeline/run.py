@@ -76,7 +76,9 @@ def run_search(
     run_dir = Path(resume or out or default_run_dir(cfg))
     check_run_dir(run_dir, cfg, bool(resume))
     previous = read_run_state(run_dir, bool(resume))
-    session = prepare(cfg, saved_base_model(run_dir, bool(resume)), progress)
+    level_file = run_dir / "lut_level.json"
+    level = json.loads(level_file.read_text()) if resume and level_file.is_file() else None
+    session = prepare(cfg, saved_base_model(run_dir, bool(resume)), progress, lut_level=level)
     trials = run_dir / "trials.parquet"
     recorder = TrialRecorder.resume(trials) if resume else TrialRecorder(trials)
     clock = RunClock(run_dir, start, "resume" if resume else "start", lambda: len(recorder.rows), previous)
@@ -87,6 +89,8 @@ def run_search(
     try:
         if not resume:
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+            if session.lut_level:  # budget.reanchor: a resumed run prices plans at the same level
+                atomic_write_json(level_file, session.lut_level)
             if not cfg.model.checkpoint:
                 atomic_write_with(run_dir / "base_model.pt", lambda b: torch.save(cpu_state(session.model), b))
             clock.beat()
@@ -167,7 +171,7 @@ def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: P
     summary = {
         "name": cfg.name, "searcher": cfg.searcher_name, "seed": cfg.seed,
         "budget": {"kind": session.budget.kind, "fraction": session.budget.fraction,
-                   "target": session.budget.target},
+                   "target": session.budget.target, **({"lut_level": session.lut_level} if session.lut_level else {})},
         "base": {**base, "val_accuracy": evaluator.base_accuracy(), "test_accuracy": test_base},
         "pruned": {**kept, "val_accuracy_before_finetune": val_before,
                    "test_accuracy_before_finetune": test_before, "test_accuracy_after_finetune": test_after},

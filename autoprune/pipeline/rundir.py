@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.atomic import atomic_write_json, check_writable
-from autoprune.config import ExperimentConfig, dump_config
+from autoprune.config import ExperimentConfig, dump_config, load_config
 from autoprune.errors import AutopruneError
 
 
@@ -36,7 +36,7 @@ def check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
     if resume:
         if not (run_dir / "config.yaml").is_file():
             raise AutopruneError(f"--resume {str(run_dir)!r}: not a run directory (no config.yaml)")
-        if (run_dir / "config.yaml").read_text() != dump_config(cfg):
+        if not same_config(run_dir / "config.yaml", cfg):
             raise AutopruneError(
                 f"--resume {str(run_dir)!r}: the run was started with a different config; "
                 "resume without a config (or with the same one), or start a new run"
@@ -44,6 +44,18 @@ def check_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise AutopruneError(f"output directory {str(run_dir)!r} is not empty; choose another with --out")
     check_writable(run_dir)
+
+
+def same_config(saved: Path, cfg: ExperimentConfig) -> bool:
+    """Whether the run's saved ``config.yaml`` is ``cfg``: read by today's code, so keys added since the run
+    started take their defaults on both sides (a run started by an earlier version resumes)."""
+    text = saved.read_text()
+    if text == dump_config(cfg):
+        return True
+    try:
+        return dump_config(load_config(saved)) == dump_config(cfg)
+    except AutopruneError:
+        return False
 
 
 def saved_base_model(run_dir: Path, resume: bool) -> Path | None:

@@ -10,6 +10,7 @@ API::
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from autoprune.pipeline.artifacts import model_spec, spec_model
 from autoprune.search.base import SEARCHERS, SearchContext, Searcher
 from autoprune.search.evaluate import Evaluator
 from autoprune.search.records import TrialRecorder
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -75,6 +78,8 @@ class Session:
     searcher_options: Any
     base_training_seconds: float = 0.0
     runtime: Device = CPU
+    lut_level: dict[str, Any] | None = None
+    """``budget.reanchor``: the LUT level this run uses (``factor``, ``plans``, ``round_to``, ``previous``)."""
 
     def evaluator(self) -> Evaluator:
         """In-process evaluator, or a Ray actor pool (same interface) when ``ray.workers > 0``."""
@@ -96,6 +101,26 @@ class Session:
             searcher_name=self.cfg.searcher_name, progress=progress,
             finetune_steps=self.cfg.evaluation.finetune_steps,
         )
+
+
+def reanchored(budget: Budget, graph: UnitGraph, model: nn.Module, cfg: ExperimentConfig,
+               level: dict[str, Any] | None, progress: bool) -> tuple[Budget, dict[str, Any]]:
+    """``budget`` with its LUT's level re-measured on this machine (``budget.reanchor`` plans), or set to
+    ``level`` (a resumed run's); the LUT file is left as it is."""
+    from autoprune.latency.check import reanchor_lut
+    from autoprune.latency.lut import LutCost
+
+    lut = budget.cost.lut
+    if level is None:
+        n = cfg.budget.reanchor
+        log.info("budget.reanchor: timing %d plans against the unpruned model to re-measure the LUT's level", n)
+        reanchor_lut(lut, model, plans=n, seed=cfg.seed, round_to=cfg.pruning.round_to, progress=progress)
+        level = dict(lut.header["level"])
+    else:
+        lut.header["level"] = dict(level)
+    cost = LutCost(lut, graph)  # the level scales pruned plans only: the base, and so the target, stay
+    log.info("budget.reanchor: LUT level x%.3f (was x%.3f)", cost.level, float(level.get("previous", 1.0)))
+    return Budget(cost, budget.target), level
 
 
 def base_model(cfg: ExperimentConfig, data: DataBundle, checkpoint: str | Path | None = None,
@@ -144,12 +169,15 @@ def train_base_model(cfg: ExperimentConfig, out: str | Path, progress: bool = Tr
     return model, dataset_accuracy(model, data.test)
 
 
-def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, progress: bool = True) -> Session:
+def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, progress: bool = True,
+            lut_level: dict[str, Any] | None = None) -> Session:
     """Validate everything and build what a search needs (may train the base model).
 
     :param cfg: the experiment (from :func:`~autoprune.config.load_config`).
     :param base_checkpoint: a state_dict of the base model to load instead of ``model.checkpoint``.
     :param progress: show progress bars while training the base model.
+    :param lut_level: with ``budget.reanchor``, the level an earlier part of this run measured (a resumed
+        run keeps it rather than timing again).
     """
     cfg.validate()
     runtime = Device.from_config(cfg.runtime)  # a device this machine lacks fails here, before any work
@@ -181,11 +209,14 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
     b = cfg.budget
     budget = make_budget(graph, b.kind, b.value, absolute=b.latency_ms is not None, pruning=cfg.pruning,
                          model=model, lut=b.lut, runtime=b.runtime, device=b.device, luts=cfg.luts)
+    if b.reanchor:
+        budget, lut_level = reanchored(budget, graph, model, cfg, lut_level, progress)
     costs = plan_costs(graph, cfg.pruning)
     costs[budget.kind] = budget.cost
     session = Session(cfg=cfg, data=data, model=model, input_shape=input_shape, graph=graph, costs=costs,
                       budget=budget, searcher_cls=searcher_cls, searcher_options=options,
-                      base_training_seconds=training_seconds, runtime=runtime)
+                      base_training_seconds=training_seconds, runtime=runtime,
+                      lut_level=lut_level if b.reanchor else None)
     reach = SearchContext(graph=graph, evaluator=None, budget=budget, costs=costs, pruning=cfg.pruning)
     budget.check_reachable(reach.min_counts(), floor_counts=reach.floor_counts())
     return session
