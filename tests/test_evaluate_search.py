@@ -116,6 +116,22 @@ def test_global_cuts_the_lowest_normalised_scores_until_the_budget_fits(tiny_ses
     assert ctx.budget.fits(counts) and counts != graph.channels
 
 
+@pytest.mark.parametrize("fraction", [0.3, 0.6])
+def test_global_rounds_like_any_plan_and_stays_within_the_ratio_range(tiny_session, fraction):
+    import dataclasses
+
+    from autoprune.core.cost import Budget
+
+    ctx = _context(tiny_session)
+    ctx.pruning = dataclasses.replace(ctx.pruning, round_to=4, min_ratio=0.25)
+    ctx.budget = Budget(ctx.costs["params"], fraction * ctx.costs["params"].base)
+    counts = GlobalSearcher(ctx).counts()
+    assert ctx.budget.fits(counts)
+    for c, unit, lo in zip(counts, tiny_session.graph.units, ctx.min_counts(), strict=True):
+        assert c % 4 == 0 or c == unit.out_channels
+        assert lo <= c <= unit.out_channels
+
+
 def test_global_needs_a_criterion_that_needs_no_data(tiny_session):
     import dataclasses
 
