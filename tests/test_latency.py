@@ -1193,13 +1193,15 @@ def test_lut_check_names_a_common_offset_when_dividing_it_out_would_put_the_plan
         assert ("the predictions sit +14.6% off the measurements as a whole" in out) == noted, (offset, removed)
 
 
+@pytest.mark.parametrize("skip", [[], ["a1"]])
 def test_budget_reanchor_prices_a_search_at_the_level_measured_before_it_and_a_resume_keeps_it(
-        fake_machine, monkeypatch, tmp_path):
+        fake_machine, monkeypatch, tmp_path, skip):
     """``budget.reanchor: N``: before the search the LUT's level is re-measured on N plans (every pruned model
     here runs 1.2x slower than at the build), every plan is priced at it, the run dir and the summary keep it,
     the LUT file is left as it was, and ``--resume`` uses the stored level instead of timing again."""
     import pandas as pd
 
+    from autoprune.core.skip import skip_units
     from autoprune.latency import check as latency_check
 
     model = TinyResidual().eval()
@@ -1215,15 +1217,23 @@ def test_budget_reanchor_prices_a_search_at_the_level_measured_before_it_and_a_r
         return session
 
     monkeypatch.setattr(FakeRuntime, "prepare", busier)
+    real, anchored = latency_check.reanchor_lut, []
+
+    def spy(lut, net, **kw):
+        anchored.append(kw["graph"].names)
+        return real(lut, net, **kw)
+
+    monkeypatch.setattr(latency_check, "reanchor_lut", spy)
     raw = tiny_config(model={"factory": "factories:tiny_residual"}, data={"factory": "factories:digits_factory"},
-                      budget={"latency": 0.7, "lut": str(path), "reanchor": 3})
+                      budget={"latency": 0.7, "lut": str(path), "reanchor": 3}, pruning={"skip": skip})
     out = tmp_path / "run"
     assert main(["search", write_config(tmp_path, raw), "--out", str(out), "--no-progress"]) == 0
     level = json.loads((out / "summary.json").read_text())["budget"]["lut_level"]
     assert level["factor"] == pytest.approx(1.2, rel=0.03) and level["plans"] == 3 and level["previous"] == 1.0
     assert json.loads((out / "lut_level.json").read_text()) == level
     assert "level" not in json.loads(path.read_text())["header"]  # the LUT file is not changed
-    graph = build_unit_graph(model, SHAPE)
+    assert len(anchored) == 1 and ("a1" in anchored[0]) == (not skip)  # anchors drawn over the search's units
+    graph = skip_units(build_unit_graph(model, SHAPE), skip)
     as_built = LutCost(load_lut(path, graph), graph)
     for _, row in pd.read_parquet(out / "trials.parquet").iterrows():
         counts = [int(row[f"channels/{n}"]) for n in graph.names]

@@ -121,7 +121,7 @@ def level_of(cost: LutCost, anchors: Sequence[Sequence[int]], measured: Sequence
 
 
 def reanchor_lut(lut: Lut, model: nn.Module, plans: int = 8, seed: int = 0, round_to: int = 1, repeats: int = 15,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, graph: UnitGraph | None = None) -> dict[str, Any]:
     """Re-measure a LUT's level on this machine as it is now: time ``plans`` random plans
     (:func:`anchor_counts`) interleaved with the unpruned model and store in the header the median of
     measured over predicted fraction (``level``: ``factor``, ``plans``, ``round_to``, ``date``), by which
@@ -129,12 +129,13 @@ def reanchor_lut(lut: Lut, model: nn.Module, plans: int = 8, seed: int = 0, roun
 
     On a busy machine the fractions of all plans move together between the build and later use (the state of
     the machine, not the plan, sets how much faster the unpruned model runs: docs/latency.md); the tables'
-    shape holds. Draw the plans as the search will (``round_to``: its ``pruning.round_to``). Returns the level
-    with the plans' predicted and measured fractions.
+    shape holds. Draw the plans as the search will (``round_to``: its ``pruning.round_to``; ``graph``: its units,
+    e.g. without those ``pruning.skip`` keeps whole; default every unit of ``model``). Returns the level with the
+    plans' predicted and measured fractions.
     """
     if plans < 1 or round_to < 1:
         raise AutopruneError(f"--plans and --round-to must be >= 1 (got {plans}, {round_to})")
-    graph = build_unit_graph(model, lut.header["input_shape"])
+    graph = graph or build_unit_graph(model, lut.header["input_shape"])
     lut.check(graph)
     cost = LutCost(lut, graph)
     anchors = anchor_counts(graph, plans, seed, round_to)

@@ -114,7 +114,8 @@ def reanchored(budget: Budget, graph: UnitGraph, model: nn.Module, cfg: Experime
     if level is None:
         n = cfg.budget.reanchor
         log.info("budget.reanchor: timing %d plans against the unpruned model to re-measure the LUT's level", n)
-        reanchor_lut(lut, model, plans=n, seed=cfg.seed, round_to=cfg.pruning.round_to, progress=progress)
+        reanchor_lut(lut, model, plans=n, seed=cfg.seed, round_to=cfg.pruning.round_to, progress=progress,
+                     graph=graph)  # the search's units: pruning.skip's stay whole in the anchors too
         level = dict(lut.header["level"])
     else:
         lut.header["level"] = dict(level)
