@@ -713,6 +713,13 @@ def case_run_bad_budget_list(env):
     return Case(["run", cfg, "--out", str(out)], "expected KIND=VALUE", [out])
 
 
+@case
+def case_run_global_with_a_criterion_that_needs_data(env):
+    out = env.tmp / "exp_out"
+    cfg = write_yaml(env, base(searchers=["random", "global"], pruning={"criterion": "apoz"}))
+    return Case(["run", cfg, "--out", str(out)], "searcher global ranks channels without data", [out])
+
+
 # ------------------------------------------------------------------ lut / export / compare
 
 

@@ -76,7 +76,8 @@ def combinations(cfg: ExperimentConfig) -> list[dict[str, Any]]:
                 raw = copy.deepcopy(base)
                 raw.update(searcher=s, budget=b, seed=seed)
                 trial_cfg = load_config(raw)
-                SEARCHERS.get(trial_cfg.searcher_name).parse_options(trial_cfg.searcher)
+                cls = SEARCHERS.get(trial_cfg.searcher_name)
+                cls.check(cls.parse_options(trial_cfg.searcher), trial_cfg.pruning)  # before any trial runs
                 name = f"{cfg.name}__{trial_cfg.searcher_name}__{_label(b)}__{seed}"
                 if name in names:
                     name = f"{cfg.name}__{trial_cfg.searcher_name}{i}__{_label(b)}__{seed}"
