@@ -29,6 +29,11 @@ channel counts and measured fractions), so another form can be refit and scored 
     python -m benchmarks.lut_form_ab --from benchmarks/results/lut_form_ab_capture.json --out lut_form_ab_anchor
 
 (refits the timings stored in a results file with today's sets, no timing: its models and runs)
+
+    python -m benchmarks.lut_form_ab --runtime torch --from-runs '*' --sets all,per_layer --out lut_form_ab_runs_torch
+
+(refits every build ``lut_accuracy`` kept under ``benchmarks/runs/lut_accuracy`` for that runtime, each
+scored on its own check's timings, and adds a summary over the builds per set)
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from autoprune.latency.lut import Lut, LutCost
 from autoprune.latency.tables import ALIGNMENTS, misaligned_melements, padded_melements, padded_mmacs
 from autoprune.latency.timing import tune_allocator
 from autoprune.models.zoo import build_model
-from benchmarks.common import target, write_results
+from benchmarks.common import ROOT, target, write_results
 
 SHAPE = (3, 32, 32)
 SETS = {"all": ("misaligned", "padded", "padded_out"), "no_per_layer": ("misaligned", "padded", "padded_out"),
@@ -116,13 +121,20 @@ def main() -> None:
     parser.add_argument("--out", default="lut_form_ab", help="results file name (benchmarks/results/<out>.md)")
     parser.add_argument("--from", dest="source", default=None,
                         help="refit the timings stored in this results JSON instead of timing")
+    parser.add_argument("--from-runs", dest="runs_glob", default=None,
+                        help="refit the builds lut_accuracy kept under benchmarks/runs/lut_accuracy whose file "
+                             "names match this glob (e.g. '*' or 'lut_accuracy_2026-12-06c_*'), --runtime's only")
+    parser.add_argument("--sets", default=",".join(SETS), help="the sets of forms to refit with (comma-separated)")
     args = parser.parse_args()
+    sets = {label: SETS[label] for label in args.sets.split(",")}
     if args.source:
         args.runtime = json.loads(Path(args.source).read_text())["timings"][0]["lut"]["header"]["runtime"]
     tune_allocator()
     rows: list[dict] = []
     timings = json.loads(Path(args.source).read_text())["timings"] if args.source else []
-    if not args.source:
+    if args.runs_glob:
+        timings = stored_builds(args.runs_glob, args.runtime)
+    elif not args.source:
         for name in args.models.split(","):
             model = build_model(name, in_channels=3, num_classes=10).eval()
             for run in range(args.runs):
@@ -130,7 +142,7 @@ def main() -> None:
     for t in timings:
         graph = build_unit_graph(build_model(t["model"], in_channels=3, num_classes=10).eval(), SHAPE)
         lut, check = Lut.from_dict(t["lut"]), t["check"]
-        for label, families in SETS.items():
+        for label, families in sets.items():
             fitted = refit(lut, graph, families, measured_anchor=MEASURED_ANCHOR.get(label, True),
                            per_layer_anchor=PER_LAYER.get(label, True))
             err = score(fitted, graph, check["counts"], check["measured_rel"])
@@ -156,17 +168,46 @@ def main() -> None:
               f"{'-' if r['loo_mape'] is None else format(r['loo_mape'], '.2f')} | {r['mape']:.2f} | "
               f"{r['within_10pct']:.2f} | {r['one_cut_median']:.2f}, {r['one_cut_max']:.2f} |" for r in rows]
     targets = []
-    for name in models:
+    others = [s for s in ("no_per_layer", "no_measured_anchor", "no_out_padded", "per_layer") if s in sets]
+    for name in models if "all" in sets and others else []:
         med = {s: round(float(np.median([r["within_10pct"] for r in rows if r["model"] == name and r["set"] == s])), 3)
-               for s in SETS}
-        targets.append(target(f"{args.runtime} / {name}: all forms at least as good as before (median within +-10%)",
-                              "all >= no_per_layer, no_measured_anchor and no_out_padded", med,
-                              med["all"] >= max(med["no_per_layer"], med["no_measured_anchor"], med["no_out_padded"])))
-    write_results(args.out, "\n".join(lines), {"rows": rows, **({"source": args.source} if args.source else {"timings": timings})}, targets,
+               for s in sets}
+        targets.append(target(f"{args.runtime} / {name}: all forms at least as good as fewer (median within +-10%)",
+                              f"all >= {', '.join(others)}", med, med["all"] >= max(med[s] for s in others)))
+    if args.runs_glob:
+        lines[0:0] = [summary(rows, sets), ""]
+    stored = {"source": args.source} if args.source else {"runs": args.runs_glob} if args.runs_glob else {"timings": timings}
+    write_results(args.out, "\n".join(lines), {"rows": rows, **stored}, targets,
                   (f"python -m benchmarks.lut_form_ab --from {args.source}" if args.source else
+                   f"python -m benchmarks.lut_form_ab --runtime {args.runtime} --from-runs '{args.runs_glob}'"
+                   f" --sets {args.sets}" if args.runs_glob else
                    f"python -m benchmarks.lut_form_ab --runtime {args.runtime} --models {args.models} "
                    f"--runs {args.runs} --plans {args.plans}")
                   + (f" --out {args.out}" if args.out != "lut_form_ab" else ""))
+
+
+def stored_builds(pattern: str, runtime: str) -> list[dict]:
+    """The builds (LUT and check timings) ``lut_accuracy`` kept under ``benchmarks/runs/lut_accuracy`` whose
+    file names match ``pattern``, for ``runtime``; ``run`` is the file's name."""
+    out = []
+    for path in sorted((ROOT / "runs" / "lut_accuracy").glob(f"{pattern}.json")):
+        stored = json.loads(path.read_text())
+        header = stored["lut"]["header"]
+        if header.get("runtime") == runtime and "calibration" in header:
+            out.append({"model": header["model"], "run": path.stem, "lut": stored["lut"], "check": stored["check"]})
+    return out
+
+
+def summary(rows: list[dict], sets: dict) -> str:
+    """Per set over every refit build: mean share within +-10%, builds >= 0.95, mean check MAPE."""
+    lines = ["| forms on offer | builds | mean within +-10% | builds >= 0.95 | mean check MAPE % |", "|---|---|---|---|---|"]
+    for label in sets:
+        got = [r for r in rows if r["set"] == label]
+        if got:
+            within = np.array([r["within_10pct"] for r in got])
+            lines.append(f"| {label} | {len(got)} | {within.mean():.3f} | {int((within >= 0.95).sum())} | "
+                         f"{np.mean([r['mape'] for r in got]):.2f} |")
+    return "\n".join(lines)
 
 
 def timed(model, name: str, run: int, args: argparse.Namespace) -> dict:

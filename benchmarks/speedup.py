@@ -42,6 +42,7 @@ from autoprune.core.cost import FlopsCost, make_budget
 from autoprune.core.graph import build_unit_graph
 from autoprune.core.plan import PruningPlan
 from autoprune.core.prune import apply_plan
+from autoprune.errors import BudgetError
 from autoprune.latency.build import build_lut
 from autoprune.latency.check import reanchor_lut
 from autoprune.latency.lut import load_lut
@@ -163,8 +164,11 @@ def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, s
         path = ROOT / "runs" / "speedup" / f"resnet20_{runtime}_reanchored_{round_to}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(lut.to_json())
-    lat_counts, session = searched_plan({"latency": LATENCY_BUDGET, "lut": str(path), "runtime": runtime}, evaluations,
-                                        round_to, searcher)
+    try:
+        lat_counts, session = searched_plan({"latency": LATENCY_BUDGET, "lut": str(path), "runtime": runtime},
+                                            evaluations, round_to, searcher)
+    except BudgetError as e:  # e.g. a re-anchored level that puts the budget below every plan: no latency plan
+        return {"runtime": runtime, "round_to": round_to, "searcher": searcher, "level": level, "unreachable": str(e)}
     flops = FlopsCost(graph)
     kept = flops(lat_counts) / flops.base
     flops_counts, _ = searched_plan({"flops": round(kept, 4)}, evaluations, round_to, searcher)
@@ -207,7 +211,9 @@ def tables(rows, base_ms, forms, comparisons, profiled=()) -> str:
                 "FLOPs plan: kept FLOPs | measured latency |", "|---|---|---|---|---|---|---|---|"]
         out += [f"| {c['runtime']} | {c['round_to']} | {_lut_label(c)} | {c['latency_plan']['flops_kept']:.3f} | "
                 f"{c['latency_plan']['lut_predicted']:.3f} | {c['latency_plan']['relative']:.3f} | "
-                f"{c['flops_plan']['flops_kept']:.3f} | {c['flops_plan']['relative']:.3f} |" for c in comparisons]
+                f"{c['flops_plan']['flops_kept']:.3f} | {c['flops_plan']['relative']:.3f} |" if "unreachable" not in c else
+                f"| {c['runtime']} | {c['round_to']} | {_lut_label(c)} | no plan: {c['unreachable']} | - | - | - | - |"
+                for c in comparisons]
         out += ["", "(latencies as fractions of the unpruned model, timed interleaved with it)"]
     return "\n".join(out)
 
@@ -270,8 +276,13 @@ def main() -> None:
                        for k in ([0, args.reanchor] if args.reanchor else [0])]
     targets = efficiency_targets(rows, forms)
     for c in comparisons:
-        lat, flo = c["latency_plan"], c["flops_plan"]
         lut = "" if c.get("level") is None else ", LUT re-anchored"
+        if "unreachable" in c:  # the search refused the budget: both targets missed, the reason kept
+            for what in ("faster than the FLOPs-budget plan", f"within +-10% of the budget ({LATENCY_BUDGET})"):
+                targets.append(target(f"{c['runtime']}, round_to {c['round_to']}{lut}: latency-budget plan {what}",
+                                      "a plan", "none: the LUT prices every plan above the budget", False))
+            continue
+        lat, flo = c["latency_plan"], c["flops_plan"]
         targets.append(target(f"{c['runtime']}, round_to {c['round_to']}{lut}: latency-budget plan faster than the "
                               "FLOPs-budget plan at equal FLOPs "
                               f"({lat['flops_kept']:.3f} vs {flo['flops_kept']:.3f} kept)",

@@ -1248,6 +1248,27 @@ def test_budget_reanchor_prices_a_search_at_the_level_measured_before_it_and_a_r
     assert json.loads((out / "summary.json").read_text())["budget"]["lut_level"] == level
 
 
+def test_an_unreachable_latency_budget_names_the_luts_reanchored_level(fake_machine):
+    """A re-anchored level can put a budget below every plan (speedup benchmark, 2026-12-06: a torch LUT at level
+    x1.28 priced ResNet-20's smallest plan at 0.569 of the base against a 0.5 budget): the error says so."""
+    from autoprune.core.cost import Budget
+    from autoprune.errors import BudgetError
+
+    model = TinyResidual().eval()
+    graph = build_unit_graph(model, SHAPE)
+    lut = build_lut(model, SHAPE, step=4, repeats=3, calibration_plans=8, progress=False, runtime="fake", clock="fake")
+    floor = [1] * len(graph.units)
+    as_built = LutCost(lut, graph)
+    target = 1.05 * as_built.fraction(floor)  # reachable as built
+    Budget(as_built, target * as_built.base).check_reachable(floor, floor_counts=floor)
+    lut.header["level"] = {"factor": 3.0, "plans": 4, "date": "2026-12-06T22:20:38", "previous": 1.0}
+    leveled = LutCost(lut, graph)
+    with pytest.raises(BudgetError) as err:
+        Budget(leveled, target * leveled.base).check_reachable(floor, floor_counts=floor)
+    assert "re-anchored level x3.000, measured 2026-12-06" in str(err.value) and "slower" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("budget", [{"flops": 0.5, "reanchor": 4}, {"latency": 0.5, "reanchor": 4},
                                     {"latency": 0.5, "lut": "x.json", "reanchor": -1}])
 def test_budget_reanchor_needs_a_latency_budget_with_a_lut(tmp_path, capsys, budget):

@@ -155,18 +155,19 @@ class Budget:
         lowest = self.cost(min_counts)
         if lowest > self.target * (1 + 1e-9):
             floor = self.cost(floor_counts) if floor_counts is not None else 0.0
+            note = getattr(self.cost, "budget_note", "")  # e.g. a LUT's re-anchored level
             if floor > self.target * (1 + 1e-9):
                 raise BudgetError(
                     f"budget {self.kind}={self.fraction:.3g} is below what this model can reach: "
                     f"{floor / self.cost.base:.3g} of the base stays with every prunable unit at its smallest "
                     f"width (what no unit prunes stays: the classifier's outputs, units left out or in "
-                    f"pruning.skip{', the time outside conv/linear layers' if self.kind == 'latency' else ''}); "
-                    f"raise the budget")
+                    f"pruning.skip{', the time outside conv/linear layers' if self.kind == 'latency' else ''})"
+                    f"{note}; raise the budget")
             slower = ("; those widths run slower than the base's (kernels that favour multiples of 4, 8 or 16): "
                       "set pruning.round_to" if self.kind == "latency" and lowest > self.cost.base else "")
             raise BudgetError(
                 f"budget {self.kind}={self.fraction:.3g} is below the minimum reachable "
-                f"({lowest / self.cost.base:.3g} of the base with every unit at min_ratio); "
+                f"({lowest / self.cost.base:.3g} of the base with every unit at min_ratio){note}; "
                 f"raise the budget or {hint}{slower}"
             )
 

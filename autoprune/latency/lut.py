@@ -316,6 +316,17 @@ class LutCost:
         """The unpruned model's latency (ms) when the LUT was built."""
         return self._base
 
+    @property
+    def budget_note(self) -> str:
+        """What a budget's unreachable-budget error adds: the re-anchored level, when there is one."""
+        if self.level == 1.0:
+            return ""
+        level = self.lut.header.get("level") or {}
+        return (f" (every pruned plan priced at the LUT's re-anchored level x{self.level:.3f}"
+                f"{', measured ' + str(level['date'])[:10] if level.get('date') else ''}: pruned models ran that much "
+                f"{'slower' if self.level > 1 else 'faster'} relative to the unpruned one than when the LUT was "
+                "built (lut reanchor, budget.reanchor))")
+
     def raw(self, counts: Sequence[int]) -> float:
         return self.lut.raw_sum(self.graph, self.widths, counts)
 
