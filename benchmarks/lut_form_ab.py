@@ -126,6 +126,9 @@ def main() -> None:
                              "names match this glob (e.g. '*' or 'lut_accuracy_2026-12-06c_*'), --runtime's only")
     parser.add_argument("--sets", default=",".join(SETS), help="the sets of forms to refit with (comma-separated)")
     args = parser.parse_args()
+    unknown = [label for label in args.sets.split(",") if label not in SETS]
+    if unknown:
+        parser.error(f"--sets: unknown {', '.join(unknown)} (known: {', '.join(SETS)})")
     sets = {label: SETS[label] for label in args.sets.split(",")}
     if args.source:
         args.runtime = json.loads(Path(args.source).read_text())["timings"][0]["lut"]["header"]["runtime"]
@@ -134,6 +137,8 @@ def main() -> None:
     timings = json.loads(Path(args.source).read_text())["timings"] if args.source else []
     if args.runs_glob:
         timings = stored_builds(args.runs_glob, args.runtime)
+        if not timings:
+            parser.error(f"--from-runs: no {args.runtime} build under benchmarks/runs/lut_accuracy matches {args.runs_glob!r}")
     elif not args.source:
         for name in args.models.split(","):
             model = build_model(name, in_channels=3, num_classes=10).eval()
