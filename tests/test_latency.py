@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -1267,6 +1268,35 @@ def test_an_unreachable_latency_budget_names_the_luts_reanchored_level(fake_mach
         Budget(leveled, target * leveled.base).check_reachable(floor, floor_counts=floor)
     assert "re-anchored level x3.000, measured 2026-12-06" in str(err.value) and "slower" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_budget_reanchor_that_puts_the_budget_out_of_reach_is_a_one_line_error_naming_the_level(
+        fake_machine, monkeypatch, tmp_path, capsys):
+    """A machine where every pruned model runs 1.2x slower than at the build: a budget 10% above the LUT's
+    smallest plan as built is out of reach at the level ``budget.reanchor`` measures; the CLI says so in one line."""
+    model = TinyResidual().eval()
+    path = tmp_path / "lut.json"
+    path.write_text(build_lut(model, SHAPE, step=4, repeats=3, calibration_plans=8, progress=False, runtime="fake",
+                              clock="fake").to_json())
+    graph = build_unit_graph(model, SHAPE)
+    smallest = LutCost(load_lut(path, graph), graph).fraction([1] * len(graph.units))
+    full, built = sum(p.numel() for p in model.parameters()), FakeRuntime.prepare
+
+    def busier(self, net, example, threads=1):
+        session = built(self, net, example, threads)
+        if sum(p.numel() for p in net.parameters()) < full:
+            session.seconds *= 1.2
+        return session
+
+    monkeypatch.setattr(FakeRuntime, "prepare", busier)
+    raw = tiny_config(model={"factory": "factories:tiny_residual"}, data={"factory": "factories:digits_factory"},
+                      budget={"latency": round(1.1 * smallest, 4), "lut": str(path), "reanchor": 3},
+                      pruning={"min_ratio": 0.01})
+    code = main(["search", write_config(tmp_path, raw), "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert re.search(r"re-anchored level x1\.(1[7-9]|2[0-3])\d", err[0]) and "slower" in err[0], err
+    assert not (tmp_path / "run").exists()  # refused before the run dir is written
 
 
 @pytest.mark.parametrize("budget", [{"flops": 0.5, "reanchor": 4}, {"latency": 0.5, "reanchor": 4},
