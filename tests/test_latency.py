@@ -1112,6 +1112,20 @@ def test_lut_check_says_when_the_machine_does_not_repeat_its_timings(monkeypatch
         assert ("does not repeat its own timings" in out) == noted, repeatability
 
 
+def slow_pruned_models(monkeypatch, model, factor: float = 1.2) -> None:
+    """The fake machine after the build: every pruned model (fewer parameters than ``model``) runs ``factor``
+    times slower, the unpruned one as before (the level moves, the shape does not)."""
+    full, built = sum(p.numel() for p in model.parameters()), FakeRuntime.prepare
+
+    def busier(self, net, example, threads=1):
+        session = built(self, net, example, threads)
+        if sum(p.numel() for p in net.parameters()) < full:
+            session.seconds *= factor
+        return session
+
+    monkeypatch.setattr(FakeRuntime, "prepare", busier)
+
+
 def test_reanchoring_a_lut_follows_a_machine_whose_state_moved_every_pruned_plan(fake_machine, monkeypatch, tmp_path):
     """On a busy machine the fractions of all pruned plans can move together between the build and later use
     (measured: -6% to +15%, docs/latency.md). Here every pruned model runs 1.2x slower after the build while
@@ -1126,15 +1140,7 @@ def test_reanchoring_a_lut_follows_a_machine_whose_state_moved_every_pruned_plan
                     clock="fake")
     before = check_lut(lut, model, plans=10, repeats=3, progress=False)
     assert before["within_10pct"] == 1.0 and before["level"] == 1.0
-    full_prepare = FakeRuntime.prepare
-
-    def busier(self, net, example, threads=1):
-        session = full_prepare(self, net, example, threads)
-        if sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in model.parameters()):
-            session.seconds *= 1.2  # every pruned model, not the unpruned one
-        return session
-
-    monkeypatch.setattr(FakeRuntime, "prepare", busier)
+    slow_pruned_models(monkeypatch, model)
     moved = check_lut(lut, model, plans=10, repeats=3, progress=False, reanchor=4)
     assert moved["within_10pct"] == 0.0  # every plan ~17% above its prediction
     assert moved["offset_pct"] == pytest.approx(100 / 1.2 - 100, abs=1.5)  # a common offset ...
@@ -1209,15 +1215,7 @@ def test_budget_reanchor_prices_a_search_at_the_level_measured_before_it_and_a_r
     path = tmp_path / "lut.json"
     path.write_text(build_lut(model, SHAPE, step=4, repeats=3, calibration_plans=8, progress=False, runtime="fake",
                               clock="fake").to_json())
-    full, built = sum(p.numel() for p in model.parameters()), FakeRuntime.prepare
-
-    def busier(self, net, example, threads=1):
-        session = built(self, net, example, threads)
-        if sum(p.numel() for p in net.parameters()) < full:
-            session.seconds *= 1.2
-        return session
-
-    monkeypatch.setattr(FakeRuntime, "prepare", busier)
+    slow_pruned_models(monkeypatch, model)
     real, anchored = latency_check.reanchor_lut, []
 
     def spy(lut, net, **kw):
@@ -1280,15 +1278,7 @@ def test_budget_reanchor_that_puts_the_budget_out_of_reach_is_a_one_line_error_n
                               clock="fake").to_json())
     graph = build_unit_graph(model, SHAPE)
     smallest = LutCost(load_lut(path, graph), graph).fraction([1] * len(graph.units))
-    full, built = sum(p.numel() for p in model.parameters()), FakeRuntime.prepare
-
-    def busier(self, net, example, threads=1):
-        session = built(self, net, example, threads)
-        if sum(p.numel() for p in net.parameters()) < full:
-            session.seconds *= 1.2
-        return session
-
-    monkeypatch.setattr(FakeRuntime, "prepare", busier)
+    slow_pruned_models(monkeypatch, model)
     raw = tiny_config(model={"factory": "factories:tiny_residual"}, data={"factory": "factories:digits_factory"},
                       budget={"latency": round(1.1 * smallest, 4), "lut": str(path), "reanchor": 3},
                       pruning={"min_ratio": 0.01})
