@@ -32,7 +32,7 @@ from autoprune.latency.tables import (
     padded_mmacs,
     random_counts,
 )
-from autoprune.latency.timing import TimedPlans, measure_latency, time_plans
+from autoprune.latency.timing import TimedPlans, default_device_name, measure_latency, time_plans
 from autoprune.models import build_model
 from autoprune.registry import Registry
 
@@ -251,6 +251,7 @@ def test_build_lut_profiles_every_dense_module_and_calibrates(graph):
     assert h["batch"] == 1 and h["threads"] == 1 and h["dtype"] == "float32" and h["model"] == "tiny"
     assert h["runtime"] == "torch" and h["runtime_version"] == torch.__version__.split("+")[0]
     assert h["device_kind"] == "cpu" and h["unit"] == "reference" and h["reference"]["ms"] > 0
+    assert h["device"] == h["built_on"] == default_device_name() and lut.timed_on(default_device_name())
     assert h["clock"] == "cpu"  # "auto" at 1 thread on the CPU: what a busy machine cannot inflate
     assert h["input_shape"] == list(SHAPE) and h["model_signature"] == model_signature(graph)
     assert math.isfinite(h["remainder"]) and h["base_measured_ms"] > 0 and h["base_reference"] > 0
@@ -372,12 +373,15 @@ def test_search_with_a_latency_budget_lands_under_it_by_the_lut(tmp_path):
     assert chosen["latency_kept"].iloc[-1] <= 0.6 + 1e-9
 
 
-@pytest.mark.parametrize("measured, device, warned", [(0.65, "here", True), (0.52, "here", False),
-                                                      (0.44, "here", True), (0.65, "a phone", False)])
-def test_latency_summary_warns_when_the_lut_misprices_the_final_plan(monkeypatch, caplog, measured, device, warned):
+@pytest.mark.parametrize("measured, device, built_on, warned", [
+    (0.65, "here", None, True), (0.52, "here", None, False), (0.44, "here", None, True), (0.65, "a phone", None, False),
+    (0.65, "my-laptop-ort", "here", True), (0.65, "a phone", "the phone's cpu", False)])
+def test_latency_summary_warns_when_the_lut_misprices_the_final_plan(monkeypatch, caplog, measured, device, built_on,
+                                                                      warned):
     """The final plan is timed against the base; a LUT for this machine whose fraction is off that by
     more than 10% (speedup's torch plan: 0.50 predicted, 0.60 measured) is named in a warning. A LUT
-    for another device (imported from probes) is not compared with this machine's timing."""
+    for another device (imported from probes) is not compared with this machine's timing; one timed here
+    under a name of the user's (``lut build --device-name``: ``built_on`` is this machine) is."""
     from types import SimpleNamespace
 
     from torch import nn
@@ -386,7 +390,7 @@ def test_latency_summary_warns_when_the_lut_misprices_the_final_plan(monkeypatch
 
     class Lut50:  # a LUT cost that prices the plan at half the base
         source, base, batch, threads, clock, runtime = "lut", 2.0, 1, 1, "cpu", "torch"
-        lut = SimpleNamespace(header={"device": device})
+        lut = Lut({"device": device, "built_on": built_on}, [])
 
         def __call__(self, counts):
             return 1.0

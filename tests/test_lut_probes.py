@@ -20,6 +20,7 @@ from autoprune.cli import main
 from autoprune.core.graph import build_unit_graph
 from autoprune.errors import AutopruneError
 from autoprune.latency.lut import LutCost, load_lut, model_signature
+from autoprune.latency.timing import default_device_name
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -67,6 +68,7 @@ def test_timing_script_needs_only_onnxruntime_numpy_and_the_standard_library(pro
     assert timings["device"] == "board-ort" and timings["runtime"] == "onnxruntime"
     assert timings["clock"] == "cpu"  # --clock auto at 1 thread
     assert all(ms > 0 and rel > 0 for ms, rel in timings["probes"].values())
+    assert not list(probed.glob("*.tmp"))  # written whole, then renamed
 
 
 def test_import_reads_the_timings_back_into_a_lut_that_prices_plans(probed, tmp_path, capsys):
@@ -77,6 +79,7 @@ def test_import_reads_the_timings_back_into_a_lut_that_prices_plans(probed, tmp_
     lut = load_lut(out, graph)
     h = lut.header
     assert h["device"] == "board-ort" and h["runtime"] == "onnxruntime" and h["unit"] == "reference"
+    assert h["built_on"] == default_device_name()  # the script ran here: the "device" is this machine
     assert h["base_measured_ms"] > 0 and h["base_reference"] > 0 and h["reference"]["ms"] > 0
     assert all(t.rel is not None and (t.rel > 0).all() for t in lut.tables)
     assert any(t.fine for t in lut.tables)

@@ -104,9 +104,9 @@ def print_summary(s: dict, run_dir: Path) -> None:
     lat = s.get("latency") or {}
     if lat.get("base_measured_ms") and lat.get("pruned_measured_ms"):
         lines.insert(len(lines) - 3,  # before the accuracies
-                     f"latency  {lat['base_measured_ms']:.2f} -> {lat['pruned_measured_ms']:.2f} ms measured "
-                     f"({lat['pruned_measured_ms'] / lat['base_measured_ms']:.1%} kept; predicted "
-                     f"{lat.get('pruned_predicted_ms', float('nan')):.2f} ms)")
+                     f"latency  {lat['base_measured_ms']:.3g} -> {lat['pruned_measured_ms']:.3g} ms measured "
+                     f"({lat.get('kept_measured', lat['pruned_measured_ms'] / lat['base_measured_ms']):.3f} of the "
+                     f"base, timed against it; predicted {lat.get('kept_predicted', float('nan')):.3f})")
     print("\n".join(lines), file=sys.stdout)
 
 

@@ -191,7 +191,8 @@ def build_lut(model: nn.Module, input_shape: Sequence[int], batch: int = 1, thre
     tables = tabulate(graph, profiler, step)
     if fine:
         add_fine_curves(graph, tables, profiler)
-    header = make_header(graph, device=device or default_device_name(str(where)), device_kind=where.type,
+    here = default_device_name(str(where))  # kept beside a --device-name: where the LUT was timed
+    header = make_header(graph, device=device or here, built_on=here, device_kind=where.type,
                          runtime=rt.name, runtime_version=rt.version(), threads=threads, batch=batch, step=step,
                          repeats=repeats, clock=clock_name(clock), model=model_name, unit="reference", fine=fine,
                          reference={"op": REFERENCE_OP, "ms": float(np.median(profiler.reference_ms))})

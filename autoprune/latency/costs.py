@@ -150,8 +150,8 @@ def latency_summary(session: Any, pruned: nn.Module, plan: Any) -> dict[str, Any
     out.update(base_measured_ms=timed.base_ms, pruned_measured_ms=timed.ms[0], kept_measured=timed.relative[0])
     off = timed.relative[0] / out["kept_predicted"] - 1 if out["kept_predicted"] > 0 else float("inf")
     here = default_device_name(str(model_device(pruned)))
-    lut_device = getattr(getattr(cost, "lut", None), "header", {}).get("device")
-    if out["source"] == "lut" and lut_device == here and abs(off) > MISPRICED:
+    lut = getattr(cost, "lut", None)
+    if out["source"] == "lut" and lut is not None and lut.timed_on(here) and abs(off) > MISPRICED:
         log.warning("latency: the plan runs at %.3f of the base model here, its LUT predicted %.3f (%+.0f%%): the LUT "
                     "misprices plans like this one; rebuild it (autoprune lut build; lut check shows its accuracy) "
                     "or budget with measured latency (no budget.lut)", timed.relative[0], out["kept_predicted"],

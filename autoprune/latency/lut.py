@@ -186,6 +186,11 @@ class Lut:
             raise AutopruneError(f"{source} was built for device {h['device']!r}, the budget asks for {device!r}; "
                                  "use that device's LUT")
 
+    def timed_on(self, machine: str) -> bool:
+        """Whether this LUT was timed on ``machine`` (a :func:`~autoprune.latency.timing.default_device_name`):
+        its ``device``, or the ``built_on`` that ``lut build`` records beside a ``--device-name`` of the user's."""
+        return machine in (self.header.get("device"), self.header.get("built_on"))
+
     def raw_sum(self, graph: UnitGraph, widths: WidthModel, counts: Sequence[int]) -> float:
         """Sum of the module tables at the kept widths of ``counts`` (uncalibrated)."""
         in_k, out_k = widths.ratios(counts)

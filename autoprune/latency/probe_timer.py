@@ -175,15 +175,18 @@ def main():
     got, base_ms = interleaved(base, [session_of(f) for f in plans], args.rounds,
                                max(args.samples, 6), 2, 1.0) if plans else ([], base_timing[0])
     out = {"schema": "autoprune.lut-timings/v1", "runtime": args.runtime, "runtime_version": runtime_version(args.runtime),
-           "device": args.device_name or device_name(), "device_kind": "cpu", "threads": args.threads,
+           "device": args.device_name or device_name(), "built_on": device_name(), "device_kind": "cpu",
+           "threads": args.threads,
            "clock": clock, "reference_ms": float(np.median(ref_times)) if ref_times else None,
            "probes": {f: list(t) for f, t in probes.items()},
            "base": {"ms": base_ms, "reference": base_timing[1]},
            "calibration": {f: list(t) for f, t in zip(plans, got)},
            "seconds": round(time.perf_counter() - start, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     target = args.out or path("timings.json")
-    with open(target, "w") as f:
+    tmp = target + ".tmp"  # written whole, then renamed: an interrupted run leaves no half-written timings
+    with open(tmp, "w") as f:
         json.dump(out, f, indent=1)
+    os.replace(tmp, target)
     print(f"wrote {target} ({len(probes)} probes, {len(plans)} calibration plans, {out['seconds']:.1f} s)")
 
 

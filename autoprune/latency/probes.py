@@ -159,7 +159,8 @@ def import_probes(probe_dir: str | Path, device: str | None = None) -> Lut:
         tables.append(table)
     header = dict(manifest["header"])
     header.update(runtime=timings["runtime"], runtime_version=timings["runtime_version"],
-                  device=device or timings["device"], device_kind=timings.get("device_kind", "cpu"),
+                  device=device or timings["device"], built_on=timings.get("built_on"),
+                  device_kind=timings.get("device_kind", "cpu"),
                   threads=int(timings["threads"]), clock=timings.get("clock", "wall"),
                   reference={"op": manifest["reference"]["op"], "ms": timings.get("reference_ms")},
                   base_measured_ms=float(timings["base"]["ms"]), imported_from=str(folder),
