@@ -25,7 +25,8 @@ for both searches. Targets: the latency plan is faster (by more than the
     python -m benchmarks.speedup [--searcher netadapt|random] [--evaluations 16] [--round-to 1 8] [--reanchor 8]
 
 (``--reanchor N``: the latency search also runs with a copy of the LUT re-anchored first on N plans timed
-then, drawn with the search's ``round_to`` (``autoprune lut reanchor``; the copy under
+then, drawn with the search's ``round_to`` near the 0.5 budget (``autoprune lut reanchor --near 0.5``, since
+2026-12-07: ``benchmarks/reanchor_near``; the runs before drew them over the whole range; the copy under
 ``benchmarks/runs/speedup``), and both latency plans are timed and reported.)
 """
 
@@ -160,7 +161,8 @@ def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, s
     if reanchor:  # a copy re-anchored now on plans drawn as the search draws them
         lut = load_lut(path)
         model = build_model("resnet20", in_channels=3, num_classes=10).eval()
-        level = reanchor_lut(lut, model, plans=reanchor, round_to=round_to, progress=False)["level"]
+        level = reanchor_lut(lut, model, plans=reanchor, round_to=round_to, progress=False,
+                             near=LATENCY_BUDGET)["level"]  # where the search ends (benchmarks/reanchor_near)
         path = ROOT / "runs" / "speedup" / f"resnet20_{runtime}_reanchored_{round_to}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(lut.to_json())

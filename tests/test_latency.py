@@ -1163,6 +1163,25 @@ def test_reanchoring_a_lut_follows_a_machine_whose_state_moved_every_pruned_plan
     assert Lut.from_dict(json.loads(lut.to_json())).header["level"] == lut.header["level"]  # saved with the LUT
 
 
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_near_counts_are_plans_the_lut_prices_just_under_the_budget(round_to):
+    """``lut reanchor --near F`` / ``budget.reanchor`` draw their plans where a search under a budget of F ends
+    (benchmarks/reanchor_near: a level measured there priced searched plans better on a contended host)."""
+    from autoprune.latency.check import near_counts
+
+    model = TinyResidual().eval()
+    graph = build_unit_graph(model, SHAPE)
+    cost = LutCost(synthetic_lut(graph), graph)
+    smallest = cost.fraction([1] * len(graph.channels))  # 0.70 here: the synthetic LUT's fixed remainder
+    near = (smallest + 1) / 2
+    plans = near_counts(graph, cost, 6, near, np.random.default_rng(0), round_to)
+    assert len(plans) == 6 and len(set(map(tuple, plans))) > 1
+    assert all(near - 0.03 - 1e-9 <= cost.fraction(c) <= near + 1e-9 for c in plans)
+    assert all(c % round_to == 0 or c == n for p in plans for c, n in zip(p, graph.channels, strict=True))
+    with pytest.raises(AutopruneError, match="no plan of this model is priced at or below"):
+        near_counts(graph, cost, 3, smallest / 2, np.random.default_rng(0))
+
+
 def test_lut_reanchor_updates_the_file_in_place_and_lut_list_shows_the_level(tmp_path, capsys):
     from autoprune.latency.lutdir import LutEntry
 
@@ -1180,7 +1199,12 @@ def test_lut_reanchor_updates_the_file_in_place_and_lut_list_shows_the_level(tmp
     assert header["level"]["plans"] == 3 and header["level"]["factor"] > 0
     assert "last_check" not in header  # it scored the LUT at its old level
     assert f"level x{header['level']['factor']:.3f}" in LutEntry(lut, header).row()["accuracy"]
-    for bad in (["--plans", "0"], ["--round-to", "0"]):
+    assert main(["lut", "reanchor", "--lut", str(lut), "--model", "factories:tiny_cnn", "--plans", "3", "--repeats",
+                 "3", "--near", "0.97", "--no-progress"]) == 0
+    assert "3 plans near 0.97 of the unpruned model measured at" in capsys.readouterr().out
+    header = json.loads(lut.read_text())["header"]
+    assert header["level"]["near"] == 0.97 and header["level"]["plans"] == 3
+    for bad in (["--plans", "0"], ["--round-to", "0"], ["--near", "1.5"]):
         code = main(["lut", "reanchor", "--lut", str(lut), "--model", "factories:tiny_cnn", *bad])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and bad[0] in err[0], bad
@@ -1223,7 +1247,7 @@ def test_budget_reanchor_prices_a_search_at_the_level_measured_before_it_and_a_r
     real, anchored = latency_check.reanchor_lut, []
 
     def spy(lut, net, **kw):
-        anchored.append(kw["graph"].names)
+        anchored.append((kw["graph"].names, kw["near"]))
         return real(lut, net, **kw)
 
     monkeypatch.setattr(latency_check, "reanchor_lut", spy)
@@ -1233,9 +1257,11 @@ def test_budget_reanchor_prices_a_search_at_the_level_measured_before_it_and_a_r
     assert main(["search", write_config(tmp_path, raw), "--out", str(out), "--no-progress"]) == 0
     level = json.loads((out / "summary.json").read_text())["budget"]["lut_level"]
     assert level["factor"] == pytest.approx(1.2, rel=0.03) and level["plans"] == 3 and level["previous"] == 1.0
+    assert level["near"] == pytest.approx(0.7)  # the anchors were drawn where the search ends: at the budget
     assert json.loads((out / "lut_level.json").read_text()) == level
     assert "level" not in json.loads(path.read_text())["header"]  # the LUT file is not changed
-    assert len(anchored) == 1 and ("a1" in anchored[0]) == (not skip)  # anchors drawn over the search's units
+    assert len(anchored) == 1 and ("a1" in anchored[0][0]) == (not skip)  # anchors drawn over the search's units
+    assert anchored[0][1] == pytest.approx(0.7)
     graph = skip_units(build_unit_graph(model, SHAPE), skip)
     as_built = LutCost(load_lut(path, graph), graph)
     for _, row in pd.read_parquet(out / "trials.parquet").iterrows():

@@ -70,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="draw the plans as a search with pruning.round_to does (default 1)")
     ra.add_argument("--repeats", type=int, default=15, help="timed samples per plan (default 15)")
     ra.add_argument("--seed", type=int, default=0, help="seed of the random plans")
+    ra.add_argument("--near", type=float, default=None, metavar="FRACTION",
+                    help="draw the plans where a search under this latency budget ends (e.g. 0.5 for latency: 0.5), "
+                         "not over the whole range: the level that matters there (default: the whole range)")
     ra.add_argument("--clear", action="store_true", help="remove the stored level (the LUT as built again); times nothing")
     ra.add_argument("--no-progress", action="store_true", help="hide progress bars")
     ra.set_defaults(func=cmd_reanchor)
@@ -223,8 +226,10 @@ def cmd_reanchor(args: argparse.Namespace) -> int:
         print(f"{args.lut}: level removed (was x{previous:.3f}); plans are priced as built")
         return 0
     r = reanchor_lut_file(args.lut, args.model, model_kwargs(args), args.num_classes, plans=args.plans,
-                          seed=args.seed, round_to=args.round_to, repeats=args.repeats, progress=not args.no_progress)
-    print(f"{args.lut}: level x{r['level']:.3f} (was x{r['previous']:.3f}): {args.plans} plans measured at "
+                          seed=args.seed, round_to=args.round_to, repeats=args.repeats, progress=not args.no_progress,
+                          near=args.near)
+    where = "" if args.near is None else f" near {args.near:g} of the unpruned model"
+    print(f"{args.lut}: level x{r['level']:.3f} (was x{r['previous']:.3f}): {args.plans} plans{where} measured at "
           f"{r['level']:.3f} times the LUT's fractions as built; every pruned plan is priced at that multiple "
           "from now on (lut check to see how it does)")
     return 0

@@ -18,6 +18,7 @@ import numpy as np
 from torch import nn
 
 from autoprune.core.graph import UnitGraph, build_unit_graph
+from autoprune.core.plan import resolve_count
 from autoprune.errors import AutopruneError
 from autoprune.latency.lut import Lut, LutCost
 from autoprune.latency.tables import random_counts
@@ -110,6 +111,36 @@ def anchor_counts(graph: UnitGraph, plans: int, seed: int = 0, round_to: int = 1
     return out
 
 
+def near_counts(graph: UnitGraph, cost: LutCost, plans: int, fraction: float, rng: np.random.Generator,
+                round_to: int = 1, tolerance: float = 0.03, floor: float = 0.05) -> list[list[int]]:
+    """``plans`` plans the LUT (as built, level 1) prices just under ``fraction`` of the unpruned model (within
+    ``tolerance``): random ratio vectors (uniform in [0.2, 1]) each scaled by one factor (bisection), clipped to
+    [``floor``, 1] and rounded to ``round_to``: plans of the size a search under that budget returns. Where too
+    few draws land there (a budget near the smallest plans), the closest draws below ``fraction`` fill up."""
+    def counts(ratios: np.ndarray, factor: float) -> list[int]:
+        return [resolve_count(float(np.clip(r * factor, floor, 1.0)), u.out_channels, u.step(round_to))
+                for r, u in zip(ratios, graph.units, strict=True)]
+
+    out, spare = [], []
+    for _ in range(50 * plans):
+        ratios, lo, hi = rng.uniform(0.2, 1.0, len(graph.units)), 0.0, 5.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fraction_at(cost, counts(ratios, mid), 1.0) <= fraction else (lo, mid)
+        c = counts(ratios, lo)
+        priced = fraction_at(cost, c, 1.0)
+        if list(c) == list(graph.channels) or priced > fraction:
+            continue
+        (out if priced >= fraction - tolerance else spare).append((priced, c))
+        if len(out) == plans:
+            break
+    out += sorted(spare, key=lambda p: -p[0])[:plans - len(out)]
+    if not out:
+        raise AutopruneError(f"no plan of this model is priced at or below {fraction:.3g} of the unpruned model by "
+                             "the LUT: re-anchor near a larger fraction")
+    return [c for _p, c in out]
+
+
 def fraction_at(cost: LutCost, counts: Sequence[int], level: float) -> float:
     """``cost``'s fraction of ``counts`` with the LUT's level replaced by ``level``."""
     return cost.fraction(counts) / cost.level * level if list(counts) != list(cost.graph.channels) else 1.0
@@ -122,7 +153,7 @@ def level_of(cost: LutCost, anchors: Sequence[Sequence[int]], measured: Sequence
 
 
 def reanchor_lut(lut: Lut, model: nn.Module, plans: int = 8, seed: int = 0, round_to: int = 1, repeats: int = 15,
-                 progress: bool = True, graph: UnitGraph | None = None) -> dict[str, Any]:
+                 progress: bool = True, graph: UnitGraph | None = None, near: float | None = None) -> dict[str, Any]:
     """Re-measure a LUT's level on this machine as it is now: time ``plans`` random plans
     (:func:`anchor_counts`) interleaved with the unpruned model and store in the header the median of
     measured over predicted fraction (``level``: ``factor``, ``plans``, ``round_to``, ``date``), by which
@@ -131,19 +162,27 @@ def reanchor_lut(lut: Lut, model: nn.Module, plans: int = 8, seed: int = 0, roun
     On a busy machine the fractions of all plans move together between the build and later use (the state of
     the machine, not the plan, sets how much faster the unpruned model runs: docs/latency.md); the tables'
     shape holds. Draw the plans as the search will (``round_to``: its ``pruning.round_to``; ``graph``: its units,
-    e.g. without those ``pruning.skip`` keeps whole; default every unit of ``model``). Returns the level with the
-    plans' predicted and measured fractions.
+    e.g. without those ``pruning.skip`` keeps whole; default every unit of ``model``). ``near``: a latency budget
+    as a fraction of the unpruned model; the plans are then drawn where a search under it ends (:func:`near_counts`)
+    instead of over the whole range (``benchmarks/reanchor_near``: on a contended host plans at the budget slowed
+    down more than the range's, and a level measured there priced searched plans better). Returns the level with
+    the plans' predicted and measured fractions.
     """
     if plans < 1 or round_to < 1:
         raise AutopruneError(f"--plans and --round-to must be >= 1 (got {plans}, {round_to})")
+    if near is not None and not 0 < near < 1:
+        raise AutopruneError(f"--near is a fraction of the unpruned model's latency in (0, 1) (got {near})")
     graph = graph or build_unit_graph(model, lut.header["input_shape"])
     lut.check(graph)
     cost = LutCost(lut, graph)
-    anchors = anchor_counts(graph, plans, seed, round_to)
+    anchors = (anchor_counts(graph, plans, seed, round_to) if near is None
+               else near_counts(graph, cost, plans, near, np.random.default_rng([seed, 4]), round_to))
     timing = time_plans(graph, model, anchors, cost.batch, cost.threads, repeats, lut.header.get("clock", "wall"),
                         desc="re-anchoring", progress=progress, runtime=cost.runtime)
     factor = level_of(cost, anchors, timing.relative)
     lut.header["level"] = {"factor": round(factor, 5), "plans": int(plans), "round_to": int(round_to),
                            "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "previous": round(cost.level, 5)}
+    if near is not None:
+        lut.header["level"]["near"] = float(near)
     return {"level": factor, "previous": cost.level, "counts": anchors,
             "predicted_rel": [fraction_at(cost, c, 1.0) for c in anchors], "measured_rel": list(timing.relative)}

@@ -117,7 +117,7 @@ def check_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | None =
 def reanchor_lut_file(lut_path: str | Path, model: str, model_kwargs: dict | None = None,
                       num_classes: int | None = None, **options: Any) -> dict[str, Any]:
     """Re-measure the LUT file's level on this machine now (:func:`~autoprune.latency.check.reanchor_lut`;
-    ``options``: plans, seed, round_to, repeats, progress) and write it back in place, atomically. Its
+    ``options``: plans, seed, round_to, repeats, progress, near) and write it back in place, atomically. Its
     ``last_check`` is dropped: it scored the LUT at its old level."""
     lut = load_lut(lut_path)
     net = model_from_name(model, model_kwargs, tuple(lut.header["input_shape"]), num_classes)

@@ -112,10 +112,12 @@ def reanchored(budget: Budget, graph: UnitGraph, model: nn.Module, cfg: Experime
 
     lut = budget.cost.lut
     if level is None:
-        n = cfg.budget.reanchor
-        log.info("budget.reanchor: timing %d plans against the unpruned model to re-measure the LUT's level", n)
+        n, near = cfg.budget.reanchor, budget.target / budget.cost.base
+        log.info("budget.reanchor: timing %d plans near the budget (%.3g of the unpruned model) against it to "
+                 "re-measure the LUT's level", n, near)
         reanchor_lut(lut, model, plans=n, seed=cfg.seed, round_to=cfg.pruning.round_to, progress=progress,
-                     graph=graph)  # the search's units: pruning.skip's stay whole in the anchors too
+                     graph=graph,  # the search's units: pruning.skip's stay whole in the anchors too
+                     near=near if 0 < near < 1 else None)
         level = dict(lut.header["level"])
     else:
         lut.header["level"] = dict(level)
