@@ -78,7 +78,7 @@ def main() -> None:
             if searched:
                 results.append(run(runtime, r, args.timings, searched))
                 print(f"timed {runtime} round_to {r}", flush=True)
-    lines = [f"Searched plans: the latency plans of [{args.source}]({args.source}.md) (as built and re-anchored), "
+    lines = [f"Searched plans: the latency plans of `{args.source}` (as built and re-anchored), "
              f"priced by the committed LUT at level 1, then at the level of each group measured in the same timing "
              f"(median measured / predicted fraction). Budget {BUDGET}.", "",
              "| runtime | round_to | timing | base ms | level: anchors | level: near the budget | searched: measured / "
