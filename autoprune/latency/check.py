@@ -137,7 +137,8 @@ def near_counts(graph: UnitGraph, cost: LutCost, plans: int, fraction: float, rn
     out += sorted(spare, key=lambda p: -p[0])[:plans - len(out)]
     if not out:
         raise AutopruneError(f"no plan of this model is priced at or below {fraction:.3g} of the unpruned model by "
-                             "the LUT: re-anchor near a larger fraction")
+                             f"the LUT as built: a latency budget of {fraction:.3g} is out of its reach; raise it "
+                             "(lut reanchor: --near a larger fraction)")
     return [c for _p, c in out]
 
 
