@@ -70,11 +70,11 @@ def check_lut(lut: Lut, model: nn.Module, plans: int = 50, seed: int = 0, repeat
                         lut.header.get("clock", "wall"), desc="checking", progress=progress, runtime=cost.runtime,
                         timings=timings)
     measured_rel, measured_ms = np.array(timing.relative[:plans]), np.array(timing.ms[:plans])
+    here = default_device_name(str(model_device(model)))
     out: dict[str, Any] = {
         "plans": int(plans), "round_to": int(round_to), "runtime": cost.runtime, "device": lut.header["device"],
         "counts": counts,
-        "device_now": default_device_name(str(model_device(model))),
-        "timed_here": lut.timed_on(default_device_name(str(model_device(model)))),
+        "device_now": here, "timed_here": lut.timed_on(here),
         "predicted_rel": predicted_rel.tolist(), "measured_rel": measured_rel.tolist(),
         "predicted_ms": predicted_ms.tolist(), "measured_ms": measured_ms.tolist(),
         "base_ms_now": timing.base_ms, "base_ms_at_build": cost.base, "drift": timing.base_ms / cost.base,
