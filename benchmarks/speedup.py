@@ -23,21 +23,27 @@ for both searches. Targets: the latency plan is faster (by more than the
 5% timing noise) and its measured latency is within +-10% of the 0.5 budget.
 
     python -m benchmarks.speedup [--searcher netadapt|random] [--evaluations 16] [--round-to 1 8] [--reanchor 8]
+                                 [--verify 3] [--models resnet20 vgg_small]
 
 (``--reanchor N``: the latency search also runs with a copy of the LUT re-anchored first on N plans timed
 then, drawn with the search's ``round_to`` near the 0.5 budget (``autoprune lut reanchor --near 0.5``, since
 2026-12-07: ``benchmarks/reanchor_near``; the runs before drew them over the whole range; the copy under
-``benchmarks/runs/speedup``), and both latency plans are timed and reported.)
+``benchmarks/runs/speedup``), and both latency plans are timed and reported. ``--verify N``: each latency
+plan is fitted to the budget by timing it first (``budget.verify: N``, :mod:`autoprune.latency.verify`); the
+verified plan is the latency plan of the targets, its FLOPs those of the FLOPs search, and the plan as
+searched is timed beside both. ``--models`` with no names: the comparison only.)
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 
 import numpy as np
 
+from autoprune.atomic import atomic_write_text
 from autoprune.config import PruningConfig
 from autoprune.core.cost import FlopsCost, make_budget
 from autoprune.core.graph import build_unit_graph
@@ -47,7 +53,8 @@ from autoprune.errors import BudgetError
 from autoprune.latency.build import build_lut
 from autoprune.latency.check import reanchor_lut
 from autoprune.latency.lut import load_lut
-from autoprune.latency.timing import time_against_base, tune_allocator
+from autoprune.latency.timing import default_device_name, time_against_base, tune_allocator
+from autoprune.latency.verify import verify_plan
 from autoprune.models.zoo import build_model
 from autoprune.pipeline.export import fold_batchnorm
 from autoprune.search.base import SearchContext
@@ -150,13 +157,27 @@ def searched_plan(budget: dict, evaluations: int, round_to: int = 1, searcher: s
     return plan.counts(session.graph), session
 
 
-def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, searcher: str = "random",
-                     reanchor: int = 0) -> dict:
+def machine_lut(runtime: str) -> Path:
+    """ResNet-20's LUT for ``runtime`` timed on this machine: the committed one (``benchmarks.lut_accuracy``) when
+    it was timed here, else one built here once (``benchmarks/runs/luts``, named by machine): a LUT of another
+    CPU prices plans by that CPU's kernels."""
+    here = default_device_name()
     path = Path(lut_path("resnet20", runtime))
+    if path.exists() and load_lut(path).timed_on(here):
+        return path
+    path = ROOT / "runs" / "luts" / f"resnet20_{runtime}_b1_t1_{re.sub(r'[^A-Za-z0-9]+', '-', here).strip('-')}.json"
     if not path.exists():
         model = build_model("resnet20", in_channels=3, num_classes=10).eval()
-        path.write_text(build_lut(model, SHAPE, step=8, clock="cpu", runtime=runtime, model_name="resnet20",
-                                  progress=False).to_json())
+        print(f"building the {runtime} LUT on this machine ({here}): {path}", flush=True)
+        lut = build_lut(model, SHAPE, step=8, clock="cpu", runtime=runtime, model_name="resnet20", progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, lut.to_json())
+    return path
+
+
+def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, searcher: str = "random",
+                     reanchor: int = 0, verify: int = 0) -> dict:
+    path = machine_lut(runtime)
     level = None
     if reanchor:  # a copy re-anchored now on plans drawn as the search draws them
         lut = load_lut(path)
@@ -171,17 +192,28 @@ def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, s
                                             evaluations, round_to, searcher)
     except BudgetError as e:  # e.g. a re-anchored level that puts the budget below every plan: no latency plan
         return {"runtime": runtime, "round_to": round_to, "searcher": searcher, "level": level, "unreachable": str(e)}
+    budget, searched, record = session.budget, list(lat_counts), None
+    if verify:  # budget.verify: the searched plan timed and fitted to the budget by measurement
+        p = session.cfg.pruning
+        lat_counts, budget, record = verify_plan(budget, session.graph, session.model, lat_counts,
+                                                 min_ratio=p.min_ratio, max_ratio=p.max_ratio, round_to=round_to,
+                                                 rounds=verify)
     flops = FlopsCost(graph)
     kept = flops(lat_counts) / flops.base
     flops_counts, _ = searched_plan({"flops": round(kept, 4)}, evaluations, round_to, searcher)
-    pair = [apply_plan(session.model, graph, PruningPlan.from_counts(graph, c)).eval()
-            for c in (lat_counts, flops_counts)]
-    t = time_against_base(session.model, pair, SHAPE, batch=1, threads=1, repeats=15, clock="cpu", runtime=runtime)
-    return {"runtime": runtime, "round_to": round_to, "searcher": searcher, "level": level, "latency_plan": {"flops_kept": kept, "ms": t.ms[0], "relative": t.relative[0],
-                                                 "lut_predicted": float(session.budget.cost.fraction(lat_counts)),
-                                                 "counts": [int(c) for c in lat_counts]},
-            "flops_plan": {"flops_kept": flops(flops_counts) / flops.base, "ms": t.ms[1], "relative": t.relative[1],
-                           "counts": [int(c) for c in flops_counts]}}
+    timed = [lat_counts, flops_counts] + ([searched] if verify else [])
+    models = [apply_plan(session.model, graph, PruningPlan.from_counts(graph, c)).eval() for c in timed]
+    t = time_against_base(session.model, models, SHAPE, batch=1, threads=1, repeats=15, clock="cpu", runtime=runtime)
+    out = {"runtime": runtime, "round_to": round_to, "searcher": searcher, "level": level,
+           "latency_plan": {"flops_kept": kept, "ms": t.ms[0], "relative": t.relative[0],
+                            "lut_predicted": float(budget.cost.fraction(lat_counts)),
+                            "counts": [int(c) for c in lat_counts]},
+           "flops_plan": {"flops_kept": flops(flops_counts) / flops.base, "ms": t.ms[1], "relative": t.relative[1],
+                          "counts": [int(c) for c in flops_counts]}}
+    if verify:  # the plan as searched, timed again beside the verified one
+        out["verify"] = {**record, "searched": {"counts": [int(c) for c in searched], "relative": t.relative[2],
+                                                "lut_predicted": float(session.budget.cost.fraction(searched))}}
+    return out
 
 
 def tables(rows, base_ms, forms, comparisons, profiled=()) -> str:
@@ -210,14 +242,27 @@ def tables(rows, base_ms, forms, comparisons, profiled=()) -> str:
         out += [f"Latency budget ({LATENCY_BUDGET}, the runtime's LUT) vs FLOPs budget at the same FLOPs, resnet20, "
                 f"{comparisons[0].get('searcher', 'random')} searcher, batch 1:", "",
                 "| runtime | round_to | LUT | latency plan: kept FLOPs | LUT-predicted latency | measured latency | "
-                "FLOPs plan: kept FLOPs | measured latency |", "|---|---|---|---|---|---|---|---|"]
+                "FLOPs plan: kept FLOPs | measured latency | budget.verify |", "|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {c['runtime']} | {c['round_to']} | {_lut_label(c)} | {c['latency_plan']['flops_kept']:.3f} | "
                 f"{c['latency_plan']['lut_predicted']:.3f} | {c['latency_plan']['relative']:.3f} | "
-                f"{c['flops_plan']['flops_kept']:.3f} | {c['flops_plan']['relative']:.3f} |" if "unreachable" not in c else
-                f"| {c['runtime']} | {c['round_to']} | {_lut_label(c)} | no plan: {c['unreachable']} | - | - | - | - |"
+                f"{c['flops_plan']['flops_kept']:.3f} | {c['flops_plan']['relative']:.3f} | {_verify_label(c)} |"
+                if "unreachable" not in c else
+                f"| {c['runtime']} | {c['round_to']} | {_lut_label(c)} | no plan: {c['unreachable']} | - | - | - | - | - |"
                 for c in comparisons]
         out += ["", "(latencies as fractions of the unpruned model, timed interleaved with it)"]
     return "\n".join(out)
+
+
+def _verify_label(c: dict) -> str:
+    """The searched plan before ``budget.verify`` (LUT-predicted, and measured in the final timing beside the
+    verified plan: a plan kept is timed there twice, as two copies), the re-fits, and why they stopped."""
+    v = c.get("verify")
+    if v is None:
+        return "-"
+    fits = len(v["rounds"]) - 1
+    return (f"searched plan {v['searched']['lut_predicted']:.3f} predicted, {v['searched']['relative']:.3f} measured; "
+            + (f"{fits} re-fit{'s' if fits != 1 else ''} (level x{v['level']:.3f})" if v["changed"] else "kept")
+            + (f", {v['stopped']}" if v.get("stopped") not in (None, "met") else ""))
 
 
 def _lut_label(c: dict) -> str:
@@ -244,7 +289,8 @@ def efficiency_targets(rows: list[dict], forms: list[str]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=list(MODEL_NOTES))
+    parser.add_argument("--models", nargs="*", default=list(MODEL_NOTES),
+                        help="models of the FLOPs-plan tables (none: only the latency-vs-FLOPs comparison)")
     parser.add_argument("--forms", default=",".join(FORMS))
     parser.add_argument("--searcher", choices=sorted(SEARCHERS), default="netadapt",
                         help="the searcher of the latency-vs-FLOPs comparison (resnet20)")
@@ -253,6 +299,9 @@ def main() -> None:
     parser.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--reanchor", type=int, default=0,
                         help="also search with a copy of the LUT re-anchored on this many plans first (lut reanchor)")
+    parser.add_argument("--verify", type=int, default=0, metavar="N",
+                        help="fit each latency plan to the budget by timing it (budget.verify: at most N rounds); "
+                             "the searched plan is timed beside it")
     parser.add_argument("--note", default="", help="a line for the results (e.g. how loaded the machine was)")
     parser.add_argument("--out", default="speedup", help="results file name (default speedup)")
     args = parser.parse_args()
@@ -273,12 +322,12 @@ def main() -> None:
     if args.evaluations > 0:
         ensure_checkpoint()
         graph = build_unit_graph(build_model("resnet20", in_channels=3, num_classes=10), SHAPE)
-        comparisons = [latency_vs_flops(rt, args.evaluations, graph, r, args.searcher, k)
+        comparisons = [latency_vs_flops(rt, args.evaluations, graph, r, args.searcher, k, args.verify)
                        for rt in dict.fromkeys(FORMS[f] for f in forms) for r in args.round_to
                        for k in ([0, args.reanchor] if args.reanchor else [0])]
     targets = efficiency_targets(rows, forms)
     for c in comparisons:
-        lut = "" if c.get("level") is None else ", LUT re-anchored"
+        lut = ("" if c.get("level") is None else ", LUT re-anchored") + (", verified" if "verify" in c else "")
         if "unreachable" in c:  # the search refused the budget: both targets missed, the reason kept
             for what in ("faster than the FLOPs-budget plan", f"within +-10% of the budget ({LATENCY_BUDGET})"):
                 targets.append(target(f"{c['runtime']}, round_to {c['round_to']}{lut}: latency-budget plan {what}",
@@ -302,6 +351,7 @@ def main() -> None:
                   f"python -m benchmarks.speedup --models {' '.join(args.models)} --forms {args.forms} "
                   f"--searcher {args.searcher} --evaluations {args.evaluations} "
                   f"--round-to {' '.join(map(str, args.round_to))}" + (f" --reanchor {args.reanchor}" if args.reanchor else "")
+                  + (f" --verify {args.verify}" if args.verify else "")
                   + (f" --out {args.out}" if args.out != "speedup" else ""))
 
 

@@ -57,3 +57,7 @@ def test_the_latency_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
     assert latency["kept_predicted"] <= 0.6 + 1e-6  # the LUT found by device priced the plan within the budget
     assert 0 < latency["kept_measured"] < 1
     assert f"{latency['kept_measured']:.3f} of the base, timed against it" in printed  # the CLI prints the fractions
+    verify = summary["verify"]  # budget.verify: the searched plan timed here, fitted to 0.6 where it ran off
+    assert verify["target"] == pytest.approx(0.6) and verify["rounds"] and "verify   the searched plan ran at" in printed
+    plan = json.loads((run / "best_plan.json").read_text())  # the plan run on is the one verify chose
+    assert list(plan["channels"].values()) == verify["rounds"][verify["chosen"]]["counts"]

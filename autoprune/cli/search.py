@@ -107,6 +107,15 @@ def print_summary(s: dict, run_dir: Path) -> None:
                      f"latency  {lat['base_measured_ms']:.3g} -> {lat['pruned_measured_ms']:.3g} ms measured "
                      f"({lat.get('kept_measured', lat['pruned_measured_ms'] / lat['base_measured_ms']):.3f} of the "
                      f"base, timed against it; predicted {lat.get('kept_predicted', float('nan')):.3f})")
+    v = s.get("verify")
+    if v:  # budget.verify: where the searched plan ran and what was made of it
+        first, fits = v["rounds"][0], len(v["rounds"]) - 1
+        done = (f"fitted in {fits} round{'' if fits == 1 else 's'} to {v['measured']:.3f}" if v["changed"]
+                else "kept: no plan of the ratio range meets the budget at the level measured on it"
+                if v.get("stopped") == "unreachable" else "kept as searched")
+        lines.insert(len(lines) - 3, f"verify   the searched plan ran at {first['measured']:.3f} of the base (LUT "
+                                     f"{first['predicted']:.3f}, budget {v['target']:.3f}); {done}"
+                                     f"{'' if v['met'] else ', not within the tolerance'}")
     print("\n".join(lines), file=sys.stdout)
 
 

@@ -77,7 +77,7 @@ def load_config(
     raw = apply_overrides(raw, list(overrides or []))
     if budget:
         given = parse_budget(budget)
-        keep = ("lut", "runtime", "device") + (("reanchor",) if {"latency", "latency_ms"} & set(given) else ())
+        keep = ("lut", "runtime", "device") + (("reanchor", "verify", "verify_tolerance") if {"latency", "latency_ms"} & set(given) else ())
         raw["budget"] = {**{k: v for k, v in (raw.get("budget") or {}).items() if k in keep}, **given}
     cfg = from_dict(ExperimentConfig, raw)
     cfg.validate()

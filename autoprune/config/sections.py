@@ -48,6 +48,13 @@ class BudgetConfig:
     ``pruning.round_to``) against the unpruned model here and multiply the LUT's predictions by the median
     measured / predicted fraction (what ``autoprune lut reanchor`` stores; the LUT file is not changed).
     0: the LUT as it is."""
+    verify: int = 0
+    """Latency budgets with a LUT timed on this machine: after the search, time the plan against the unpruned
+    model here and, when its measured fraction is more than ``verify_tolerance`` off the budget, re-level the LUT
+    on it and scale the plan (its shape kept) to the budget at that level; at most this many rounds
+    (:mod:`autoprune.latency.verify`). 0: the searched plan as the LUT priced it."""
+    verify_tolerance: float = 0.05
+    """``budget.verify``: how far (``|measured / budget - 1|``) a plan may run off the budget and be kept."""
 
     @property
     def kind(self) -> str:
@@ -73,6 +80,13 @@ class BudgetConfig:
         if self.reanchor and (keys[0] not in ("latency", "latency_ms") or (self.lut is None and self.device is None)):
             raise ConfigError("budget.reanchor re-measures a LUT's level: it needs a latency budget with budget.lut "
                               "or budget.device, e.g. budget: {latency: 0.6, lut: r20.json, reanchor: 8}")
+        if self.verify < 0 or not 0 < self.verify_tolerance < 1:
+            raise ConfigError(f"budget.verify must be >= 0 and budget.verify_tolerance in (0, 1) (got {self.verify}, "
+                              f"{self.verify_tolerance})")
+        if self.verify and (keys[0] not in ("latency", "latency_ms") or (self.lut is None and self.device is None)):
+            raise ConfigError("budget.verify fits the searched plan to a LUT's budget by timing it: it needs a latency "
+                              "budget with budget.lut or budget.device, e.g. budget: {latency: 0.6, lut: r20.json, "
+                              "verify: 3}")
         if keys[0] == "latency_ms":
             if not value > 0:
                 raise ConfigError(f"budget.latency_ms must be > 0 (got {value})")

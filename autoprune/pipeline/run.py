@@ -141,12 +141,36 @@ def search(session: Session, run_dir: Path | None, recorder: TrialRecorder, resu
     finally:  # a Ray pool frees its actors (it keeps a local evaluator for what follows)
         getattr(evaluator, "close", lambda: None)()
     recorder.flush()
+    if cfg.budget.verify:  # land the plan on the latency budget by timing it here (the pool's workers gone)
+        plan = verified(session, plan, progress)
     if not session.budget.fits(plan.counts(session.graph)):
         raise AutopruneError(f"searcher {cfg.searcher_name!r} returned an over-budget plan (a bug)")
     plan.meta.setdefault("searcher", cfg.searcher_name)
     if run_dir is not None:
         atomic_write_text(run_dir / "best_plan.json", plan.to_json())
     return plan, evaluator
+
+
+def verified(session: Session, plan: PruningPlan, progress: bool = True) -> PruningPlan:
+    """``budget.verify``: ``plan`` timed here and fitted to the latency budget by measurement
+    (:func:`~autoprune.latency.verify.verify_plan`); the session's budget takes the level it was fitted at.
+    A plan that changes loses weights a searcher carried to it (NetAdapt's ``continue_weights``: they are
+    the old plan's shape); ``meta["verify"]`` records the rounds, the searched plan first."""
+    from autoprune.latency.verify import verify_plan
+
+    p, b = session.cfg.pruning, session.cfg.budget
+    counts, budget, record = verify_plan(session.budget, session.graph, session.model, plan.counts(session.graph),
+                                         min_ratio=p.min_ratio, max_ratio=p.max_ratio, round_to=p.round_to,
+                                         rounds=b.verify, tolerance=b.verify_tolerance, progress=progress)
+    session.budget = budget
+    session.costs[budget.kind] = budget.cost
+    if not record["changed"]:
+        plan.meta["verify"] = record
+        return plan
+    log.info("budget.verify: the plan was fitted to the budget by measurement (%.3f of the unpruned model, "
+             "searched plan %.3f)", record["measured"], record["rounds"][0]["measured"])
+    meta = {k: v for k, v in plan.meta.items() if k != "weights"}
+    return PruningPlan.from_counts(session.graph, counts, **{**meta, "verify": record})
 
 
 def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: Path, recorder: TrialRecorder,
@@ -179,8 +203,9 @@ def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: P
         "units": len(session.graph),
         "searcher_options": searcher_options_record(session.searcher_options),
     }
-    if "rerank" in plan.meta:
-        summary["rerank"] = plan.meta["rerank"]
+    for key in ("rerank", "verify"):
+        if key in plan.meta:
+            summary[key] = plan.meta[key]
     if failure:
         summary["finetune_failed"] = failure
     for extra in SUMMARY_EXTRAS:

@@ -212,6 +212,10 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
     b = cfg.budget
     budget = make_budget(graph, b.kind, b.value, absolute=b.latency_ms is not None, pruning=cfg.pruning,
                          model=model, lut=b.lut, runtime=b.runtime, device=b.device, luts=cfg.luts)
+    if b.verify:  # a LUT for another device fails here, not after the search
+        from autoprune.latency.verify import check_verifiable
+
+        check_verifiable(budget, model)
     if b.reanchor:
         budget, lut_level = reanchored(budget, graph, model, cfg, lut_level, progress)
     costs = plan_costs(graph, cfg.pruning)
