@@ -75,18 +75,14 @@ class BudgetConfig:
                 f"(got {', '.join(keys) or 'none'}), e.g. budget: {{flops: 0.5}}"
             )
         value = getattr(self, keys[0])
-        if self.reanchor < 0:
-            raise ConfigError(f"budget.reanchor must be >= 0 (got {self.reanchor})")
-        if self.reanchor and (keys[0] not in ("latency", "latency_ms") or (self.lut is None and self.device is None)):
-            raise ConfigError("budget.reanchor re-measures a LUT's level: it needs a latency budget with budget.lut "
-                              "or budget.device, e.g. budget: {latency: 0.6, lut: r20.json, reanchor: 8}")
-        if self.verify < 0 or not 0 < self.verify_tolerance < 1:
-            raise ConfigError(f"budget.verify must be >= 0 and budget.verify_tolerance in (0, 1) (got {self.verify}, "
-                              f"{self.verify_tolerance})")
-        if self.verify and (keys[0] not in ("latency", "latency_ms") or (self.lut is None and self.device is None)):
-            raise ConfigError("budget.verify fits the searched plan to a LUT's budget by timing it: it needs a latency "
-                              "budget with budget.lut or budget.device, e.g. budget: {latency: 0.6, lut: r20.json, "
-                              "verify: 3}")
+        if self.reanchor < 0 or self.verify < 0 or not 0 < self.verify_tolerance < 1:
+            raise ConfigError(f"budget.reanchor and budget.verify must be >= 0 and budget.verify_tolerance in (0, 1) "
+                              f"(got {self.reanchor}, {self.verify}, {self.verify_tolerance})")
+        with_lut = keys[0] in ("latency", "latency_ms") and (self.lut is not None or self.device is not None)
+        for key, what, n in (("reanchor", "re-measures a LUT's level", 8), ("verify", "times the plan found", 3)):
+            if getattr(self, key) and not with_lut:  # both act on a LUT's latency budget
+                raise ConfigError(f"budget.{key} {what}: it needs a latency budget with budget.lut or budget.device, "
+                                  f"e.g. budget: {{latency: 0.6, lut: r20.json, {key}: {n}}}")
         if keys[0] == "latency_ms":
             if not value > 0:
                 raise ConfigError(f"budget.latency_ms must be > 0 (got {value})")
