@@ -31,7 +31,8 @@ then, drawn with the search's ``round_to`` near the 0.5 budget (``autoprune lut 
 ``benchmarks/runs/speedup``), and both latency plans are timed and reported. ``--verify N``: each latency
 plan is fitted to the budget by timing it first (``budget.verify: N``, :mod:`autoprune.latency.verify`); the
 verified plan is the latency plan of the targets, its FLOPs those of the FLOPs search, and the plan as
-searched is timed beside both. ``--models`` with no names: the comparison only.)
+searched is timed beside both. ``--models`` with no names: the comparison only. ``--committed-luts``: the
+LUTs under ``benchmarks/luts`` even when another machine timed them, as a LUT whose machine moved under it.)
 """
 
 from __future__ import annotations
@@ -161,13 +162,14 @@ def searched_plan(budget: dict, evaluations: int, round_to: int = 1, searcher: s
     return plan.counts(session.graph), session
 
 
-def machine_lut(runtime: str) -> Path:
+def machine_lut(runtime: str, committed: bool = False) -> Path:
     """ResNet-20's LUT for ``runtime`` timed on this machine: the committed one (``benchmarks.lut_accuracy``) when
     it was timed here, else one built here once (``benchmarks/runs/luts``, named by machine): a LUT of another
-    CPU prices plans by that CPU's kernels."""
+    CPU prices plans by that CPU's kernels. ``committed``: the committed one wherever it was timed (a LUT whose
+    machine moved under it: what ``budget.verify`` is for)."""
     here = default_device_name()
     path = Path(lut_path("resnet20", runtime))
-    if path.exists() and load_lut(path).timed_on(here):
+    if path.exists() and (committed or load_lut(path).timed_on(here)):
         return path
     path = ROOT / "runs" / "luts" / f"resnet20_{runtime}_b1_t1_{re.sub(r'[^A-Za-z0-9]+', '-', here).strip('-')}.json"
     if not path.exists():
@@ -180,8 +182,10 @@ def machine_lut(runtime: str) -> Path:
 
 
 def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, searcher: str = "random",
-                     reanchor: int = 0, verify: int = 0) -> dict:
-    path = machine_lut(runtime)
+                     reanchor: int = 0, verify: int = 0, committed: bool = False) -> dict:
+    path = machine_lut(runtime, committed)
+    header = load_lut(path).header
+    timed_on = header.get("built_on") or header.get("device")
     level = None
     if reanchor:  # a copy re-anchored now on plans drawn as the search draws them
         lut = load_lut(path)
@@ -210,6 +214,7 @@ def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, s
     t = time_against_base(session.model, models, SHAPE, batch=1, threads=1, repeats=15, clock="cpu", runtime=runtime,
                           timings=TIMINGS)
     out = {"runtime": runtime, "timings": t.timings, "round_to": round_to, "searcher": searcher, "level": level,
+           "lut_timed_on": timed_on, "lut_timed_here": timed_on == default_device_name(),
            "latency_plan": {"flops_kept": kept, "ms": t.ms[0], "relative": t.relative[0],
                             "lut_predicted": float(budget.cost.fraction(lat_counts)),
                             "counts": [int(c) for c in lat_counts]},
@@ -271,7 +276,8 @@ def _verify_label(c: dict) -> str:
 
 
 def _lut_label(c: dict) -> str:
-    return "as built" if c.get("level") is None else f"re-anchored (level x{c['level']:.3f})"
+    built = "as built" if c.get("lut_timed_here", True) else f"timed on {c['lut_timed_on']}"
+    return built if c.get("level") is None else f"{built}, re-anchored (level x{c['level']:.3f})"
 
 
 def efficiency_targets(rows: list[dict], forms: list[str]) -> list[dict]:
@@ -307,6 +313,8 @@ def main() -> None:
     parser.add_argument("--verify", type=int, default=0, metavar="N",
                         help="fit each latency plan to the budget by timing it (budget.verify: at most N rounds); "
                              "the searched plan is timed beside it")
+    parser.add_argument("--committed-luts", action="store_true",
+                        help="use the committed LUTs (benchmarks/luts) even when timed on another machine")
     parser.add_argument("--note", default="", help="a line for the results (e.g. how loaded the machine was)")
     parser.add_argument("--out", default="speedup", help="results file name (default speedup)")
     args = parser.parse_args()
@@ -327,7 +335,8 @@ def main() -> None:
     if args.evaluations > 0:
         ensure_checkpoint()
         graph = build_unit_graph(build_model("resnet20", in_channels=3, num_classes=10), SHAPE)
-        comparisons = [latency_vs_flops(rt, args.evaluations, graph, r, args.searcher, k, args.verify)
+        comparisons = [latency_vs_flops(rt, args.evaluations, graph, r, args.searcher, k, args.verify,
+                                     args.committed_luts)
                        for rt in dict.fromkeys(FORMS[f] for f in forms) for r in args.round_to
                        for k in ([0, args.reanchor] if args.reanchor else [0])]
     targets = efficiency_targets(rows, forms)
@@ -357,6 +366,7 @@ def main() -> None:
                   f"--searcher {args.searcher} --evaluations {args.evaluations} "
                   f"--round-to {' '.join(map(str, args.round_to))}" + (f" --reanchor {args.reanchor}" if args.reanchor else "")
                   + (f" --verify {args.verify}" if args.verify else "")
+                  + (" --committed-luts" if args.committed_luts else "")
                   + (f" --out {args.out}" if args.out != "speedup" else ""))
 
 

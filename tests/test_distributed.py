@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -87,6 +89,18 @@ def test_killed_actor_is_replaced_and_its_work_retried(tiny_session, local_ray):
         assert [r.accuracy for r in results] == expected
         assert pool.replaced >= 1
         assert len(pool.actors) == 2 and all(ray.get([a.pid.remote() for a in pool.actors]))
+
+
+def test_a_stalled_pool_says_what_the_cluster_has_free(tiny_session, local_ray, monkeypatch, caplog):
+    """No result within ``STALL_WARN_S``: a warning with the free resources, then the pool keeps waiting."""
+    import autoprune.pipeline.pool as pool_module
+
+    plan = _plans(tiny_session, 1, seed=4)[0]
+    expected = _local(tiny_session).evaluate(plan).accuracy
+    monkeypatch.setattr(pool_module, "STALL_WARN_S", 1e-3)  # the actor's start alone takes longer
+    with caplog.at_level(logging.WARNING, logger="autoprune.pipeline.pool"), _pool(tiny_session, workers=1) as pool:
+        assert pool.evaluate(plan).accuracy == expected
+    assert re.search(r"no evaluation came back .*1 in flight on 1 actors.*CPU [\d.]+ of 2 free", caplog.text)
 
 
 def test_retries_are_bounded(tiny_session, local_ray):

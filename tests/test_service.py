@@ -387,7 +387,9 @@ def test_cluster_stopped_job_resumes_without_losing_evaluations(ray_head, tmp_pa
         time.sleep(0.2)
     assert "stopping job" in _run(capsys, "stop", job, "--address", a)
     cluster = jobs.connect(a)
+    deadline = time.time() + 120
     while (status := str(jobs.job_details(cluster, job).status.value)) in jobs.ACTIVE:
+        assert time.time() < deadline, f"the stopped job is still {status} after 120 s"
         time.sleep(0.5)
     before = pd.read_parquet(trials)
     assert status == "STOPPED" and 5 <= len(before) < 300, (status, len(before))

@@ -45,6 +45,9 @@ from autoprune.search.evaluate import EvalResult, Evaluator
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 25.0
 """How long joining a Ray cluster may take before it is reported unreachable."""
+STALL_WARN_S = 120.0
+"""With no evaluation back for this long, the pool logs a warning naming the cluster's free resources
+(an actor Ray cannot place waits silently otherwise: a busy shared cluster, a lost node)."""
 
 
 # ------------------------------------------------------------------------------------ Ray itself
@@ -317,7 +320,10 @@ class RayEvaluatorPool(Evaluator):
                 key, plan, attempts = queue.popleft()
                 ref = self.actors[slot].evaluate.remote(plan, finetune_steps)
                 in_flight[ref] = (slot, key, plan, attempts)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=STALL_WARN_S)
+            if not ready:
+                self._warn_stalled(len(in_flight))
+                continue
             slot, key, plan, attempts = in_flight.pop(ready[0])
             try:
                 result = ray.get(ready[0])
@@ -338,6 +344,15 @@ class RayEvaluatorPool(Evaluator):
                 self.evaluations += 1
             idle.append(slot)
         return done
+
+    def _warn_stalled(self, in_flight: int) -> None:
+        import ray
+
+        free, total = ray.available_resources(), ray.cluster_resources()
+        room = ", ".join(f"{k} {free.get(k, 0):g} of {total[k]:g}" for k in ("CPU", "GPU") if k in total)
+        log.warning("no evaluation came back in %.0f s (%d in flight on %d actors); the Ray cluster has %s free: "
+                    "an actor Ray cannot place waits for resources", STALL_WARN_S, in_flight, len(self.actors),
+                    room or "no CPU")
 
     def _replace(self, slot: int, exc: Exception) -> None:
         log.warning("evaluation actor %d died (%s); starting a replacement", slot, type(exc).__name__)
