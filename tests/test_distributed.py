@@ -56,6 +56,7 @@ def test_pool_equals_in_process(tiny_session, local_ray):
         assert pool.evaluate(plans[0], finetune_steps=3).accuracy == expected_ft
         assert pool.score(pool.prune(plans[2])) == expected[2]  # the driver-side evaluator agrees
     assert ray.is_initialized()  # the pool did not shut down a Ray it did not start
+    assert ray.available_resources().get("CPU") == 2  # its killed actors' CPUs are free when close() returns
     assert pool.evaluate(plans[3]).accuracy == expected[3]  # closed: falls back to in-process
 
 

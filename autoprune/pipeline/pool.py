@@ -29,6 +29,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +46,8 @@ from autoprune.search.evaluate import EvalResult, Evaluator
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 25.0
 """How long joining a Ray cluster may take before it is reported unreachable."""
+RELEASE_WAIT_S = 10.0
+"""How long closing a pool waits for Ray to free its killed actors' CPUs (a Ray that stays up)."""
 STALL_WARN_S = 120.0
 """With no evaluation back for this long, the pool logs a warning naming the cluster's free resources
 (an actor Ray cannot place waits silently otherwise: a busy shared cluster, a lost node)."""
@@ -361,17 +364,28 @@ class RayEvaluatorPool(Evaluator):
 
     # --------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Kill the actors; shut Ray down only if this pool started it. The local evaluator stays."""
+        """Kill the actors; shut Ray down only if this pool started it. The local evaluator stays.
+
+        On a Ray that stays up, wait (at most ``RELEASE_WAIT_S``) until the killed actors' CPUs are free
+        again: ``ray.kill`` returns before Ray releases them, and the next pool's actors would queue behind
+        them (ray-project/ray#34917)."""
         import ray
 
         if not ray.is_initialized():
             return
+        stays = not self._started_ray and bool(self.actors) and not _in_placement_group()
+        free_after = ray.available_resources().get("CPU", 0.0) + len(self.actors) if stays else 0.0
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
         if self._started_ray:
             ray.shutdown()
             self._started_ray = False
+        elif stays:
+            free_after = min(free_after, ray.cluster_resources().get("CPU", 0.0))
+            deadline = time.monotonic() + RELEASE_WAIT_S
+            while ray.available_resources().get("CPU", 0.0) < free_after - 1e-6 and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def __enter__(self) -> RayEvaluatorPool:
         return self
