@@ -32,7 +32,8 @@ then, drawn with the search's ``round_to`` near the 0.5 budget (``autoprune lut 
 plan is fitted to the budget by timing it first (``budget.verify: N``, :mod:`autoprune.latency.verify`); the
 verified plan is the latency plan of the targets, its FLOPs those of the FLOPs search, and the plan as
 searched is timed beside both. ``--models`` with no names: the comparison only. ``--committed-luts``: the
-LUTs under ``benchmarks/luts`` even when another machine timed them, as a LUT whose machine moved under it.)
+LUTs under ``benchmarks/luts`` even when another machine timed them (a copy relabelled as this machine's
+under ``benchmarks/runs/speedup``, which ``budget.verify`` accepts): a LUT whose machine moved under it.)
 """
 
 from __future__ import annotations
@@ -169,8 +170,15 @@ def machine_lut(runtime: str, committed: bool = False) -> Path:
     machine moved under it: what ``budget.verify`` is for)."""
     here = default_device_name()
     path = Path(lut_path("resnet20", runtime))
-    if path.exists() and (committed or load_lut(path).timed_on(here)):
+    if path.exists() and load_lut(path).timed_on(here):
         return path
+    if committed:  # relabelled as this machine's (budget.verify times plans only with a LUT of this machine)
+        lut = load_lut(path)
+        lut.header["built_on"] = here
+        copy = ROOT / "runs" / "speedup" / f"resnet20_{runtime}_committed_relabelled.json"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(copy, lut.to_json())
+        return copy
     path = ROOT / "runs" / "luts" / f"resnet20_{runtime}_b1_t1_{re.sub(r'[^A-Za-z0-9]+', '-', here).strip('-')}.json"
     if not path.exists():
         model = build_model("resnet20", in_channels=3, num_classes=10).eval()
@@ -184,7 +192,7 @@ def machine_lut(runtime: str, committed: bool = False) -> Path:
 def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, searcher: str = "random",
                      reanchor: int = 0, verify: int = 0, committed: bool = False) -> dict:
     path = machine_lut(runtime, committed)
-    header = load_lut(path).header
+    header = load_lut(lut_path("resnet20", runtime) if committed else path).header
     timed_on = header.get("built_on") or header.get("device")
     level = None
     if reanchor:  # a copy re-anchored now on plans drawn as the search draws them
