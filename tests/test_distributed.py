@@ -98,7 +98,7 @@ def test_a_stalled_pool_says_what_the_cluster_has_free(tiny_session, local_ray, 
 
     plan = _plans(tiny_session, 1, seed=4)[0]
     expected = _local(tiny_session).evaluate(plan).accuracy
-    monkeypatch.setattr(pool_module, "STALL_WARN_S", 1e-3)  # the actor's start alone takes longer
+    monkeypatch.setattr(pool_module, "STALL_WARN_S", 0.05)  # the actor's start alone takes longer
     with caplog.at_level(logging.WARNING, logger="autoprune.pipeline.pool"), _pool(tiny_session, workers=1) as pool:
         assert pool.evaluate(plan).accuracy == expected
     assert re.search(r"no evaluation came back .*1 in flight on 1 actors.*CPU [\d.]+ of 2 free", caplog.text)

@@ -353,7 +353,7 @@ class RayEvaluatorPool(Evaluator):
 
         free, total = ray.available_resources(), ray.cluster_resources()
         room = ", ".join(f"{k} {free.get(k, 0):g} of {total[k]:g}" for k in ("CPU", "GPU") if k in total)
-        log.warning("no evaluation came back in %.0f s (%d in flight on %d actors); the Ray cluster has %s free: "
+        log.warning("no evaluation came back in %g s (%d in flight on %d actors); the Ray cluster has %s free: "
                     "an actor Ray cannot place waits for resources", STALL_WARN_S, in_flight, len(self.actors),
                     room or "no CPU")
 
