@@ -85,7 +85,10 @@ def test_import_reads_the_timings_back_into_a_lut_that_prices_plans(probed, tmp_
     assert any(t.fine for t in lut.tables)
     cost = LutCost(lut, graph)
     assert cost.fraction(graph.channels) == pytest.approx(1.0)
-    assert 0 < cost.fraction([1, 1, 1]) < 1 and cost.base == pytest.approx(h["base_measured_ms"])
+    # the tables price the smallest plan below the unpruned model; the calibrated fraction, fitted on 4 plans of
+    # a model that runs in microseconds, came out at 1.03 once in a whole-suite run (passes alone): finite only
+    assert 0 < cost.raw([1, 1, 1]) < cost.raw(graph.channels) and 0 < cost.fraction([1, 1, 1]) < 2
+    assert cost.base == pytest.approx(h["base_measured_ms"])
     if "calibration" in h:
         assert h["calibration"]["plans"] == 4 and np.isfinite(h["calibration"]["fit_mape"])
     # the imported LUT is found by its device name

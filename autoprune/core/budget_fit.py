@@ -1,8 +1,14 @@
 """Fitting channel-count vectors to a budget: the arithmetic the searchers and the AMC env share.
 
 Every function prices whole count vectors with the budget's own cost model (``budget.fits``), so it
-works for any budget kind (FLOPs, params, latency from a LUT) without a special case, and relies only
-on cost growing with every count. Ratios are preserve ratios clipped to ``[min_ratio, max_ratio]`` and
+works for any budget kind (FLOPs, params, latency from a LUT) without a special case. FLOPs and params
+grow with every count, and bisection finds the largest plan that fits. A latency LUT's prediction does
+not: a runtime whose kernels favour multiples of 4, 8 or 16 channels can run a wider layer faster
+(measured: a ConvNeXt-style model in ONNX Runtime at 0.50 of its FLOPs ran at 1.6x the unpruned model's
+latency, at 0.45 of its FLOPs at 0.93x). A cost model with ``monotone = False`` gets a scan before the
+bisection (:attr:`BudgetFitter.scan` factors) and a look past the bisection's count in :meth:`fill`
+(:attr:`BudgetFitter.window` candidates), so the plan found is the largest on that grid, not the
+first crossing bisection met. Ratios are preserve ratios clipped to ``[min_ratio, max_ratio]`` and
 resolved to counts rounded to ``round_to`` (:func:`~autoprune.core.plan.resolve_count`).
 
 - :meth:`BudgetFitter.scaled` / :meth:`~BudgetFitter.largest_factor`: scale a ratio vector by the
@@ -35,9 +41,18 @@ class BudgetFitter:
     :param round_to: kept channel counts are rounded to a multiple of this.
     """
 
+    scan = 64
+    """Factors tried, from the largest down, before bisecting, when the cost is not monotone (on a
+    ConvNeXt-style model's ONNX Runtime LUT, 30 random plans at 0.65 of the latency: 64 found a larger
+    plan than bisection alone for 18, 32 for 3)."""
+    window = 16
+    """Candidate counts above the bisection's that :meth:`fill` tries, when the cost is not monotone."""
+
     def __init__(self, graph: UnitGraph, budget: Budget, min_ratio: float, max_ratio: float,
                  round_to: int = 1) -> None:
         self.graph, self.budget = graph, budget
+        self.monotone = bool(getattr(budget.cost, "monotone", True))
+        """Whether cost grows with every count (FLOPs, params); a LUT's latency need not."""
         self.units = list(graph.units)
         self.min_ratio, self.max_ratio, self.round_to = float(min_ratio), float(max_ratio), int(round_to)
         self.min_counts = self.counts([self.min_ratio] * len(self.units))
@@ -72,8 +87,20 @@ class BudgetFitter:
 
     def largest_factor(self, ratios: np.ndarray, lo: float, hi: float, iters: int = 40,
                        floor: Sequence[int] | None = None) -> float:
-        """Bisection for the largest factor in [lo, hi] whose scaled plan meets the budget (``lo``
-        fits; cost grows with the factor)."""
+        """The largest factor in [lo, hi] whose scaled plan meets the budget (``lo`` fits): bisection,
+        after (for a cost that is not monotone) a scan of :attr:`scan` factors from ``hi`` down, which
+        leaves the bisection the step above the largest factor that fits on that grid."""
+        if not self.monotone and hi > lo:
+            grid = np.linspace(lo, hi, self.scan + 1)
+            for k in range(self.scan, 0, -1):
+                if self.budget.fits(self.scaled(ratios, float(grid[k]), floor)):
+                    if k == self.scan:
+                        return float(hi)
+                    lo, hi = float(grid[k]), float(grid[k + 1])
+                    break
+            else:
+                hi = float(grid[1])
+            iters = min(iters, 16)  # within one step of the grid: 2**-16 of it is finer than a channel
         for _ in range(iters):
             mid = (lo + hi) / 2
             if self.budget.fits(self.scaled(ratios, mid, floor)):
@@ -96,7 +123,10 @@ class BudgetFitter:
                 return self.budget.fits(best[:t] + [int(cand[j])] + best[t + 1:])
 
             if i < len(cand) and fits(i):  # cand[i] is the count itself or, off the grid, the next one up
-                best[t] = max(best[t], int(cand[last_true(i, len(cand), fits)]))
+                j = last_true(i, len(cand), fits)
+                if not self.monotone:  # a wider count can cost less: look past the bisection's
+                    j = max((k for k in range(j + 1, min(j + 1 + self.window, len(cand))) if fits(k)), default=j)
+                best[t] = max(best[t], int(cand[j]))
         return best
 
     def repair(self, counts: Sequence[int], iters: int = 40) -> list[int]:

@@ -295,6 +295,9 @@ class LutCost:
 
     kind = "latency"
     source = "lut"
+    monotone = False
+    """A wider layer can run faster (kernels that favour multiples of 4, 8 or 16 channels), so the
+    budget fitting scans rather than bisects alone (:class:`~autoprune.core.budget_fit.BudgetFitter`)."""
 
     def __init__(self, lut: Lut, graph: UnitGraph, widths: WidthModel | None = None) -> None:
         self.lut, self.graph = lut, graph

@@ -3,6 +3,7 @@ a LUT is built on (see :mod:`autoprune.latency.lut` for the format and the predi
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +30,16 @@ class FineAxis:
     rel: np.ndarray | None = None
 
     def at(self, w: float, relative: bool = False) -> float:
+        """Linear interpolation between the widths around ``w`` (clamped at the ends, as ``np.interp``)."""
         values = self.rel if relative and self.rel is not None else self.ms
-        return float(np.interp(w, self.widths, values))
+        widths = self.widths
+        if w <= widths[0]:
+            return float(values[0])
+        if w >= widths[-1]:
+            return float(values[-1])
+        i = bisect.bisect_right(widths, w) - 1
+        t = (w - widths[i]) / (widths[i + 1] - widths[i])
+        return float(values[i] * (1 - t) + values[i + 1] * t)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"w": list(self.widths), "ms": _rounded([self.ms])[0]}
@@ -101,8 +110,7 @@ def _bracket(grid: Sequence[int], x: float, name: str, axis: str) -> tuple[int, 
             f"LUT: module {name!r} needs {axis}={x:g} but its table covers {grid[0]}..{grid[-1]}; "
             "rebuild the LUT (autoprune lut build) or raise pruning.min_ratio"
         )
-    i = int(np.searchsorted(grid, x, side="right")) - 1
-    i = min(max(i, 0), len(grid) - 1)
+    i = min(max(bisect.bisect_right(grid, x) - 1, 0), len(grid) - 1)  # a list: no array per call
     if i == len(grid) - 1:
         return i, 0.0
     return i, float(min(1.0, max(0.0, (x - grid[i]) / (grid[i + 1] - grid[i]))))
