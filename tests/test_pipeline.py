@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from conftest import tiny_config, write_config
 
 from autoprune.cli import main
@@ -117,3 +118,25 @@ def test_a_partial_hard_benchmark_rerun_is_compared_with_the_committed_peers(tmp
     assert met["best searcher vs random, best proxy at equal evaluations, flops=0.15"]  # ddpg 0.70 >= 0.60 + 0.03
     assert met["with re-ranking, best searcher's test acc after FT vs tp_global, flops=0.15"]
     assert not met["with re-ranking, best searcher's test acc after FT vs uniform, flops=0.15"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_train_optimizer_is_the_one_every_training_step_uses(optimizer):
+    """``train.optimizer: adamw``: Adam's first step moves every weight with a gradient by ~lr whatever the
+    gradient's size (SGD's moves by lr x gradient)."""
+    from torch.utils.data import TensorDataset
+
+    from autoprune.config import TrainConfig
+    from autoprune.core.train import train_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    before = model[1].weight.detach().clone()
+    data = TensorDataset(torch.randn(32, 1, 4, 4), torch.randint(0, 4, (32,)))
+    cfg = dataclasses.replace(TrainConfig(), optimizer=optimizer, weight_decay=0.0, batch_size=32)
+    train_model(model, data, cfg, lr=1e-3, max_steps=1, progress=False)
+    step = (model[1].weight.detach() - before).abs()
+    if optimizer == "adamw":
+        assert step.max() <= 1.01e-3 and step.median() >= 0.9e-3
+    else:
+        assert step.max() < 0.5e-3  # lr x a gradient below 0.5 (a 4-class cross-entropy on unit-scale inputs)

@@ -113,6 +113,7 @@ def test_another_searchers_option_is_named_as_such():
                                      r"Set it to one of: channel, fine, nm"),
     ("pruning.scope=globl", "did you mean global"),
     ("pruning.granularity=xyz", "set it to one of: channel, fine, nm"),
+    ("train.optimizer=adam", r"train\.optimizer 'adam' is not a valid value; did you mean adamw\? Set it to one of: sgd, adamw"),
 ])
 def test_enumerated_values_suggest_the_closest(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -11,6 +11,8 @@ from autoprune.config.checks import check_choice
 from autoprune.config.inputs import DataConfig, ModelConfig
 from autoprune.errors import ConfigError
 
+OPTIMIZERS = ("sgd", "adamw")
+
 
 @dataclass
 class TrainConfig:
@@ -18,10 +20,17 @@ class TrainConfig:
     lr: float = 0.05
     batch_size: int = 128
     momentum: float = 0.9
+    """SGD's momentum (``adamw`` uses its default betas)."""
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    """``sgd`` (with ``momentum``) or ``adamw`` (decoupled ``weight_decay``; what ConvNeXt and ViT models are
+    trained with): base training, the fine-tune (at ``lr x finetune.lr_scale``) and every short fine-tune."""
     workers: int = 0
     """Base training on Ray Train with this many DDP workers (``batch_size`` is the global batch,
     split between them); 0 trains in-process (see :mod:`autoprune.pipeline.finetune`)."""
+
+    def validate(self) -> None:
+        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclass
@@ -346,6 +355,7 @@ class ExperimentConfig:
         self.pruning.validate()
         if self.train.epochs < 0:
             raise ConfigError(f"train.epochs must be >= 0 (got {self.train.epochs})")
+        self.train.validate()
         self.finetune.validate()
         self._check_finetune()
         if not (self.train.lr > 0 and self.finetune.lr_scale > 0):  # NaN fails too

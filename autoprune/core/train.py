@@ -150,13 +150,23 @@ def train_model(
         return _train_loop(model, batches, cfg, lr, total, desc, progress, hooks, runtime)
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``model``'s parameters: SGD with momentum, or AdamW (decoupled weight decay)."""
+    name = getattr(cfg, "optimizer", "sgd")
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    if name != "sgd":
+        raise AutopruneError(f"train.optimizer {name!r} is not one of: sgd, adamw")
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
 def _train_loop(model: nn.Module, loader: DataLoader, cfg: TrainConfig, lr: float, total: int, desc: str,
                 progress: bool, hooks: TrainHooks, runtime: Device | None = None) -> nn.Module:
     resume = hooks.resume
     if resume is not None:
         model.load_state_dict(resume["model"])
     net = hooks.wrap(model) if hooks.wrap is not None else model
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     loss_fn = nn.CrossEntropyLoss()
     dev = runtime or CPU
