@@ -267,7 +267,9 @@ class NetAdaptSearcher(Searcher):
         return sorted(v for v in values if floor <= v < current)
 
     def largest_fitting(self, counts: Sequence[int], unit: int, target: float) -> int | None:
-        """Largest candidate count of ``unit`` whose plan costs <= ``target`` (bisection)."""
+        """Largest candidate count of ``unit`` whose plan costs <= ``target``: bisection, or, for a cost that is not
+        monotone (a LUT's, where a wider layer can run faster), the first that fits going down from the top (the
+        schedule's small cuts make that a few lookups), as NetAdapt's lookup does."""
         cost = self.ctx.budget.cost
         options = self.candidates(unit, counts[unit])
 
@@ -276,6 +278,8 @@ class NetAdaptSearcher(Searcher):
             trial[unit] = k
             return cost(trial) <= target * (1 + 1e-9)
 
+        if not getattr(cost, "monotone", True):
+            return next((k for k in reversed(options) if fits(k)), None)
         if not options or not fits(options[0]):
             return None
         lo, hi = 0, len(options) - 1  # options[lo] fits; find the last fitting index

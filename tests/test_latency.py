@@ -1483,32 +1483,33 @@ def test_budget_verify_with_a_lut_of_another_device_fails_before_the_search(fake
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("name,runtime,warns", [("mobilenetv2_small", "onnxruntime", True),
-                                                ("resnet20", "onnxruntime", False)])
-def test_a_lut_budget_whose_runtime_favours_aligned_counts_warns_to_round(name, runtime, warns, caplog):
-    """The committed MobileNetV2 ONNX Runtime LUT prices counts off multiples of 4 higher: at 0.7 of its
-    latency random plans fitted to the budget keep 0.09 of the FLOPs on average at round_to 1 and 0.44 at 4,
-    so a search says to round; ResNet-20's LUT has no alignment term, so it says nothing."""
+def test_a_lut_budget_whose_runtime_favours_aligned_counts_warns_to_round(caplog):
+    """The committed MobileNetV2 ONNX Runtime LUT prices counts off multiples of 4-16 higher: at 0.7 of its
+    latency random plans fitted to the budget keep 0.09 of the FLOPs on average at round_to 1 and 0.64 at 16,
+    so a search says to round to 16; rounded so, or with a FLOPs budget (monotone), it says nothing."""
     from pathlib import Path
 
     from autoprune.config import PruningConfig
     from autoprune.core.cost import plan_costs
-    from autoprune.pipeline.session import warn_misaligned
+    from autoprune.pipeline.session import rounding_gains, warn_misaligned
     from autoprune.search.base import SearchContext
 
-    lut = Path(__file__).resolve().parents[1] / "benchmarks" / "luts" / f"{name}_{runtime}_b1_t1.json"
-    graph = build_unit_graph(build_model(name, in_channels=3, num_classes=10).eval(), (3, 32, 32))
-    pruning = PruningConfig()
-    budget = make_budget(graph, "latency", 0.7, pruning=pruning, lut=str(lut))
-    ctx = SearchContext(graph=graph, evaluator=None, budget=budget, costs=plan_costs(graph, pruning), pruning=pruning)
+    lut = Path(__file__).resolve().parents[1] / "benchmarks" / "luts" / "mobilenetv2_small_onnxruntime_b1_t1.json"
+    graph = build_unit_graph(build_model("mobilenetv2_small", in_channels=3, num_classes=10).eval(), (3, 32, 32))
+
+    def context(kind, round_to):
+        pruning = PruningConfig(round_to=round_to)
+        budget = make_budget(graph, kind, 0.7, pruning=pruning, lut=str(lut) if kind == "latency" else None)
+        return SearchContext(graph=graph, evaluator=None, budget=budget, costs=plan_costs(graph, pruning),
+                             pruning=pruning)
+
     with caplog.at_level("WARNING"):
-        line = warn_misaligned(ctx)
-    if not warns:
-        assert line is None and not caplog.records
-        return
-    assert line in caplog.text and "set pruning.round_to: 4" in line
-    kept = [float(v) for v in re.findall(r"keep (\d\.\d\d) of the FLOPs on average at pruning.round_to 1 and (\d\.\d\d)", line)[0]]
-    assert kept[1] >= 2 * kept[0]  # 0.09 and 0.44
-    aligned = SearchContext(graph=graph, evaluator=None, budget=budget, costs=ctx.costs,
-                            pruning=PruningConfig(round_to=4))
-    assert warn_misaligned(aligned) is None  # rounded as the LUT favours: nothing to say
+        line = warn_misaligned(context("latency", 1))
+    assert line in caplog.text and "set pruning.round_to: 16" in line
+    kept = rounding_gains(context("latency", 1))
+    assert list(kept) == [1, 4, 8, 16] and kept[16] >= 2 * kept[1]  # 0.09 and 0.64
+    assert f"keep {kept[1]:.2f} of the FLOPs on average at pruning.round_to 1 and {kept[16]:.2f} at 16" in line
+    caplog.clear()
+    assert warn_misaligned(context("latency", 16)) is None  # rounded as the LUT favours: no coarser rounding to try
+    assert warn_misaligned(context("flops", 1)) is None  # FLOPs grow with every count
+    assert not caplog.records

@@ -234,3 +234,40 @@ def test_the_long_term_fine_tune_starts_from_the_carried_weights(tmp_path):
         assert torch.equal(value, saved[name]), name
     base_pruned = evaluator.prune(plan)
     assert any(not torch.equal(v, base_pruned.state_dict()[k]) for k, v in start.state_dict().items())
+
+
+def test_a_proposal_on_a_cost_that_is_not_monotone_is_the_largest_count_that_fits(tiny_session):
+    """Where a wider layer costs less (a LUT of a runtime that favours multiples of 8), bisection over a unit's
+    counts can miss the largest that meets the iteration's target; going down from the top cannot."""
+
+    class Aligned:
+        kind, monotone = "latency", False
+
+        def __init__(self, graph):
+            self.flops = FlopsCost(graph)
+            self.base = self(graph.channels)
+
+        def __call__(self, counts):  # FLOPs, plus a price per channel of every unit off a multiple of 8
+            return self.flops(counts) / self.flops.base + 2.0 * sum(c for c in counts if c % 8) / 100
+
+    from autoprune.core.cost import FlopsCost
+
+    ctx = _context(tiny_session, fraction=0.9)
+    cost = Aligned(ctx.graph)
+    ctx.costs, ctx.budget = {**ctx.costs, "latency": cost}, Budget(cost, 0.9 * cost.base)
+    searcher = NetAdaptSearcher(ctx, FAST)
+    counts = list(ctx.graph.channels)
+    for unit in range(len(counts)):
+        options = searcher.candidates(unit, counts[unit])
+        target = cost(counts[:unit] + [options[-1] // 8 * 8] + counts[unit + 1:]) if options[-1] >= 8 else cost(counts)
+        found = searcher.largest_fitting(counts, unit, target)
+        fitting = [k for k in options if cost(counts[:unit] + [k] + counts[unit + 1:]) <= target * (1 + 1e-9)]
+        assert found == (max(fitting) if fitting else None)
+    cost.monotone = True  # bisection alone: misses it for at least one unit here
+    missed = 0
+    for unit in range(len(counts)):
+        options = searcher.candidates(unit, counts[unit])
+        if options and options[-1] >= 8:
+            target = cost(counts[:unit] + [options[-1] // 8 * 8] + counts[unit + 1:])
+            missed += searcher.largest_fitting(counts, unit, target) != options[-1] // 8 * 8
+    assert missed >= 1

@@ -87,20 +87,25 @@ class BudgetFitter:
 
     def largest_factor(self, ratios: np.ndarray, lo: float, hi: float, iters: int = 40,
                        floor: Sequence[int] | None = None) -> float:
-        """The largest factor in [lo, hi] whose scaled plan meets the budget (``lo`` fits): bisection,
-        after (for a cost that is not monotone) a scan of :attr:`scan` factors from ``hi`` down, which
-        leaves the bisection the step above the largest factor that fits on that grid."""
-        if not self.monotone and hi > lo:
-            grid = np.linspace(lo, hi, self.scan + 1)
-            for k in range(self.scan, 0, -1):
-                if self.budget.fits(self.scaled(ratios, float(grid[k]), floor)):
-                    if k == self.scan:
-                        return float(hi)
-                    lo, hi = float(grid[k]), float(grid[k + 1])
-                    break
-            else:
-                hi = float(grid[1])
-            iters = min(iters, 16)  # within one step of the grid: 2**-16 of it is finer than a channel
+        """The largest factor in [lo, hi] whose scaled plan meets the budget (``lo`` fits): bisection;
+        for a cost that is not monotone also a scan of :attr:`scan` factors from ``hi`` down, then
+        bisection between the largest factor that fits on that grid and the next, and the larger of the
+        two answers (never below bisection's alone)."""
+        if self.monotone or hi <= lo:
+            return self._bisect(ratios, lo, hi, iters, floor)
+        grid = np.linspace(lo, hi, self.scan + 1)
+        for k in range(self.scan, 0, -1):
+            if self.budget.fits(self.scaled(ratios, float(grid[k]), floor)):
+                if k == self.scan:
+                    return float(hi)
+                # within one step of the grid, 2**-16 of it is finer than a channel
+                scanned = self._bisect(ratios, float(grid[k]), float(grid[k + 1]), min(iters, 16), floor)
+                break
+        else:
+            scanned = self._bisect(ratios, lo, float(grid[1]), min(iters, 16), floor)
+        return max(scanned, self._bisect(ratios, lo, hi, iters, floor))
+
+    def _bisect(self, ratios: np.ndarray, lo: float, hi: float, iters: int, floor: Sequence[int] | None) -> float:
         for _ in range(iters):
             mid = (lo + hi) / 2
             if self.budget.fits(self.scaled(ratios, mid, floor)):
