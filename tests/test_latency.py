@@ -1513,3 +1513,21 @@ def test_a_lut_budget_whose_runtime_favours_aligned_counts_warns_to_round(caplog
     assert warn_misaligned(context("latency", 16)) is None  # rounded as the LUT favours: no coarser rounding to try
     assert warn_misaligned(context("flops", 1)) is None  # FLOPs grow with every count
     assert not caplog.records
+
+
+def test_a_module_tables_remembered_lookups_are_its_lookups():
+    """``ModuleTable.lookup`` remembers each width pair's value (a search prices plans that differ in one unit
+    over and over): the same as computing it, for the ms and the relative table, and a fine curve added later
+    is not hidden behind a remembered value."""
+    from autoprune.latency.tables import FineAxis
+
+    rng = np.random.default_rng(0)
+    ms, rel = rng.uniform(1, 2, (3, 3)), rng.uniform(0.1, 0.2, (3, 3))
+    table = ModuleTable("m", "conv", [4, 8, 16], [4, 8, 16], ms, rel)
+    pairs = [(float(i), float(o)) for i, o in rng.uniform(4, 16, (20, 2))]
+    for relative in (False, True):
+        first = [table.lookup(i, o, relative) for i, o in pairs]
+        assert first == [table.lookup(i, o, relative) for i, o in pairs] == [table._lookup(i, o, relative) for i, o in pairs]
+    before = table.lookup(6.0, 12.0)
+    table.fine["out"] = FineAxis(list(range(4, 17)), np.linspace(3, 5, 13))
+    assert table.lookup(6.0, 12.0) == table._lookup(6.0, 12.0, False) != before

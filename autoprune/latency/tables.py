@@ -19,6 +19,8 @@ from autoprune.errors import AutopruneError
 DENSE_KINDS = ("conv", "depthwise", "linear")
 ALIGNMENTS = (4, 8, 16)
 """Channel blocks the calibration may find a runtime to favour (``misaligned`` in :mod:`autoprune.latency.lut`)."""
+MEMO_SIZE = 1 << 16
+"""Width pairs a module table remembers its lookup for (then it starts over)."""
 
 
 @dataclass
@@ -62,6 +64,7 @@ class ModuleTable:
     ms: np.ndarray
     rel: np.ndarray | None = None
     fine: dict[str, FineAxis] = field(default_factory=dict)
+    _memo: dict[tuple, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def grid_value(self, in_w: float, out_w: float, relative: bool = False) -> float:
         """Bilinear interpolation in the grid's ``rel`` (``relative``) or ``ms``; a width outside the
@@ -77,7 +80,17 @@ class ModuleTable:
         return float(top * (1 - ti) + bottom * ti)
 
     def lookup(self, in_w: float, out_w: float, relative: bool = False) -> float:
-        """The grid's interpolation, times ``fine(w) / grid(w)`` along each axis that has a fine curve."""
+        """The grid's interpolation, times ``fine(w) / grid(w)`` along each axis that has a fine curve
+        (remembered per width pair: a search prices plans that differ in one unit over and over)."""
+        key = (in_w, out_w, relative, len(self.fine))
+        cached = self._memo.get(key)
+        if cached is None:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            cached = self._memo[key] = self._lookup(in_w, out_w, relative)
+        return cached
+
+    def _lookup(self, in_w: float, out_w: float, relative: bool) -> float:
         value = self.grid_value(in_w, out_w, relative)
         for axis, w in (("in", in_w), ("out", out_w)):
             curve = self.fine.get(axis)

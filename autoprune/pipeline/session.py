@@ -266,8 +266,8 @@ def warn_misaligned(ctx: SearchContext, gain: float = 1.1, draws: int = 6) -> st
     Measured on a ConvNeXt-style model in ONNX Runtime (benchmarks/budget_fit.py): at 0.72 of its latency 30 random
     plans kept 0.133 of the FLOPs fitted by bisection alone, 0.218 by the fitter's scan and 0.519 at ``round_to`` 8,
     and ran at 0.642, 0.684 and 0.706 of the unpruned model (docs/latency.md).
-    Costs a few seconds at the start of a search (4 roundings x 6 fits: 0.5 s for ResNet-20, 2.2 s for
-    MobileNetV2, 5.6 s for ResNet-56 here).
+    Costs a few seconds at the start of a search (4 roundings x 6 fits: 0.6 s for ResNet-20, 1.4 s for
+    MobileNetV2, 3.3 s for ResNet-56 here).
     """
     if getattr(ctx.budget.cost, "monotone", True):
         return None
