@@ -30,6 +30,8 @@ class TrainConfig:
     split between them); 0 trains in-process (see :mod:`autoprune.pipeline.finetune`)."""
 
     def validate(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"train.epochs must be >= 0 (got {self.epochs})")
         check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
 
 
@@ -353,8 +355,6 @@ class ExperimentConfig:
         self.data.validate()
         self.evaluation.validate()
         self.pruning.validate()
-        if self.train.epochs < 0:
-            raise ConfigError(f"train.epochs must be >= 0 (got {self.train.epochs})")
         self.train.validate()
         self.finetune.validate()
         self._check_finetune()

@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from autoprune.config import TrainConfig
+from autoprune.config.checks import check_choice
+from autoprune.config.sections import OPTIMIZERS
 from autoprune.device import CPU, Device
 from autoprune.errors import AutopruneError
 
@@ -152,11 +154,9 @@ def train_model(
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """``cfg.optimizer`` over ``model``'s parameters: SGD with momentum, or AdamW (decoupled weight decay)."""
-    name = getattr(cfg, "optimizer", "sgd")
-    if name == "adamw":
+    check_choice("train.optimizer", cfg.optimizer, OPTIMIZERS)  # a TrainConfig built in code skips validate()
+    if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    if name != "sgd":
-        raise AutopruneError(f"train.optimizer {name!r} is not one of: sgd, adamw")
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
