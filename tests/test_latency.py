@@ -276,6 +276,22 @@ def test_prediction_adds_the_elementwise_term_for_the_kept_output_elements(graph
     assert widths.activations([4, 8]) == 4 * 64 + 8 * 64 + 10
 
 
+def test_a_line_with_a_negative_offset_never_prices_a_plan_below_the_smallest_calibrated_plan_scaled(graph):
+    plain = LutCost(synthetic_lut(graph), graph)
+    raw = {tuple(c): plain.raw(c) for c in ([8, 16], [4, 8], [1, 1])}
+    offset = -0.9 * raw[(4, 8)]  # a line fitted from the tables' sum that crosses 0 below the smallest plan
+    base = raw[(8, 16)] + offset
+    small = 0.6  # the smallest calibration plan's measured fraction of the unpruned model
+    cal = {"scale": 1.0, "offset": offset, "counts": [[8, 16], [4, 8]], "relative": [1.0, small]}
+    cost = LutCost(synthetic_lut(graph, calibration=cal, base_reference=base), graph)
+    assert raw[(1, 1)] + offset < 0  # the bare line prices the 1-channel plan below zero
+    widths = WidthModel(graph)
+    floor = small * widths.flops([1, 1]) / widths.flops([4, 8])
+    assert cost.fraction([1, 1]) == pytest.approx(floor) and floor > 0
+    for counts in ([8, 16], [4, 8], [6, 12]):  # at and above the smallest calibration plan: the line itself
+        assert cost.fraction(counts) == pytest.approx((raw.get(tuple(counts), plain.raw(counts)) + offset) / base)
+
+
 def test_time_against_base_times_the_base_in_the_same_passes(graph):
     from autoprune.latency.timing import time_against_base, time_plans
 
