@@ -63,10 +63,14 @@ def test_global_ranking_on_a_residual_factory_model_end_to_end_and_resumed(tmp_p
 
 def test_train_command_writes_a_checkpoint_search_can_load(tmp_path, capsys):
     ckpt = tmp_path / "base.pt"
-    assert main(["train", write_config(tmp_path, tiny_config()), "--out", str(ckpt), "--no-progress"]) == 0
+    # one config for both: it names the checkpoint search reads, which train writes (not read by train)
+    cfg = write_config(tmp_path, tiny_config(model={"name": "mnist_cnn", "kwargs": {"width": 8}, "checkpoint": str(ckpt)}))
+    assert main(["train", cfg, "--out", str(ckpt), "--no-progress"]) == 0
     assert "test accuracy" in capsys.readouterr().out
-    ok = tiny_config(model={"name": "mnist_cnn", "kwargs": {"width": 8}, "checkpoint": str(ckpt)})
-    assert main(["search", write_config(tmp_path, ok), "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert main(["search", cfg, "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    torch.save({k: torch.zeros_like(v) for k, v in torch.load(ckpt).items()}, ckpt)  # train again: trains, not loads
+    assert main(["train", cfg, "--out", str(ckpt), "--no-progress"]) == 0
+    assert any(v.abs().sum() > 0 for v in torch.load(ckpt).values())
     # a checkpoint that does not match the model: tests/test_bad_inputs.py
 
 

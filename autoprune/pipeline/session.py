@@ -162,8 +162,15 @@ def base_model(cfg: ExperimentConfig, data: DataBundle, checkpoint: str | Path |
 
 
 def train_base_model(cfg: ExperimentConfig, out: str | Path, progress: bool = True) -> tuple[nn.Module, float]:
-    """Train the configured base model, save its state_dict to ``out``; return it and its test accuracy."""
+    """Train the configured base model, save its state_dict to ``out``; return it and its test accuracy.
+
+    ``model.checkpoint`` is not read: it names where a search loads the weights from, often ``out``
+    itself, not yet written (a config names it before the model is trained)."""
     cfg.validate()
+    if cfg.model.checkpoint:
+        log.info("train: model.checkpoint %r is not read; training from the seed's initial weights",
+                 cfg.model.checkpoint)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, checkpoint=None))
     runtime = Device.from_config(cfg.runtime)
     out = Path(out)
     check_writable(out.parent)
