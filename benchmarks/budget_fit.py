@@ -39,8 +39,9 @@ from autoprune.core.graph import build_unit_graph
 from autoprune.latency.build import build_lut
 from autoprune.latency.lut import load_lut
 from autoprune.latency.timing import time_plans, tune_allocator
-from autoprune.pipeline.session import rounding_gains, suggested_round_to, warn_misaligned
+from autoprune.pipeline.session import warn_misaligned
 from autoprune.search.base import SearchContext
+from autoprune.search.rounding import rounding_gains, suggested_round_to
 from benchmarks.common import ROOT, target, write_results
 
 SHAPE = (3, 32, 32)

@@ -151,8 +151,9 @@ class ChannelPruningEnv(gym.Env):
     ) -> None:
         if not 0 < min_ratio <= max_ratio <= 1:
             raise ConfigError(f"need 0 < min_ratio <= max_ratio <= 1 (got {min_ratio}, {max_ratio})")
-        if round_to < 1:
-            raise ConfigError(f"round_to must be >= 1 (got {round_to})")
+        if isinstance(round_to, str) or round_to < 1:  # pruning.round_to: auto is resolved by autoprune.prepare
+            raise ConfigError(f"round_to must be an integer >= 1 (got {round_to!r}; pruning.round_to auto: pass "
+                              "session.cfg.pruning.round_to, what autoprune.prepare resolved it to)")
         if action_mode not in ACTION_MODES:
             raise ConfigError(f"action_mode must be one of {', '.join(ACTION_MODES)} (got {action_mode!r})")
         self.action_mode = action_mode

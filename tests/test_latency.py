@@ -1295,6 +1295,43 @@ def test_budget_reanchor_prices_a_search_at_the_level_measured_before_it_and_a_r
     assert json.loads((out / "summary.json").read_text())["budget"]["lut_level"] == level
 
 
+def test_round_to_auto_rounds_a_search_as_its_lut_favours_and_a_resume_keeps_the_choice(tmp_path, monkeypatch):
+    """With ``pruning.round_to: auto`` (the default) a search with a LUT whose widths off multiples of 4 run 3x
+    slower rounds to a coarser multiple, says so, records it (summary.json, round_to.json), and a resume keeps it."""
+    from autoprune.pipeline import session as session_module
+
+    model = TinyResidual().eval()
+    graph = build_unit_graph(model, SHAPE)
+    info = {m.name: m for m in graph.modules}
+
+    def fn(name, i, o):
+        m = info[name]
+        return 1e-6 * m.macs * (o / m.out_ch) * (i / m.in_ch) * (1 if o % 4 == 0 else 3)
+
+    path = tmp_path / "lut.json"
+    path.write_text(Lut(make_header(graph, remainder_ms=0.0), tabulate(graph, fn, step=1)).to_json())
+    raw = tiny_config(model={"factory": "factories:tiny_residual"}, data={"factory": "factories:digits_factory"},
+                      budget={"latency": 0.6, "lut": str(path)}, searcher={"name": "random", "evaluations": 4})
+    out = tmp_path / "run"
+    assert main(["search", write_config(tmp_path, raw), "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rounding = summary["round_to"]
+    assert rounding["auto"] and rounding["value"] in (4, 8) and json.loads((out / "round_to.json").read_text()) == rounding
+    kept = rounding["flops_kept"]
+    assert kept[str(rounding["value"])] >= 1.1 * kept["1"]
+    plan = json.loads((out / "best_plan.json").read_text())["channels"]
+    full = dict(zip(graph.names, graph.channels, strict=True))
+    assert all(c % rounding["value"] == 0 or c == full[n] for n, c in plan.items())
+    monkeypatch.setattr(session_module, "auto_round_to", lambda *a, **k: pytest.fail("a resumed run chose again"))
+    assert main(["search", "--resume", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["round_to"] == rounding
+    monkeypatch.undo()
+    flops = tiny_config(model={"factory": "factories:tiny_residual"}, data={"factory": "factories:digits_factory"},
+                        budget={"flops": 0.6}, searcher={"name": "random", "evaluations": 2})
+    assert main(["search", write_config(tmp_path, flops), "--out", str(tmp_path / "f"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "f" / "summary.json").read_text())["round_to"] == {"value": 1, "auto": True}
+
+
 def test_an_unreachable_latency_budget_names_the_luts_reanchored_level(fake_machine):
     """A re-anchored level can put a budget below every plan (speedup benchmark, 2026-12-06: a torch LUT at level
     x1.28 priced ResNet-20's smallest plan at 0.569 of the base against a 0.5 budget): the error says so."""
@@ -1499,7 +1536,7 @@ def test_budget_verify_with_a_lut_of_another_device_fails_before_the_search(fake
     assert not (tmp_path / "run").exists()
 
 
-def test_a_lut_budget_whose_runtime_favours_aligned_counts_warns_to_round(caplog):
+def test_a_lut_budget_whose_runtime_favours_aligned_counts_warns_to_round_or_rounds_by_itself(caplog):
     """The committed MobileNetV2 ONNX Runtime LUT prices counts off multiples of 4-16 higher: at 0.7 of its
     latency random plans fitted to the budget keep 0.09 of the FLOPs on average at round_to 1 and 0.64 at 16,
     so a search says to round to 16; rounded so, or with a FLOPs budget (monotone), it says nothing."""
@@ -1507,8 +1544,9 @@ def test_a_lut_budget_whose_runtime_favours_aligned_counts_warns_to_round(caplog
 
     from autoprune.config import PruningConfig
     from autoprune.core.cost import plan_costs
-    from autoprune.pipeline.session import rounding_gains, warn_misaligned
+    from autoprune.pipeline.session import warn_misaligned
     from autoprune.search.base import SearchContext
+    from autoprune.search.rounding import auto_round_to, rounding_gains
 
     lut = Path(__file__).resolve().parents[1] / "benchmarks" / "luts" / "mobilenetv2_small_onnxruntime_b1_t1.json"
     graph = build_unit_graph(build_model("mobilenetv2_small", in_channels=3, num_classes=10).eval(), (3, 32, 32))
@@ -1529,6 +1567,13 @@ def test_a_lut_budget_whose_runtime_favours_aligned_counts_warns_to_round(caplog
     assert warn_misaligned(context("latency", 16)) is None  # rounded as the LUT favours: no coarser rounding to try
     assert warn_misaligned(context("flops", 1)) is None  # FLOPs grow with every count
     assert not caplog.records
+    # pruning.round_to: auto (the default) rounds as the warning says, and leaves FLOPs budgets at 1
+    auto = auto_round_to(context("latency", 1))
+    assert auto["value"] == 16 and auto["auto"] and auto["flops_kept"] == {str(k): round(v, 4) for k, v in kept.items()}
+    assert auto_round_to(context("flops", 1)) == {"value": 1, "auto": True}
+    assert PruningConfig().round_to == "auto"
+    direct = context("latency", "auto")  # a context built by hand resolves auto itself
+    assert direct.pruning.round_to == 16 and direct.rounding == auto
 
 
 def test_a_module_tables_remembered_lookups_are_its_lookups():

@@ -132,6 +132,9 @@ def test_check_choice_accepts_valid_values():
     ("budget.flops=0", r"must be in \(0, 1\]"),
     ("pruning.min_ratio=0", "min_ratio"),
     ("model=3", "model must be a mapping"),
+    ("pruning.round_to=16x", "pruning.round_to must be an integer >= 1 or auto"),
+    ("pruning.round_to=0", "pruning.round_to must be >= 1 or auto"),
+    ("pruning.round_to=2.5", "pruning.round_to must be an integer >= 1 or auto"),
 ])
 def test_wrong_values_are_errors(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -142,6 +145,7 @@ def test_overrides_and_budget_short_form():
     cfg = load_config(tiny_config(), ["searcher.evaluations=7", "pruning.round_to=4"], budget="params=0.3")
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.searcher["evaluations"] == 7 and cfg.pruning.round_to == 4
+    assert load_config(tiny_config(), ["pruning.round_to=auto"]).pruning.round_to == "auto"
     assert (cfg.budget.kind, cfg.budget.value) == ("params", 0.3)
     assert parse_budget("latency=0.6") == {"latency": 0.6}
     with pytest.raises(ConfigError):

@@ -88,12 +88,23 @@ def switched_searcher(section: object, name: str, overrides: list[str]) -> tuple
     return [f"searcher={flow}"], note
 
 
+def rounding_note(s: dict) -> str:
+    """What the budget line adds when ``pruning.round_to: auto`` chose a coarser rounding for a LUT budget."""
+    r = s.get("round_to") or {}
+    kept = r.get("flops_kept") or {}
+    if not r.get("auto") or r.get("value", 1) == 1:
+        return ""
+    at_one = f"{kept['1']:.2f} at 1" if "1" in kept else "none reach it at 1"
+    return (f" (pruning.round_to auto: {r['value']}; random plans fitted to it keep {kept[str(r['value'])]:.2f} of "
+            f"the FLOPs there, {at_one})")
+
+
 def print_summary(s: dict, run_dir: Path) -> None:
     b, p = s["base"], s["pruned"]
     nonzero = ", non-zero" if "dense_params" in p else ""  # fine / N:M: zeros are stored but not counted
     lines = [
         *timing_lines(s),
-        f"budget   {s['budget']['kind']} <= {s['budget']['fraction']:.3g} of the base",
+        f"budget   {s['budget']['kind']} <= {s['budget']['fraction']:.3g} of the base{rounding_note(s)}",
         f"FLOPs    {b['flops']:,} -> {p['flops']:,} ({p['flops_kept']:.1%} kept{nonzero})",
         f"params   {b['params']:,} -> {p['params']:,} ({p['params_kept']:.1%} kept{nonzero})",
         f"val acc  base {b['val_accuracy']:.4f}, pruned before fine-tune {p['val_accuracy_before_finetune']:.4f}",

@@ -112,8 +112,11 @@ class PruningConfig:
     """Channel importance criterion (``l1``, ``l2``, ...)."""
     granularity: str = "channel"
     """``channel`` (physical removal), ``fine`` (unstructured) or ``nm`` (N:M)."""
-    round_to: int = 1
-    """Round kept channel counts to a multiple of this."""
+    round_to: int | str = "auto"
+    """Round kept channel counts to a multiple of this. ``auto``: 1, except under a latency budget priced by a
+    LUT whose runtime runs some wider layers faster (kernels that favour multiples of 4, 8 or 16 channels):
+    there the rounding whose random plans fitted to the budget keep the most FLOPs, when that is 1.1x or more
+    of what they keep at 1 (resolved when the search starts; ``round_to`` in ``summary.json``)."""
     min_ratio: float = 0.2
     """Smallest preserve ratio a searcher may choose for a unit."""
     max_ratio: float = 1.0
@@ -139,8 +142,10 @@ class PruningConfig:
             raise ConfigError(
                 f"pruning: need 0 < min_ratio <= max_ratio <= 1 (got {self.min_ratio}, {self.max_ratio})"
             )
-        if self.round_to < 1:
-            raise ConfigError(f"pruning.round_to must be >= 1 (got {self.round_to})")
+        if isinstance(self.round_to, str) and self.round_to != "auto":
+            raise ConfigError(f"pruning.round_to must be an integer >= 1 or auto (got {self.round_to!r})")
+        if isinstance(self.round_to, int) and self.round_to < 1:
+            raise ConfigError(f"pruning.round_to must be >= 1 or auto (got {self.round_to})")
         if any(not p.strip() for p in self.skip):
             raise ConfigError("pruning.skip: a pattern is empty (give module names or globs such as 'layer3.*')")
 

@@ -78,7 +78,9 @@ def run_search(
     previous = read_run_state(run_dir, bool(resume))
     level_file = run_dir / "lut_level.json"
     level = json.loads(level_file.read_text()) if resume and level_file.is_file() else None
-    session = prepare(cfg, saved_base_model(run_dir, bool(resume)), progress, lut_level=level)
+    rounding_file = run_dir / "round_to.json"
+    rounding = json.loads(rounding_file.read_text()) if resume and rounding_file.is_file() else None
+    session = prepare(cfg, saved_base_model(run_dir, bool(resume)), progress, lut_level=level, rounding=rounding)
     trials = run_dir / "trials.parquet"
     recorder = TrialRecorder.resume(trials) if resume else TrialRecorder(trials)
     clock = RunClock(run_dir, start, "resume" if resume else "start", lambda: len(recorder.rows), previous)
@@ -91,6 +93,8 @@ def run_search(
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             if session.lut_level:  # budget.reanchor: a resumed run prices plans at the same level
                 atomic_write_json(level_file, session.lut_level)
+            if session.rounding and session.rounding["auto"]:  # a resumed run rounds as this one chose
+                atomic_write_json(rounding_file, session.rounding)
             if not cfg.model.checkpoint:
                 atomic_write_with(run_dir / "base_model.pt", lambda b: torch.save(cpu_state(session.model), b))
             clock.beat()
@@ -201,6 +205,7 @@ def finish(session: Session, evaluator: Evaluator, plan: PruningPlan, run_dir: P
                    "test_accuracy_before_finetune": test_before, "test_accuracy_after_finetune": test_after},
         "evaluations": len(search_rows(recorder.rows)),
         "units": len(session.graph),
+        "round_to": session.rounding or {"value": session.cfg.pruning.round_to, "auto": False},
         "searcher_options": searcher_options_record(session.searcher_options),
     }
     for key in ("rerank", "verify"):

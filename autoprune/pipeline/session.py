@@ -38,6 +38,7 @@ from autoprune.pipeline.artifacts import model_spec, spec_model
 from autoprune.search.base import SEARCHERS, SearchContext, Searcher
 from autoprune.search.evaluate import Evaluator
 from autoprune.search.records import TrialRecorder
+from autoprune.search.rounding import ROUNDING_GAIN, auto_round_to, rounding_gains, suggested_round_to
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ class Session:
     runtime: Device = CPU
     lut_level: dict[str, Any] | None = None
     """``budget.reanchor``: the LUT level this run uses (``factor``, ``plans``, ``round_to``, ``previous``)."""
+    rounding: dict[str, Any] | None = None
+    """``pruning.round_to`` as the search uses it (``value``; ``auto``: whether it was chosen here, and the
+    ``flops_kept`` by random plans at each rounding it was chosen from). ``cfg.pruning.round_to`` is that value."""
 
     def evaluator(self) -> Evaluator:
         """In-process evaluator, or a Ray actor pool (same interface) when ``ray.workers > 0``."""
@@ -181,7 +185,7 @@ def train_base_model(cfg: ExperimentConfig, out: str | Path, progress: bool = Tr
 
 
 def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, progress: bool = True,
-            lut_level: dict[str, Any] | None = None) -> Session:
+            lut_level: dict[str, Any] | None = None, rounding: dict[str, Any] | None = None) -> Session:
     """Validate everything and build what a search needs (may train the base model).
 
     :param cfg: the experiment (from :func:`~autoprune.config.load_config`).
@@ -189,6 +193,8 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
     :param progress: show progress bars while training the base model.
     :param lut_level: with ``budget.reanchor``, the level an earlier part of this run measured (a resumed
         run keeps it rather than timing again).
+    :param rounding: with ``pruning.round_to: auto``, what an earlier part of this run chose (a resumed run
+        keeps it, even if its LUT was re-anchored since).
     """
     cfg.validate()
     runtime = Device.from_config(cfg.runtime)  # a device this machine lacks fails here, before any work
@@ -224,47 +230,27 @@ def prepare(cfg: ExperimentConfig, base_checkpoint: str | Path | None = None, pr
         from autoprune.latency.verify import check_verifiable
 
         check_verifiable(budget, model)
-    if b.reanchor:
-        budget, lut_level = reanchored(budget, graph, model, cfg, lut_level, progress)
     costs = plan_costs(graph, cfg.pruning)
+    explicit = cfg.pruning.round_to != "auto"
+    rounding = {"value": cfg.pruning.round_to, "auto": False} if explicit else rounding or auto_round_to(
+        SearchContext(graph=graph, evaluator=None, budget=budget, costs={**costs, budget.kind: budget.cost},
+                      pruning=dataclasses.replace(cfg.pruning, round_to=1)))
+    cfg = dataclasses.replace(cfg, pruning=dataclasses.replace(cfg.pruning, round_to=int(rounding["value"])))
+    if b.reanchor:  # its anchor plans are drawn at the search's rounding
+        budget, lut_level = reanchored(budget, graph, model, cfg, lut_level, progress)
     costs[budget.kind] = budget.cost
     session = Session(cfg=cfg, data=data, model=model, input_shape=input_shape, graph=graph, costs=costs,
                       budget=budget, searcher_cls=searcher_cls, searcher_options=options,
                       base_training_seconds=training_seconds, runtime=runtime,
-                      lut_level=lut_level if b.reanchor else None)
+                      lut_level=lut_level if b.reanchor else None, rounding=rounding)
     reach = SearchContext(graph=graph, evaluator=None, budget=budget, costs=costs, pruning=cfg.pruning)
     budget.check_reachable(reach.min_counts(), floor_counts=reach.floor_counts())
-    warn_misaligned(reach)
+    if explicit:
+        warn_misaligned(reach)
     return session
 
 
-def rounding_gains(ctx: SearchContext, draws: int = 6) -> dict[int, float]:
-    """Mean FLOPs kept (fraction of the base) by ``draws`` seeded random plans fitted to ``ctx``'s budget, as the
-    searchers fit theirs, at ``pruning.round_to`` and at each coarser alignment a runtime's kernels may favour
-    (4, 8, 16 channels; multiples of ``round_to``); an alignment whose plans miss the budget is left out."""
-    from autoprune.latency.tables import ALIGNMENTS
-
-    flops, r = ctx.costs.get("flops"), ctx.pruning.round_to
-    if flops is None:
-        return {}
-    samples = np.random.default_rng(0).uniform(ctx.pruning.min_ratio, ctx.pruning.max_ratio, (draws, len(ctx.graph)))
-    out = {}
-    for round_to in [r] + [a for a in ALIGNMENTS if a > r and a % r == 0]:
-        at = dataclasses.replace(ctx, pruning=dataclasses.replace(ctx.pruning, round_to=round_to))
-        try:
-            out[round_to] = float(np.mean([flops(at.counts(at.fit_to_budget(x))) for x in samples])) / flops.base
-        except AutopruneError:  # out of reach at that rounding
-            continue
-    return out
-
-
-def suggested_round_to(kept: dict[int, float]) -> int:
-    """The smallest rounding whose plans keep within 0.01 of the most FLOPs in ``kept`` (:func:`rounding_gains`)."""
-    best = max(kept.values())
-    return min(a for a, v in kept.items() if v >= best - 0.01)
-
-
-def warn_misaligned(ctx: SearchContext, gain: float = 1.1, draws: int = 6) -> str | None:
+def warn_misaligned(ctx: SearchContext, gain: float = ROUNDING_GAIN, draws: int = 6) -> str | None:
     """Warn (and return the line) when a latency budget whose cost is not monotone (a LUT: a runtime whose
     kernels favour multiples of 4, 8 or 16 channels can run a wider layer faster) would let the search's plans
     keep ``gain`` times or more the FLOPs at a coarser ``pruning.round_to`` (:func:`rounding_gains`; the
@@ -289,6 +275,6 @@ def warn_misaligned(ctx: SearchContext, gain: float = 1.1, draws: int = 6) -> st
     line = (f"the latency budget prices some channel counts higher than wider ones ({runtime} kernels favour "
             f"multiples of 4, 8 or 16): random plans fitted to it keep {configured:.2f} of the FLOPs on average at "
             f"pruning.round_to {ctx.pruning.round_to} and {kept[align]:.2f} at {align}; set pruning.round_to: "
-            f"{align} (docs/latency.md)")
+            f"{align} or auto (docs/latency.md)")
     log.warning(line)
     return line

@@ -79,6 +79,17 @@ class SearchContext:
     progress: bool = True
     finetune_steps: int = 0
     """``evaluation.finetune_steps``: the short-term fine-tune every evaluation gets (recorded with each row)."""
+    rounding: dict[str, Any] | None = field(default=None, init=False)
+    """Where ``pruning.round_to`` was ``auto``: what it was resolved to here (:func:`~autoprune.search.rounding.
+    auto_round_to`; ``pruning`` holds the number). :func:`autoprune.prepare` resolves it before, once."""
+
+    def __post_init__(self) -> None:
+        if self.pruning.round_to == "auto":
+            from autoprune.search.rounding import auto_round_to
+
+            at_one = dataclasses.replace(self, pruning=dataclasses.replace(self.pruning, round_to=1))
+            self.rounding = auto_round_to(at_one)
+            self.pruning = dataclasses.replace(self.pruning, round_to=int(self.rounding["value"]))
 
     # ----------------------------------------------------------------------------- plans
     def plan_from_ratios(self, ratios: Sequence[float] | float, **meta: Any) -> PruningPlan:
