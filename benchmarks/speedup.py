@@ -19,10 +19,11 @@ the greedy search built for latency, by default; or ``random`` with ``--evaluati
 from ``benchmarks.lut_accuracy``, built here if missing), then the same searcher and seed under a
 FLOPs budget equal to the FLOPs the latency plan kept; both plans timed at batch 1 in that runtime,
 interleaved with the unpruned model (three timings, the median fraction). Once per ``--round-to`` (any
-channel counts, multiples of 8 ...) for both searches. Targets: the latency plan is faster (by more than the
+channel counts, multiples of 8 ...) for both searches; ``auto``: each search as autoprune's default
+``pruning.round_to: auto`` rounds it (the latency search as its LUT favours, the FLOPs search at 1). Targets: the latency plan is faster (by more than the
 5% timing noise) and its measured latency is within +-10% of the 0.5 budget.
 
-    python -m benchmarks.speedup [--searcher netadapt|random] [--evaluations 16] [--round-to 1 8] [--reanchor 8]
+    python -m benchmarks.speedup [--searcher netadapt|random] [--evaluations 16] [--round-to 1 8 auto] [--reanchor 8]
                                  [--verify 3] [--models resnet20 vgg_small]
 
 (``--reanchor N``: the latency search also runs with a copy of the LUT re-anchored first on N plans timed
@@ -189,7 +190,7 @@ def machine_lut(runtime: str, committed: bool = False) -> Path:
     return path
 
 
-def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, searcher: str = "random",
+def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int | str = 1, searcher: str = "random",
                      reanchor: int = 0, verify: int = 0, committed: bool = False) -> dict:
     path = machine_lut(runtime, committed)
     header = load_lut(lut_path("resnet20", runtime) if committed else path).header
@@ -209,19 +210,21 @@ def latency_vs_flops(runtime: str, evaluations: int, graph, round_to: int = 1, s
     except BudgetError as e:  # e.g. a re-anchored level that puts the budget below every plan: no latency plan
         return {"runtime": runtime, "round_to": round_to, "searcher": searcher, "level": level, "unreachable": str(e)}
     budget, searched, record = session.budget, list(lat_counts), None
+    resolved = session.cfg.pruning.round_to  # pruning.round_to: auto, as the search resolved it
     if verify:  # budget.verify: the searched plan timed and fitted to the budget by measurement
         p = session.cfg.pruning
         lat_counts, budget, record = verify_plan(budget, session.graph, session.model, lat_counts,
-                                                 min_ratio=p.min_ratio, max_ratio=p.max_ratio, round_to=round_to,
+                                                 min_ratio=p.min_ratio, max_ratio=p.max_ratio, round_to=resolved,
                                                  rounds=verify)
     flops = FlopsCost(graph)
     kept = flops(lat_counts) / flops.base
-    flops_counts, _ = searched_plan({"flops": round(kept, 4)}, evaluations, round_to, searcher)
+    flops_counts, _ = searched_plan({"flops": round(kept, 4)}, evaluations, round_to, searcher)  # auto: 1 for FLOPs
     timed = [lat_counts, flops_counts] + ([searched] if verify else [])
     models = [apply_plan(session.model, graph, PruningPlan.from_counts(graph, c)).eval() for c in timed]
     t = time_against_base(session.model, models, SHAPE, batch=1, threads=1, repeats=15, clock="cpu", runtime=runtime,
                           timings=TIMINGS)
-    out = {"runtime": runtime, "timings": t.timings, "round_to": round_to, "searcher": searcher, "level": level,
+    label = f"auto ({resolved}; FLOPs plan 1)" if round_to == "auto" else round_to
+    out = {"runtime": runtime, "timings": t.timings, "round_to": label, "searcher": searcher, "level": level,
            "lut_timed_on": timed_on, "lut_timed_here": timed_on == default_device_name(),
            "latency_plan": {"flops_kept": kept, "ms": t.ms[0], "relative": t.relative[0],
                             "lut_predicted": float(budget.cost.fraction(lat_counts)),
@@ -315,7 +318,9 @@ def main() -> None:
                         help="the searcher of the latency-vs-FLOPs comparison (resnet20)")
     parser.add_argument("--evaluations", type=int, default=16,
                         help="random: plans per search; 0 skips the latency-vs-FLOPs comparison")
-    parser.add_argument("--round-to", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--round-to", type=lambda v: v if v == "auto" else int(v), nargs="+", default=[1, 8],
+                        help="the searches' pruning.round_to: numbers, or auto (the default of autoprune: the "
+                             "latency search rounds as its LUT favours, the FLOPs search at 1)")
     parser.add_argument("--reanchor", type=int, default=0,
                         help="also search with a copy of the LUT re-anchored on this many plans first (lut reanchor)")
     parser.add_argument("--verify", type=int, default=0, metavar="N",
@@ -326,6 +331,8 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a line for the results (e.g. how loaded the machine was)")
     parser.add_argument("--out", default="speedup", help="results file name (default speedup)")
     args = parser.parse_args()
+    if args.reanchor and "auto" in args.round_to:
+        parser.error("--reanchor draws its plans at a number: give --round-to numbers with it")
     tune_allocator()
     started = time.perf_counter()
     forms = args.forms.split(",")
