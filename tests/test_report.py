@@ -184,3 +184,23 @@ def test_a_non_default_preset_is_part_of_the_searcher_label(tmp_path):
     assert searcher_label(tmp_path / "a", "ddpg") == "ddpg:amc"
     assert searcher_label(tmp_path / "b", "ddpg") == "ddpg"
     assert searcher_label(tmp_path / "missing", "random") == "random"
+
+
+def test_runs_rounded_to_another_multiple_are_compared_apart(tmp_path):
+    """Two seeds of one searcher under one budget, one rounded to 16 (``pruning.round_to``, or what ``auto``
+    chose for a LUT budget): two rows, not one mean over plans from different spaces."""
+    def run(name, seed, round_to):
+        d = tmp_path / name
+        d.mkdir()
+        summary = {"searcher": "tpe", "seed": seed, "budget": {"kind": "latency", "fraction": 0.6},
+                   "pruned": {"flops_kept": 0.3, "test_accuracy_after_finetune": 0.9}, "evaluations": 4,
+                   "wall_seconds": 1.0}
+        if round_to is not None:
+            summary["round_to"] = {"value": round_to, "auto": True}
+        (d / "summary.json").write_text(json.dumps(summary))
+        return d
+
+    runs = load_runs([run("a", 0, 16), run("b", 1, 1), run("c", 2, None)])
+    assert sorted(runs["budget"]) == ["latency=0.6", "latency=0.6", "latency=0.6 round_to 16"]
+    agg = aggregate(runs).set_index("budget")
+    assert agg.loc["latency=0.6", "seeds"] == 2 and agg.loc["latency=0.6 round_to 16", "seeds"] == 1

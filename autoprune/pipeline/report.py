@@ -49,8 +49,13 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     return sorted(dict.fromkeys(p.resolve() for p in found))
 
 
-def _budget_label(budget: dict[str, Any]) -> str:
-    return f"{budget.get('kind')}={float(budget.get('fraction', float('nan'))):.3g}"
+def _budget_label(summary: dict[str, Any]) -> str:
+    """``kind=fraction``, with `` round_to N`` where the run rounded its counts to N > 1 (``pruning.round_to``, or
+    what ``auto`` chose): plans from another space, compared apart."""
+    budget = summary.get("budget", {})
+    label = f"{budget.get('kind')}={float(budget.get('fraction', float('nan'))):.3g}"
+    round_to = (summary.get("round_to") or {}).get("value", 1)
+    return f"{label} round_to {round_to}" if round_to != 1 else label
 
 
 def searcher_label(run_dir: Path, name: str | None) -> str | None:
@@ -76,7 +81,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     latency = s.get("latency") or {}
     return {
         "run": run_dir.name, "path": str(run_dir), "searcher": searcher_label(run_dir, s.get("searcher")),
-        "budget": _budget_label(s.get("budget", {})), "seed": s.get("seed"),
+        "budget": _budget_label(s), "seed": s.get("seed"),
         "flops_kept": pruned.get("flops_kept"), "params_kept": pruned.get("params_kept"),
         "latency_kept": latency.get("kept_measured", latency.get("kept_predicted", np.nan)),
         "val_acc_before_ft": pruned.get("val_accuracy_before_finetune"),
@@ -100,7 +105,7 @@ def load_trials(run_dirs: list[Path]) -> pd.DataFrame:
             s = read_json(d / "summary.json")
             label = searcher_label(d, s.get("searcher"))
             names = t["searcher"] if "searcher" in t else pd.Series(s.get("searcher"), index=t.index)
-            frames.append(t.assign(run=d.name, budget=_budget_label(s.get("budget", {})), seed=s.get("seed"),
+            frames.append(t.assign(run=d.name, budget=_budget_label(s), seed=s.get("seed"),
                                    searcher=names.where(names != s.get("searcher"), label)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
