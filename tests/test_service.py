@@ -103,6 +103,26 @@ def test_unreachable_address_is_one_line(capsys):
         assert f"no Ray cluster answers at http://127.0.0.1:{port}" in _one_line_error(capsys)
 
 
+def test_a_server_that_takes_the_connection_and_never_answers_is_a_one_line_error(monkeypatch, capsys):
+    """Ray's job client sets no timeout: a port that accepts and stays silent hung `autoprune jobs` for good."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    accepted = []
+    threading.Thread(target=lambda: [accepted.append(server.accept()) for _ in range(4)], daemon=True).start()
+    monkeypatch.setattr(jobs, "HTTP_TIMEOUT_S", (2.0, 0.5))
+    address = f"http://127.0.0.1:{server.getsockname()[1]}"
+    started = time.monotonic()
+    try:
+        assert main(["jobs", "--address", address]) == 2
+    finally:
+        server.close()
+    assert time.monotonic() - started < 30 and accepted
+    assert f"no Ray job server at {address}" in _one_line_error(capsys)
+
+
 def test_submit_checks_files_before_the_cluster(tmp_path, capsys):
     address = f"http://127.0.0.1:{_free_port()}"  # nothing listens: the files are checked first
     for section, key in (({"model": {"name": "mnist_cnn", "checkpoint": "missing.pt"}}, "model.checkpoint"),

@@ -62,10 +62,28 @@ class Cluster:
     address: str
 
 
+HTTP_TIMEOUT_S = (10.0, 120.0)
+"""Every request to the job server: seconds to connect, and to wait for each answer (Ray's client sets none, so a
+server that takes the connection and never answers hung the command)."""
+
+
+def _timed_client_class() -> type:
+    """Ray's :class:`JobSubmissionClient` with :data:`HTTP_TIMEOUT_S` on every request it makes (its version check
+    when constructed included): a timeout is then the one-line error of :func:`connect` / :func:`_request`."""
+    from ray.job_submission import JobSubmissionClient
+
+    class TimedJobSubmissionClient(JobSubmissionClient):
+        def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", HTTP_TIMEOUT_S)
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return TimedJobSubmissionClient
+
+
 def connect(address: str | None = None) -> Cluster:
     """A :class:`JobSubmissionClient` for ``address``; an unreachable one is a one-line error, fast."""
     try:
-        from ray.job_submission import JobSubmissionClient
+        JobSubmissionClient = _timed_client_class()  # noqa: N806 - Ray's class, a timeout added
     except ImportError as exc:  # pragma: no cover - ray is a dependency
         raise AutopruneError("the job commands need ray[default]; pip install 'autoprune[service]'") from exc
     address = resolve_address(address)
