@@ -112,6 +112,10 @@ def test_a_server_that_takes_the_connection_and_never_answers_is_a_one_line_erro
     server.listen(4)
     accepted = []
     threading.Thread(target=lambda: [accepted.append(server.accept()) for _ in range(4)], daemon=True).start()
+    from ray.job_submission import JobSubmissionClient
+
+    # the timeout rides on the client's private request method: if Ray renames it, fail here, not hang below
+    assert "_do_request" in vars(jobs._timed_client_class()) and callable(JobSubmissionClient._do_request)
     monkeypatch.setattr(jobs, "HTTP_TIMEOUT_S", (2.0, 0.5))
     address = f"http://127.0.0.1:{server.getsockname()[1]}"
     started = time.monotonic()
