@@ -1,6 +1,6 @@
 """Typed experiment configuration, loaded strictly from YAML.
 
-Each section of an experiment file is a dataclass (:mod:`.sections`, :mod:`.inputs`); unknown or misspelled keys
+Each section of an experiment file is a dataclass (:mod:`.sections`, :mod:`.inputs`, :mod:`.budget`); unknown or misspelled keys
 and values of the wrong type are errors that name the key and suggest the fix (:mod:`.checks`).
 ``--set a.b=value`` overrides are applied to the raw mapping before validation, so they are
 checked the same way (:mod:`.loading`).

@@ -125,6 +125,23 @@ def fit_calibration(lut: Lut, counts: Sequence[Sequence[int]], raw: Sequence[flo
     h["calibration"] = cal
 
 
+def smallest_calibrated(header: Mapping[str, Any], widths: Any, units: int) -> tuple[float, float] | None:
+    """The MACs and measured value (the LUT's unit) of the header's calibration plan with the fewest MACs
+    (``widths``: a :class:`~autoprune.core.cost.WidthModel` of the model's ``units`` units), or None (no plans
+    stored, or plans of another model). Below it a fitted line is extrapolated, and with a negative offset (a
+    layer timed alone runs slower than in the model) it falls to 0 and below: :class:`~autoprune.latency.lut.
+    LutCost` prices no plan under this plan's value scaled by MACs, the bound any fixed overhead >= 0 implies."""
+    cal = header.get("calibration") or {}
+    counts, relative = cal.get("counts") or [], cal.get("relative") or []
+    if not counts or len(counts) != len(relative) or not header.get("base_reference") or any(len(c) != units
+                                                                                             for c in counts):
+        return None
+    macs = [widths.flops(c) for c in counts]
+    k = min(range(len(macs)), key=macs.__getitem__)
+    value = float(relative[k]) * float(header["base_reference"])
+    return (macs[k], value) if macs[k] > 0 and value > 0 else None
+
+
 def _padded(form: tuple) -> bool:
     return form[0] is not None and form[0][0].startswith("padded")
 

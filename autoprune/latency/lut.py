@@ -305,7 +305,9 @@ class LutCost:
         h = lut.header
         self.batch, self.threads = int(h["batch"]), int(h["threads"])
         self.clock, self.runtime = str(h.get("clock", "wall")), str(h["runtime"])
-        self._low = self._smallest_calibrated()
+        from autoprune.latency.calibration import smallest_calibrated
+
+        self._low = smallest_calibrated(h, self.widths, len(graph.channels))  # the floor of value()
         self._full = self.value(graph.channels)
         if self._full <= 0:
             raise AutopruneError("LUT: the unpruned model's predicted latency is not positive; rebuild the LUT")
@@ -324,20 +326,6 @@ class LutCost:
     def base(self) -> float:
         """The unpruned model's latency (ms) when the LUT was built."""
         return self._base
-
-    def _smallest_calibrated(self) -> tuple[float, float] | None:
-        """The MACs and measured value (LUT unit) of the calibration plan with the fewest MACs, or None
-        (no calibration plans in the header, or plans of another model)."""
-        h = self.lut.header
-        cal = h.get("calibration") or {}
-        counts, relative = cal.get("counts") or [], cal.get("relative") or []
-        n = len(self.graph.channels)
-        if not counts or len(counts) != len(relative) or not h.get("base_reference") or any(len(c) != n for c in counts):
-            return None
-        macs = [self.widths.flops(c) for c in counts]
-        k = min(range(len(macs)), key=macs.__getitem__)
-        value = float(relative[k]) * float(h["base_reference"])
-        return (macs[k], value) if macs[k] > 0 and value > 0 else None
 
     @property
     def budget_note(self) -> str:
@@ -365,11 +353,8 @@ class LutCost:
         else:
             elements = self.widths.activations(counts) / 1e6
         value = self.lut.value(raw, elements, misaligned, padded)
-        if self._low is not None and value < self._low[1]:
-            # below the smallest calibration plan a fitted line is extrapolated, and with a negative offset (a
-            # layer timed alone runs slower than in the model) it falls to 0 and below: no plan is priced under
-            # the smallest plan's measured latency scaled by its MACs (the bound for any overhead >= 0)
-            macs = self.widths.flops(counts)
+        if self._low is not None and value < self._low[1]:  # below the calibration plans: never under the
+            macs = self.widths.flops(counts)  # smallest one's measured latency scaled by MACs (overhead >= 0)
             if macs < self._low[0]:
                 value = max(value, self._low[1] * macs / self._low[0])
         return value
